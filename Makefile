@@ -1,0 +1,43 @@
+# The index of what can be run. `make demo` and `make test` work on a fresh clone.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+REPO := models/repository
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint fmt bench models venv clean
+
+demo: $(STAMP) $(REPO)/manifest.json
+	$(PY) -m gateway.cli demo --repository $(REPO)
+
+test: $(STAMP) $(REPO)/manifest.json
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: $(STAMP) $(REPO)/manifest.json
+	$(PY) -m bench.run
+
+models: $(REPO)/manifest.json
+
+venv: $(STAMP)
+
+# Re-installs only when the package list changes; a second run does nothing.
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,hub]'
+	touch $@
+
+$(REPO)/manifest.json: $(STAMP) $(wildcard models/*.py)
+	$(PY) -m gateway.cli models build --repository $(REPO)
+
+clean:
+	rm -rf $(VENV) $(REPO) reports .pytest_cache .ruff_cache .mypy_cache

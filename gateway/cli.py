@@ -1,0 +1,73 @@
+"""The ``railgate`` command line: one entry point, a subcommand per job.
+
+Subcommands import what they need lazily, so ``railgate link`` starts without loading ONNX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _models_build(args: argparse.Namespace) -> int:
+    try:
+        from models.build import BuildError, build_repository
+    except ImportError as exc:  # scikit-learn / skl2onnx live in the dev extra
+        print(f"railgate models build: {exc.name} is missing: pip install 'railgate[dev]'", file=sys.stderr)
+        return 1
+    names = tuple(n for n in args.models.split(",") if n)
+    try:
+        manifest = build_repository(args.repository, names) if names else build_repository(args.repository)
+    except BuildError as exc:
+        print(f"railgate models build: {exc}", file=sys.stderr)
+        return 1
+    for name, entry in manifest["models"].items():
+        metrics = " ".join(f"{k}={v}" for k, v in entry["metrics"].items())
+        print(f"{name:8s} sha256={entry['sha256'][:16]} {metrics}")
+    print(f"wrote {args.repository}/manifest.json")
+    return 0
+
+
+def _hub(args: argparse.Namespace) -> int:
+    from hub.cli import run
+
+    return run(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run
+
+    return run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="railgate", description="Edge-to-hub inference gateway.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    models = commands.add_parser("models", help="build the Triton model repository")
+    models_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    build = models_commands.add_parser("build", help="train/export the models into a Triton repository")
+    build.add_argument("--repository", type=Path, default=Path("models/repository"))
+    build.add_argument("--models", default="", help="comma-separated subset (default: all)")
+    build.set_defaults(func=_models_build)
+
+    from hub.cli import add_arguments as hub_arguments
+
+    hub = commands.add_parser("hub", help="run a real Triton Inference Server over the repository")
+    hub_arguments(hub)
+    hub.set_defaults(func=_hub)
+
+    demo = commands.add_parser("demo", help="start hubs and the gateway, send real requests, print a summary")
+    demo.add_argument("--repository", type=Path, default=Path("models/repository"))
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

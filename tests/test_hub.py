@@ -1,0 +1,169 @@
+"""A real Triton hub: serves every model, agrees with local ONNX Runtime, stops cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from hub.server import Hub, HubConfig, HubError, free_port, group_members
+
+from .conftest import start_hub
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sample_inputs(name: str, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shapes = {"digits": ("pixels", (64,), 16.0), "vision": ("image", (3, 64, 64), 1.0), "anomaly": ("window", (128,), 1.0)}
+    tensor, dims, scale = shapes[name]
+    return {tensor: (rng.random((batch, *dims)) * scale).astype(np.float32)}
+
+
+def local_outputs(repository: Path, name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(repository / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, inputs), strict=True))
+
+
+def assert_same_outputs(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    assert set(got) == set(want)
+    for key, expected in want.items():
+        assert got[key].dtype == expected.dtype, key
+        assert got[key].shape == expected.shape, key
+        if expected.dtype.kind == "f":
+            np.testing.assert_allclose(got[key], expected, rtol=1e-6, atol=1e-6, err_msg=key)
+        else:
+            np.testing.assert_array_equal(got[key], expected, err_msg=key)
+
+
+@pytest.mark.parametrize("name", ["digits", "vision", "anomaly"])
+def test_hub_serves_each_model_like_local_onnxruntime_over_http(hub: Hub, repository: Path, name: str) -> None:
+    inputs = sample_inputs(name, batch=3)
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{hub.config.http_port}")
+    assert client.is_model_ready(name)
+    tensors = []
+    for tensor, array in inputs.items():
+        t = httpclient.InferInput(tensor, list(array.shape), "FP32")
+        t.set_data_from_numpy(array, binary_data=True)
+        tensors.append(t)
+    result = client.infer(name, tensors)
+    want = local_outputs(repository, name, inputs)
+    assert_same_outputs({k: result.as_numpy(k) for k in want}, want)
+
+
+def test_hub_serves_over_grpc_too(hub: Hub, repository: Path) -> None:
+    inputs = sample_inputs("digits", batch=5, seed=3)
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{hub.config.grpc_port}")
+    t = grpcclient.InferInput("pixels", list(inputs["pixels"].shape), "FP32")
+    t.set_data_from_numpy(inputs["pixels"])
+    result = client.infer("digits", [t])
+    want = local_outputs(repository, "digits", inputs)
+    assert_same_outputs({k: result.as_numpy(k) for k in want}, want)
+
+
+def test_hub_takes_batching_from_config_pbtxt(hub: Hub) -> None:
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{hub.config.http_port}")
+    config = client.get_model_config("vision")
+    assert config["max_batch_size"] == 32
+    assert config["dynamic_batching"]["preferred_batch_size"] == [8, 16, 32]
+    metadata = client.get_model_metadata("digits")
+    assert metadata["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}]
+
+
+def test_stopping_the_hub_leaves_no_process(repository: Path) -> None:
+    h = start_hub(repository, "short-lived")
+    assert h.process is not None
+    pgid = h.process.pid
+    assert group_members(pgid), "tritonserver and its stubs run in the hub's process group"
+    h.stop()
+    assert group_members(pgid) == []
+
+
+def test_hub_refuses_a_port_in_use(repository: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(HubError, match=f"127.0.0.1:{port} is already in use"):
+            Hub(HubConfig(repository, http_port=port)).start()
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "gateway.cli", "hub", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def _broken_repository(tmp_path: Path) -> Path:
+    model = tmp_path / "broken"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.onnx").write_bytes(b"")
+    (model / "config.pbtxt").write_text('name: "broken"\nmax_batch_size: lots\n')
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("missing", "does not exist"),
+        ("empty", "holds no models"),
+        ("broken", "broken config"),
+        ("unknown-model", "not in"),
+    ],
+)
+def test_hub_cli_bad_input_is_one_clear_line(tmp_path: Path, repository: Path, case: str, expected: str) -> None:
+    args = {
+        "missing": lambda: ["--repository", str(tmp_path / "nowhere")],
+        "empty": lambda: ["--repository", str(tmp_path)],
+        "broken": lambda: ["--repository", str(_broken_repository(tmp_path))],
+        "unknown-model": lambda: ["--repository", str(repository), "--models", "digits,nosuch"],
+    }[case]()
+    result = _run_cli(*args, "--http-port", str(free_port()))
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_hub_cli_prints_ready_and_stops_cleanly_on_sigterm(repository: Path) -> None:
+    name = f"cli-{os.getpid()}"
+    cmd = [sys.executable, "-m", "gateway.cli", "hub", "--repository", str(repository), "--models", "digits"]
+    cmd += ["--http-port", str(free_port()), "--name", name]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        selector = selectors.DefaultSelector()
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        assert selector.select(timeout=120), "hub printed nothing within 120 s"
+        line = proc.stdout.readline()
+        assert f"hub {name} ready" in line and "models=digits" in line
+        assert _processes_mentioning(name), "tritonserver runs with the hub's work dir"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert _processes_mentioning(name) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if text.encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+    return [pid for pid in found if pid != os.getpid()]
+
+
+def test_hub_reports_startup_time(hub: Hub) -> None:
+    assert hub.startup_s is not None and hub.startup_s > 0

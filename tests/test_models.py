@@ -1,0 +1,89 @@
+"""The model repository: deterministic, valid for Triton, and the models do their jobs."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from hub.repository import read_repository
+from models.spec import IR_VERSION, OPSET
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_build_is_byte_for_byte_deterministic(tmp_path: Path, repository: Path) -> None:
+    out = tmp_path / "repo"
+    cmd = [sys.executable, "-m", "gateway.cli", "models", "build", "--repository", str(out)]
+    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
+    assert _tree_digest(out) == _tree_digest(repository)
+
+
+def test_manifest_records_each_file_hash(repository: Path, manifest: dict) -> None:
+    assert set(manifest["models"]) == {"digits", "vision", "anomaly"}
+    for name, entry in manifest["models"].items():
+        data = (repository / entry["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], name
+        assert entry["description"] and entry["inputs"] and entry["outputs"]
+
+
+@pytest.mark.parametrize("name", ["digits", "vision", "anomaly"])
+def test_models_pin_ir_and_opset_and_configs_parse(repository: Path, name: str) -> None:
+    model = onnx.load(repository / name / "1" / "model.onnx")
+    assert model.ir_version == IR_VERSION
+    assert {o.domain: o.version for o in model.opset_import}.get("", 0) == OPSET
+    (parsed,) = read_repository(repository, (name,))
+    assert parsed.config.platform == "onnxruntime_onnx"
+    assert parsed.config.max_batch_size > 0
+    assert parsed.config.dynamic_batching.preferred_batch_size
+    assert [i.name for i in parsed.config.input] == [i.name for i in model.graph.input]
+    assert [o.name for o in parsed.config.output] == [o.name for o in model.graph.output]
+
+
+def test_digits_reaches_its_accuracy_through_onnxruntime(repository: Path, manifest: dict) -> None:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    _, x_test, _, y_test = train_test_split(x.astype(np.float32), y, test_size=0.25, random_state=0, stratify=y)
+    session = ort.InferenceSession(str(repository / "digits/1/model.onnx"), providers=["CPUExecutionProvider"])
+    label, probabilities = session.run(None, {"pixels": x_test})
+    accuracy = float(np.mean(label[:, 0] == y_test))
+    assert accuracy >= 0.95
+    assert accuracy == pytest.approx(manifest["models"]["digits"]["metrics"]["heldout_accuracy"], abs=1e-4)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_anomaly_flags_injected_faults_not_normal_windows(repository: Path) -> None:
+    from models.anomaly import faulty_windows, normal_windows
+
+    rng = np.random.default_rng(1234)
+    session = ort.InferenceSession(str(repository / "anomaly/1/model.onnx"), providers=["CPUExecutionProvider"])
+    faulty = session.run(["anomaly"], {"window": faulty_windows(rng, 400)})[0]
+    normal = session.run(["anomaly"], {"window": normal_windows(rng, 400)})[0]
+    assert faulty.mean() >= 0.8
+    assert normal.mean() <= 0.05
+
+
+def test_build_into_unwritable_path_names_it(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    cmd = [sys.executable, "-m", "gateway.cli", "models", "build", "--repository", str(blocked / "repo")]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert str(blocked / "repo") in result.stderr
+    assert "Traceback" not in result.stderr
