@@ -42,7 +42,7 @@ class TritonPythonModel:
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
         responses, start = [], 0
         for size in sizes:
-            tensors = [pb_utils.Tensor(n, r[start : start + size]) for n, r in zip(self.outputs, results)]
+            tensors = [pb_utils.Tensor(n, r[start : start + size]) for n, r in zip(self.outputs, results, strict=True)]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start += size
         return responses

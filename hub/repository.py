@@ -65,7 +65,9 @@ def read_repository(repository: Path, only: tuple[str, ...] = ()) -> list[Reposi
         known = {m.name for m in models}
         missing = [n for n in only if n not in known]
         if missing:
-            raise RepositoryError(f"model(s) {', '.join(missing)} not in {repository}; it has {', '.join(sorted(known))}")
+            raise RepositoryError(
+                f"model(s) {', '.join(missing)} not in {repository}; it has {', '.join(sorted(known))}"
+            )
         models = [m for m in models if m.name in only]
     return models
 

@@ -159,7 +159,9 @@ class Hub:
             "--disable-auto-complete-config",
             "--log-verbose=0",
         ]
-        args += [f"--grpc-address={cfg.host}", f"--grpc-port={cfg.grpc_port}"] if cfg.grpc_port else ["--allow-grpc=false"]
+        args += (
+            [f"--grpc-address={cfg.host}", f"--grpc-port={cfg.grpc_port}"] if cfg.grpc_port else ["--allow-grpc=false"]
+        )
         if cfg.metrics_port:
             args += [f"--metrics-address={cfg.host}", f"--metrics-port={cfg.metrics_port}", "--allow-metrics=true"]
         else:
@@ -186,10 +188,9 @@ class Hub:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise HubError(f"tritonserver exited with {self.process.returncode}: {self._log_error()}")
-            with contextlib.suppress(urllib.error.URLError, OSError):
-                with urllib.request.urlopen(url, timeout=1) as reply:
-                    if reply.status == 200:
-                        return
+            with contextlib.suppress(urllib.error.URLError, OSError), urllib.request.urlopen(url, timeout=1) as reply:
+                if reply.status == 200:
+                    return
             time.sleep(0.1)  # polling a child process; there is no event to wait on
         raise HubError(f"tritonserver not ready at {url} after {self.config.ready_timeout_s:.0f} s")
 
@@ -199,7 +200,7 @@ class Hub:
             return "no log"
         lines = [ln.strip() for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
         for line in lines:
-            if line.startswith("E") or "error" in line.lower() and "cuda" not in line.lower():
+            if line.startswith("E") or ("error" in line.lower() and "cuda" not in line.lower()):
                 return line
         return lines[-1] if lines else "empty log"
 
@@ -209,10 +210,8 @@ class Hub:
         if proc is not None:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout_s)
-                except subprocess.TimeoutExpired:
-                    pass
             # Stubs are in tritonserver's process group; take the group down whatever happened.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)

@@ -45,8 +45,8 @@ def build_repository(repository: Path = DEFAULT_REPOSITORY, names: tuple[str, ..
     repository = Path(repository)
     try:
         repository.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=repository, prefix=".write-test-")
-        probe.close()
+        with tempfile.NamedTemporaryFile(dir=repository, prefix=".write-test-"):
+            pass
     except OSError as exc:
         raise BuildError(f"cannot write the model repository at {repository}: {exc.strerror}") from exc
     builders = _builders()

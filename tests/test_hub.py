@@ -26,7 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def sample_inputs(name: str, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    shapes = {"digits": ("pixels", (64,), 16.0), "vision": ("image", (3, 64, 64), 1.0), "anomaly": ("window", (128,), 1.0)}
+    shapes = {
+        "digits": ("pixels", (64,), 16.0),
+        "vision": ("image", (3, 64, 64), 1.0),
+        "anomaly": ("window", (128,), 1.0),
+    }
     tensor, dims, scale = shapes[name]
     return {tensor: (rng.random((batch, *dims)) * scale).astype(np.float32)}
 
