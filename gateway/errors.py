@@ -1,0 +1,63 @@
+"""The one error hierarchy. Each error knows its HTTP status; one middleware maps it to a reply.
+
+    RailgateError                 500  something we did not expect (a bug: logged with traceback)
+    ├── BadRequest                400  malformed body, unknown datatype, shape/size mismatch, bad header
+    │   └── UnknownPolicy         400  (issue 4)
+    ├── Unauthorized              401
+    ├── Forbidden                 403
+    ├── ModelNotFound             404  unknown model or version
+    ├── PayloadTooLarge           413  body or tensor over the configured limit
+    ├── Overloaded                429  queue full (carries Retry-After)
+    ├── HubFailed                 502  the hub answered with an error, garbage, or closed
+    ├── NoBackend                 503  no healthy backend serves the model (within the constraints)
+    └── DeadlineExceeded          504  the request's latency budget ran out
+
+Messages say what was wrong and what was expected: they go to the client as ``{"error": msg}``.
+"""
+
+from __future__ import annotations
+
+
+class RailgateError(Exception):
+    status = 500
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BadRequest(RailgateError):
+    status = 400
+
+
+class Unauthorized(RailgateError):
+    status = 401
+
+
+class Forbidden(RailgateError):
+    status = 403
+
+
+class ModelNotFound(RailgateError):
+    status = 404
+
+
+class PayloadTooLarge(RailgateError):
+    status = 413
+
+
+class Overloaded(RailgateError):
+    status = 429
+
+
+class HubFailed(RailgateError):
+    status = 502
+
+
+class NoBackend(RailgateError):
+    status = 503
+
+
+class DeadlineExceeded(RailgateError):
+    status = 504

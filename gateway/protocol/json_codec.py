@@ -1,0 +1,182 @@
+"""Tensor data as JSON: parsing ``data`` lists into numpy arrays and back, BF16 included.
+
+The stdlib ``json`` parser is used on purpose: orjson is not a dependency, and an optional fast path would
+behave differently on NaN/Infinity (orjson rejects them on input and writes ``null`` on output).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from gateway.errors import BadRequest, PayloadTooLarge
+from gateway.protocol.types import DTYPES
+
+_VALUE_KINDS = {
+    dict: "object",
+    list: "list",
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    bytes: "bin",
+}
+
+
+def kind_of(value: Any) -> str:
+    """The protocol-level kind of a decoded JSON or msgpack value, for error messages."""
+    return "null" if value is None else _VALUE_KINDS.get(type(value), type(value).__name__)
+
+
+def loads(body: bytes | memoryview) -> Any:
+    """The parsed JSON document; any parse failure (bad UTF-8, deep nesting, huge integers) is a BadRequest."""
+    try:
+        return json.loads(bytes(body))
+    except (ValueError, RecursionError) as e:
+        raise BadRequest(f"body is not valid JSON: {e}") from None
+
+
+def dumps(document: Any) -> bytes:
+    """Compact ASCII JSON; NaN and Infinity are written as tritonclient (rapidjson) reads them."""
+    return json.dumps(document, separators=(",", ":")).encode("ascii")
+
+
+def array_from_json(
+    data: Any, datatype: str, shape: Sequence[int], count: int, *, max_depth: int, max_bytes_element: int
+) -> np.ndarray:
+    """The tensor a JSON ``data`` value holds, shaped ``shape``; data may be flat or nested, row-major."""
+    if not isinstance(data, list):
+        raise BadRequest(f"data must be a list, got {kind_of(data)}")
+    if datatype == "BYTES":
+        arr = _bytes_elements(data, max_depth, max_bytes_element)
+    else:
+        _check_depth(data, max_depth)
+        arr = _numbers(data, datatype)
+    if arr.size != count:
+        raise BadRequest(f"shape {list(shape)} holds {count} elements but data has {arr.size}")
+    return arr.reshape(shape)
+
+
+def json_data(arr: np.ndarray, datatype: str) -> list[Any]:
+    """A tensor as a flat JSON-ready list. BYTES become text: invalid UTF-8 is replaced by U+FFFD, so a client
+    that needs exact bytes must ask for binary output."""
+    if datatype == "BYTES":
+        return [x if isinstance(x, str) else bytes(x).decode("utf-8", errors="replace") for x in arr.flat]
+    flat = np.asarray(arr, dtype=DTYPES[datatype]).reshape(-1)
+    return (bf16_to_float32(flat) if datatype == "BF16" else flat).tolist()
+
+
+def float32_to_bf16(values: np.ndarray) -> np.ndarray:
+    """bfloat16 bits (uint16) of float32 values, rounded to nearest even; NaNs stay (quiet) NaNs."""
+    floats = np.ascontiguousarray(values, dtype=np.float32)
+    bits = floats.view(np.uint32).astype(np.uint64)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    # Rounding could carry a NaN's mantissa into the exponent (or past the sign): keep it a NaN instead.
+    quiet_nan = (bits >> 16) | 0x0040
+    return np.where(np.isnan(floats), quiet_nan, rounded).astype(np.uint16)
+
+
+def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """The float32 values of bfloat16 bits: exact, since bfloat16 is the upper half of a float32."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def _numbers(data: list[Any], datatype: str) -> np.ndarray:
+    """A numeric tensor from JSON numbers, refusing values of the wrong kind or out of the datatype's range.
+
+    numpy infers the values' type in one C pass; the cast to the datatype is then an array operation. Inferring
+    first (rather than ``asarray(data, dtype)``) is what keeps ``"7"`` or ``1.5`` from being silently cast.
+    """
+    try:
+        inferred = np.asarray(data)
+    except ValueError:
+        raise BadRequest(f"{datatype} data must be a rectangular list of numbers") from None
+    if inferred.size == 0:
+        return np.empty(inferred.shape, dtype=DTYPES[datatype])
+    if datatype == "BOOL":
+        if inferred.dtype.kind != "b":
+            raise BadRequest("BOOL data must hold only true/false")
+        return inferred
+    if datatype == "BF16" or DTYPES[datatype].kind == "f":
+        # Floats take integers too: a JSON 1 is a fine FP32.
+        if inferred.dtype.kind not in "iuf":
+            raise BadRequest(f"{datatype} data must hold only numbers")
+        if datatype == "BF16":
+            return float32_to_bf16(_narrowed(inferred, np.dtype(np.float32)))
+        return _narrowed(inferred, DTYPES[datatype])
+    return _integers(data, inferred, datatype)
+
+
+def _integers(data: list[Any], inferred: np.ndarray, datatype: str) -> np.ndarray:
+    dtype = DTYPES[datatype]
+    info = np.iinfo(dtype)
+    refusal = BadRequest(f"{datatype} data must hold only integers in [{info.min}, {info.max}]")
+    if inferred.dtype.kind not in "iu":
+        if datatype != "UINT64" or inferred.dtype.kind not in "fO":
+            raise refusal
+        # numpy infers a lossy float64 for ints mixing [2**63, 2**64) with smaller ones: check those one by one.
+        objects = np.asarray(data, dtype=object)
+        if not all(type(v) is int and 0 <= v <= info.max for v in objects.flat):
+            raise refusal
+        return objects.astype(dtype)
+    # Python ints compare exactly; numpy would compare uint64 with int64 bounds as float64.
+    if int(inferred.min()) < info.min or int(inferred.max()) > info.max:
+        raise refusal
+    return inferred.astype(dtype, copy=False)
+
+
+def _narrowed(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``arr`` cast to ``dtype``; floats too large for a narrower type become infinities, as in IEEE arithmetic."""
+    with np.errstate(over="ignore"):
+        return arr.astype(dtype, copy=False)
+
+
+def _check_depth(data: list[Any], max_depth: int) -> None:
+    """Refuse data nested deeper than ``max_depth`` before numpy walks it.
+
+    Only the first-element chain is followed: numpy rejects any other branch that is deeper (ragged).
+    """
+    depth = 0
+    item: Any = data
+    while isinstance(item, list):
+        depth += 1
+        if depth > max_depth:
+            raise BadRequest(f"data nests lists more than {max_depth} deep")
+        item = item[0] if item else None
+
+
+def _bytes_elements(data: list[Any], max_depth: int, max_bytes_element: int) -> np.ndarray:
+    """A flat object array of the UTF-8 encodings of JSON strings, nested lists flattened row-major.
+
+    An explicit stack of iterators keeps deep nesting a BadRequest rather than a RecursionError.
+    """
+    elements: list[bytes] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                if len(stack) >= max_depth:
+                    raise BadRequest(f"data nests lists more than {max_depth} deep")
+                stack.append(iter(item))
+                break
+            elements.append(_utf8(item, len(elements), max_bytes_element))
+        else:
+            stack.pop()
+    arr = np.empty(len(elements), dtype=object)
+    arr[:] = elements
+    return arr
+
+
+def _utf8(item: Any, index: int, max_bytes_element: int) -> bytes:
+    if not isinstance(item, str):
+        raise BadRequest(f"BYTES element {index} must be a string, got {kind_of(item)}")
+    try:
+        encoded = item.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"BYTES element {index} is not valid Unicode (lone surrogate escape)") from None
+    if len(encoded) > max_bytes_element:
+        raise PayloadTooLarge(f"BYTES element {index} has {len(encoded)} bytes; the limit is {max_bytes_element}")
+    return encoded
