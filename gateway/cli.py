@@ -35,6 +35,18 @@ def _hub(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.server import run
+
+    return run(args)
+
+
+def _link(args: argparse.Namespace) -> int:
+    from gateway.link import run
+
+    return run(args)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from gateway.demo import run
 
@@ -57,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     hub = commands.add_parser("hub", help="run a real Triton Inference Server over the repository")
     hub_arguments(hub)
     hub.set_defaults(func=_hub)
+
+    from gateway import link, server
+
+    serve = commands.add_parser("serve", help="run the gateway (KServe v2 HTTP API)")
+    server.add_arguments(serve)
+    serve.set_defaults(func=_serve)
+
+    link_parser = commands.add_parser("link", help="emulate a long-haul link: a delaying TCP proxy")
+    link.add_arguments(link_parser)
+    link_parser.set_defaults(func=_link)
 
     demo = commands.add_parser("demo", help="start hubs and the gateway, send real requests, print a summary")
     demo.add_argument("--repository", type=Path, default=Path("models/repository"))

@@ -1,0 +1,139 @@
+"""The gateway's own ONNX Runtime backend over a Triton model repository.
+
+Sessions run in a thread pool: ONNX Runtime releases the GIL, so the event loop keeps serving while
+a batch computes. A run that outlives its deadline is told to stop (``RunOptions.terminate``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from google.protobuf import json_format
+
+from gateway.backends import Backend
+from gateway.catalog import CONFIG_TYPE_TO_TRITON, ModelInfo, TensorMeta
+from gateway.config import Local
+from gateway.errors import DeadlineExceeded, HubFailed, ModelNotFound, NoBackend
+from hub.repository import RepositoryError, RepositoryModel, read_repository
+
+log = logging.getLogger("railgate.local")
+
+_PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def choose_providers(pinned: tuple[str, ...] = ()) -> list[str]:
+    """Pinned providers if given, else the best this onnxruntime offers: TensorRT > CUDA > CPU."""
+    available = ort.get_available_providers()
+    if pinned:
+        missing = [p for p in pinned if p not in available]
+        if missing:
+            raise NoBackend(f"execution provider(s) {', '.join(missing)} not available; have {', '.join(available)}")
+        return list(pinned)
+    return [p for p in _PROVIDER_PREFERENCE if p in available] or ["CPUExecutionProvider"]
+
+
+def model_info(model: RepositoryModel) -> ModelInfo:
+    config = model.config
+    batch = (-1,) if config.max_batch_size > 0 else ()
+
+    def metas(tensors) -> tuple[TensorMeta, ...]:
+        return tuple(
+            TensorMeta(t.name, CONFIG_TYPE_TO_TRITON[model_config_type_name(t.data_type)], batch + tuple(t.dims))
+            for t in tensors
+        )
+
+    return ModelInfo(
+        name=model.name,
+        versions=model.versions,
+        platform=config.platform or config.backend,
+        inputs=metas(config.input),
+        outputs=metas(config.output),
+        max_batch_size=config.max_batch_size,
+        preferred_batch_sizes=tuple(config.dynamic_batching.preferred_batch_size),
+        config=json_format.MessageToDict(config, preserving_proto_field_name=True),
+    )
+
+
+def model_config_type_name(value: int) -> str:
+    from tritonclient.grpc import model_config_pb2
+
+    return model_config_pb2.DataType.Name(value)
+
+
+class LocalBackend(Backend):
+    kind = "local"
+
+    def __init__(self, config: Local) -> None:
+        super().__init__("local", region="local")
+        self.config = config
+        self.pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="railgate-ort")
+        self.sessions: dict[tuple[str, str], ort.InferenceSession] = {}
+        self.providers: list[str] = []
+
+    async def start(self) -> None:
+        self.providers = choose_providers(self.config.providers)
+        try:
+            repo = read_repository(Path(self.config.repository), self.config.models)
+        except RepositoryError as exc:
+            raise NoBackend(f"local backend: {exc}") from exc
+        loop = asyncio.get_running_loop()
+        for model in repo:
+            for version in model.versions:
+                path = model.directory / version / "model.onnx"
+                if path.is_file():
+                    session = await loop.run_in_executor(self.pool, self._load, path)
+                    self.sessions[(model.name, version)] = session
+            self.models[model.name] = model_info(model)
+        self.healthy = True
+        log.info("local backend ready models=%s providers=%s", ",".join(self.models), ",".join(self.providers))
+
+    def _load(self, path: Path) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.config.intra_op_threads
+        options.inter_op_num_threads = 1
+        return ort.InferenceSession(str(path), options, providers=self.providers)
+
+    async def close(self) -> None:
+        self.healthy = False
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def discover(self) -> dict[str, ModelInfo]:
+        return self.models
+
+    async def probe(self, timeout_s: float) -> bool:
+        return bool(self.sessions)
+
+    def _session(self, model: str, version: str) -> ort.InferenceSession:
+        info = self.models.get(model)
+        if info is None:
+            raise ModelNotFound(f"model {model!r} is not in the local repository")
+        session = self.sessions.get((model, version or info.versions[-1]))
+        if session is None:
+            raise ModelNotFound(f"model {model!r} has no local version {version!r}")
+        return session
+
+    async def infer(
+        self, model: str, version: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float
+    ) -> dict[str, np.ndarray]:
+        session = self._session(model, version)
+        feed = {k: (v.astype(str) if v.dtype == object else v) for k, v in inputs.items()}
+        run_options = ort.RunOptions()
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self.pool, session.run, outputs, feed, run_options)
+        self.inflight += 1
+        try:
+            async with asyncio.timeout_at(deadline):
+                results = await asyncio.shield(future)
+        except TimeoutError:
+            run_options.terminate = True  # stop the run in its thread; its result is not wanted
+            raise DeadlineExceeded(f"deadline passed while {model!r} ran locally") from None
+        except Exception as exc:
+            raise HubFailed(f"local onnxruntime failed on {model!r}: {exc}") from exc
+        finally:
+            self.inflight -= 1
+        return dict(zip(outputs, results, strict=True))

@@ -1,0 +1,133 @@
+"""Batch queues and the flush policy: pure, no I/O, time passed in by the caller.
+
+One ``BatchQueue`` per batch key (model, version, routing constraints). The pipeline pushes each
+admitted request, then asks ``decide(now, inflight, service_s)`` what to do: flush the first
+``count`` requests now, or wait until a given time (or for the next arrival).
+
+A batch is flushed when
+  * it is full (``max_batch_size`` rows, never above the backend model's own maximum);
+  * the pipeline is idle: fewer than ``max_inflight_batches`` batches of this key are in flight.
+    An idle gateway adds no queueing delay; a busy one accumulates batches that grow with load;
+  * it reaches the largest preferred batch size;
+  * its earliest member's deadline slack runs out (deadline minus expected service time), because
+    the batch carries the earliest deadline of its members;
+  * its oldest member has waited ``max_queue_delay``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    max_batch_size: int
+    max_queue_delay_s: float
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_inflight_batches: int = 2
+
+    @property
+    def preferred_flush_rows(self) -> int | None:
+        fitting = [b for b in self.preferred_batch_sizes if b <= self.max_batch_size]
+        return max(fitting) if fitting else None
+
+
+@dataclass(slots=True)
+class Pending(Generic[T]):
+    item: T
+    rows: int
+    deadline: float
+    enqueued: float
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    count: int  # the first ``count`` queued requests form the batch
+    reason: str  # full | idle | preferred | slack | delay
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    until: float | None  # None: nothing queued, wait for an arrival
+
+
+class BatchQueue(Generic[T]):
+    """FIFO of requests waiting for one batch key, and the decision of when to send them."""
+
+    def __init__(self, policy: BatchPolicy) -> None:
+        self.policy = policy
+        self._queue: deque[Pending[T]] = deque()
+        self.rows = 0
+        self._earliest_deadline = float("inf")
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def __iter__(self) -> Iterator[Pending[T]]:
+        return iter(self._queue)
+
+    def push(self, item: T, rows: int, deadline: float, now: float) -> None:
+        self._queue.append(Pending(item, rows, deadline, now))
+        self.rows += rows
+        self._earliest_deadline = min(self._earliest_deadline, deadline)
+
+    def remove(self, predicate: Callable[[Pending[T]], bool]) -> list[Pending[T]]:
+        """Take out every request for which ``predicate`` holds (expired, or its client went away)."""
+        if not any(predicate(p) for p in self._queue):
+            return []
+        kept: deque[Pending[T]] = deque()
+        removed = []
+        for pending in self._queue:
+            (removed if predicate(pending) else kept).append(pending)
+        self._queue = kept
+        self._recount()
+        return removed
+
+    def expired(self, now: float) -> list[Pending[T]]:
+        if now < self._earliest_deadline:
+            return []
+        return self.remove(lambda p: p.deadline <= now)
+
+    def take(self, count: int) -> list[Pending[T]]:
+        batch = [self._queue.popleft() for _ in range(count)]
+        self._recount()
+        return batch
+
+    def _recount(self) -> None:
+        self.rows = sum(p.rows for p in self._queue)
+        self._earliest_deadline = min((p.deadline for p in self._queue), default=float("inf"))
+
+    def _fitting(self, limit: int) -> int:
+        """How many requests, from the front, fit in ``limit`` rows (always at least one)."""
+        rows = count = 0
+        for pending in self._queue:
+            if count and rows + pending.rows > limit:
+                break
+            rows += pending.rows
+            count += 1
+        return count
+
+    def decide(self, now: float, inflight: int, service_s: float) -> Flush | Wait:
+        """What to do now, given the batches in flight and the expected service time of a batch."""
+        if not self._queue:
+            return Wait(None)
+        policy = self.policy
+        if self.rows >= policy.max_batch_size:
+            return Flush(self._fitting(policy.max_batch_size), "full")
+        if inflight < policy.max_inflight_batches:
+            return Flush(len(self._queue), "idle")
+        preferred = policy.preferred_flush_rows
+        if preferred is not None and self.rows >= preferred:
+            return Flush(self._fitting(preferred), "preferred")
+        slack_at = self._earliest_deadline - service_s
+        if now >= slack_at:
+            return Flush(len(self._queue), "slack")
+        delay_at = self._queue[0].enqueued + policy.max_queue_delay_s
+        if now >= delay_at:
+            return Flush(len(self._queue), "delay")
+        return Wait(min(slack_at, delay_at))

@@ -1,0 +1,213 @@
+"""Typed gateway configuration: one YAML file, validated once at start-up, then passed in.
+
+Validation walks the dataclasses below: an unknown key, a missing required key or a value of the
+wrong type is a ``ConfigError`` naming the key by its path (``hubs[1].price_per_1k``). Nothing
+else in the gateway reads files or the environment for settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+
+class ConfigError(Exception):
+    """The config is invalid; the message names the key and what was expected."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+@dataclass(frozen=True, slots=True)
+class HubSpec:
+    """A Triton hub on the backbone. Its models and their metadata are read from the hub itself."""
+
+    name: str
+    url: str  # http://host:port for protocol http; host:port (or grpc://host:port) for grpc
+    region: str = "default"
+    price_per_1k: float = 0.0
+    carbon_g_per_kwh: float = 0.0
+    protocol: str = "http"
+    max_connections: int = 64
+    max_inflight: int = 8  # concurrent batches this gateway sends to the hub
+
+
+@dataclass(frozen=True, slots=True)
+class Batching:
+    max_batch_size: int = 64  # a cap: the batch never exceeds the backend model's own max_batch_size
+    max_queue_delay_ms: float = 2.0
+    preferred_batch_sizes: tuple[int, ...] = ()  # empty: take the model's own
+    # While fewer batches than this are in flight for a batch key, a request is sent at once: an
+    # idle pipeline gets no added delay, a busy one accumulates batches that grow with the load.
+    max_inflight_batches: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_inputs: int = 64
+    max_elements: int = 16 * 1024 * 1024  # per tensor
+    max_bytes_element: int = 1024 * 1024  # one BYTES element
+    max_queued_requests: int = 10_000  # per batch key; past it requests are refused with 429
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    default_budget_ms: float = 10_000.0  # for requests that carry no budget
+    max_budget_ms: float = 300_000.0
+
+
+@dataclass(frozen=True, slots=True)
+class Local:
+    """The gateway's own ONNX Runtime backend over a Triton model repository."""
+
+    enabled: bool = True
+    repository: str = "models/repository"
+    models: tuple[str, ...] = ()  # empty: every model in the repository
+    intra_op_threads: int = 1
+    workers: int = 2  # concurrent ONNX Runtime runs (threads off the event loop)
+    providers: tuple[str, ...] = ()  # empty: the best the installed onnxruntime offers
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    probe_interval_s: float = 2.0
+    probe_timeout_s: float = 1.0
+    discover_timeout_s: float = 10.0  # reading a hub's models, metadata and configs
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    listen: Listen = field(default_factory=Listen)
+    hubs: tuple[HubSpec, ...] = ()
+    batching: Batching = field(default_factory=Batching)
+    limits: Limits = field(default_factory=Limits)
+    deadlines: Deadlines = field(default_factory=Deadlines)
+    local: Local = field(default_factory=Local)
+    health: Health = field(default_factory=Health)
+
+
+def load_config(path: Path | None) -> GatewayConfig:
+    """Read and validate a YAML config file (None: every default, local backend only)."""
+    if path is None:
+        return GatewayConfig()
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
+    return parse_config({} if raw is None else raw)
+
+
+def parse_config(raw: Any) -> GatewayConfig:
+    config = _build(GatewayConfig, raw, "")
+    _check(config)
+    return config
+
+
+def _build(cls: type, raw: Any, path: str) -> Any:
+    where = path or "config"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{_join(path, str(unknown[0]))}: unknown key; expected one of {', '.join(fields)}")
+    values = {}
+    for name, f in fields.items():
+        key = _join(path, name)
+        if name in raw:
+            values[name] = _coerce(hints[name], raw[name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key}: required")
+    return cls(**values)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _coerce(options[0], value, key)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
+        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")  # a bug in the dataclasses above
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _positive(value: float, key: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}: must be > 0, got {value}")
+
+
+def _check(config: GatewayConfig) -> None:
+    """Constraints the types alone cannot say."""
+    names = set()
+    for i, hub in enumerate(config.hubs):
+        key = f"hubs[{i}]"
+        if hub.name in names:
+            raise ConfigError(f"{key}.name: hub {hub.name!r} is listed twice")
+        names.add(hub.name)
+        if hub.name == "local":
+            raise ConfigError(f"{key}.name: 'local' is reserved for the gateway's own backend")
+        if hub.protocol not in ("http", "grpc"):
+            raise ConfigError(f"{key}.protocol (hub {hub.name}): expected http or grpc, got {hub.protocol!r}")
+        parts = urlsplit(hub.url if "://" in hub.url else f"{hub.protocol}://{hub.url}")
+        if parts.scheme not in ("http", "https", "grpc") or not parts.hostname or not parts.port:
+            raise ConfigError(f"{key}.url (hub {hub.name}): expected http://host:port, got {hub.url!r}")
+        _positive(hub.max_inflight, f"{key}.max_inflight (hub {hub.name})")
+        _positive(hub.max_connections, f"{key}.max_connections (hub {hub.name})")
+        if hub.price_per_1k < 0 or hub.carbon_g_per_kwh < 0:
+            raise ConfigError(f"{key} (hub {hub.name}): price_per_1k and carbon_g_per_kwh must be >= 0")
+    b = config.batching
+    _positive(b.max_batch_size, "batching.max_batch_size")
+    _positive(b.max_inflight_batches, "batching.max_inflight_batches")
+    if b.max_queue_delay_ms < 0:
+        raise ConfigError(f"batching.max_queue_delay_ms: must be >= 0, got {b.max_queue_delay_ms}")
+    for i, size in enumerate(b.preferred_batch_sizes):
+        _positive(size, f"batching.preferred_batch_sizes[{i}]")
+    for name in ("max_body_bytes", "max_inputs", "max_elements", "max_bytes_element", "max_queued_requests"):
+        _positive(getattr(config.limits, name), f"limits.{name}")
+    _positive(config.deadlines.default_budget_ms, "deadlines.default_budget_ms")
+    _positive(config.deadlines.max_budget_ms, "deadlines.max_budget_ms")
+    _positive(config.local.workers, "local.workers")
+    _positive(config.local.intra_op_threads, "local.intra_op_threads")
+    _positive(config.listen.port + 1, "listen.port")
+    _positive(config.health.probe_interval_s, "health.probe_interval_s")
+    if not config.hubs and not config.local.enabled:
+        raise ConfigError("hubs: no hubs and local.enabled is false: nothing could serve a request")

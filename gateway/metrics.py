@@ -1,0 +1,42 @@
+"""Prometheus collectors, on a registry of their own per gateway (no module-level globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "railgate_requests", "Inference requests answered", ["model", "status", "backend"], registry=r
+        )
+        self.latency = Histogram(
+            "railgate_request_latency_seconds", "End-to-end latency in the gateway", ["model"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "railgate_queue_wait_seconds", "Time a request waited in its batch queue", ["model"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.backend_latency = Histogram(
+            "railgate_backend_latency_seconds", "Time a batch spent at its backend", ["backend", "model"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "railgate_batch_size", "Rows per batch sent to a backend", ["backend", "model"],
+            buckets=_BATCH_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batches = Counter(
+            "railgate_batches", "Batches sent, by why they were flushed", ["model", "reason"], registry=r
+        )
+        self.queue_depth = Gauge("railgate_queue_depth", "Requests waiting in batch queues", ["model"], registry=r)
+        self.inflight = Gauge("railgate_backend_inflight_batches", "Batches in flight", ["backend"], registry=r)
+        self.backend_healthy = Gauge("railgate_backend_healthy", "1 when the backend is ready", ["backend"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,255 @@
+"""The request path after admission: batch queues per key, dispatch to a backend, split the outputs.
+
+This is the asyncio shell around the pure ``BatchQueue`` policy and the router. Each batch key
+has a lane: a queue, a runner task that applies the flush decision, and the count of its batches in
+flight. Every task here is owned by the pipeline and cancelled or awaited in ``close``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gateway.batching import BatchPolicy, BatchQueue, Flush, Pending
+from gateway.catalog import ModelInfo
+from gateway.config import Batching, Limits
+from gateway.errors import DeadlineExceeded, HubFailed, NoBackend, Overloaded, RailgateError
+from gateway.metrics import Metrics
+from gateway.protocol.types import InferRequest
+from gateway.routing.router import Router
+
+log = logging.getLogger("railgate.pipeline")
+
+# Concatenating more than this many bytes runs off the event loop.
+_OFFLOAD_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """One request's share of a batch's outputs (views into the batch's arrays, not copies)."""
+
+    outputs: dict[str, np.ndarray]
+    backend: str
+    batch_size: int
+    route_reason: str
+    queue_s: float
+    backend_s: float
+
+
+@dataclass(slots=True)
+class Admitted:
+    request: InferRequest
+    future: asyncio.Future[BatchResult]
+    gone: Callable[[], bool]  # the client went away
+
+    def abandoned(self) -> bool:
+        return self.future.done() or self.gone()
+
+
+@dataclass(slots=True)
+class Lane:
+    key: tuple[str, str]
+    info: ModelInfo
+    queue: BatchQueue[Admitted]
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    inflight: int = 0
+    runner: asyncio.Task[None] | None = None
+
+
+class Pipeline:
+    def __init__(self, router: Router, batching: Batching, limits: Limits, metrics: Metrics) -> None:
+        self.router = router
+        self.batching = batching
+        self.limits = limits
+        self.metrics = metrics
+        self.lanes: dict[tuple[str, str], Lane] = {}
+        self._dispatches: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    def _policy(self, info: ModelInfo) -> BatchPolicy:
+        b = self.batching
+        if info.max_batch_size <= 0:  # the model does not batch: one request at a time
+            return BatchPolicy(1, 0.0, (), b.max_inflight_batches)
+        return BatchPolicy(
+            max_batch_size=min(b.max_batch_size, info.max_batch_size),
+            max_queue_delay_s=b.max_queue_delay_ms / 1000,
+            preferred_batch_sizes=b.preferred_batch_sizes or info.preferred_batch_sizes,
+            max_inflight_batches=b.max_inflight_batches,
+        )
+
+    def _lane(self, info: ModelInfo, version: str) -> Lane:
+        key = (info.name, version)
+        lane = self.lanes.get(key)
+        if lane is None or lane.info is not info:  # first use, or the catalog changed
+            if lane is not None and lane.runner is not None:
+                lane.runner.cancel()
+            lane = Lane(key, info, BatchQueue(self._policy(info)))
+            lane.runner = asyncio.get_running_loop().create_task(self._run(lane), name=f"lane-{info.name}")
+            if key in self.lanes:
+                # Requests still queued on the old lane move over, in order.
+                for pending in self.lanes[key].queue.take(len(self.lanes[key].queue)):
+                    lane.queue.push(pending.item, pending.rows, pending.deadline, pending.enqueued)
+            self.lanes[key] = lane
+        return lane
+
+    async def submit(
+        self, request: InferRequest, info: ModelInfo, rows: int, deadline: float, gone: Callable[[], bool]
+    ) -> BatchResult:
+        """Queue a validated request; return its share of the batch it ran in."""
+        if self._closing:
+            raise NoBackend("gateway is shutting down")
+        loop = asyncio.get_running_loop()
+        lane = self._lane(info, request.version)
+        if len(lane.queue) >= self.limits.max_queued_requests:
+            raise Overloaded(
+                f"queue for model {info.name!r} is full ({len(lane.queue)} requests)", headers={"Retry-After": "1"}
+            )
+        admitted = Admitted(request, loop.create_future(), gone)
+        lane.queue.push(admitted, rows, deadline, loop.time())
+        self.metrics.queue_depth.labels(info.name).inc()
+        lane.wakeup.set()
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await admitted.future
+        except TimeoutError:
+            raise DeadlineExceeded(f"latency budget ran out for model {info.name!r}") from None
+        finally:
+            if not admitted.future.done():
+                admitted.future.cancel()  # the runner drops it before its batch is sent
+
+    async def _run(self, lane: Lane) -> None:
+        loop = asyncio.get_running_loop()
+        queue = lane.queue
+        while True:
+            now = loop.time()
+            for pending in queue.expired(now):
+                self._fail(pending, DeadlineExceeded(f"latency budget ran out in the queue for {lane.info.name!r}"))
+            decision = queue.decide(now, lane.inflight, self._service_estimate(lane.info.name))
+            if isinstance(decision, Flush):
+                dropped = queue.remove(lambda p: p.item.abandoned())
+                if dropped:  # clients that went away never reach a backend; decide again
+                    self.metrics.queue_depth.labels(lane.info.name).dec(len(dropped))
+                    continue
+                batch = queue.take(decision.count)
+                self.metrics.queue_depth.labels(lane.info.name).dec(len(batch))
+                self.metrics.batches.labels(lane.info.name, decision.reason).inc()
+                lane.inflight += 1
+                task = loop.create_task(self._dispatch(lane, batch))
+                self._dispatches.add(task)
+                task.add_done_callback(self._dispatches.discard)
+                continue
+            lane.wakeup.clear()
+            timer = loop.call_at(decision.until, lane.wakeup.set) if decision.until is not None else None
+            try:
+                await lane.wakeup.wait()
+            finally:
+                if timer is not None:
+                    timer.cancel()
+
+    def _service_estimate(self, model: str) -> float:
+        estimates = [self.router.predicted_s(b.name, model) for b in self.router.candidates(model)]
+        known = [e for e in estimates if e is not None]
+        return min(known) if known else 0.0
+
+    def _fail(self, pending: Pending[Admitted], error: RailgateError) -> None:
+        self.metrics.queue_depth.labels(pending.item.request.model).dec()
+        if not pending.item.future.done():
+            pending.item.future.set_exception(error)
+
+    async def _dispatch(self, lane: Lane, batch: list[Pending[Admitted]]) -> None:
+        loop = asyncio.get_running_loop()
+        info = lane.info
+        start = loop.time()
+        deadline = min(p.deadline for p in batch)  # the batch carries its earliest member's deadline
+        rows = sum(p.rows for p in batch)
+        try:
+            backend, reason = self.router.choose(info.name, deadline - start)
+            inputs = await self._gather(info, batch)
+            outputs = _union_outputs(info, batch)
+            self.metrics.inflight.labels(backend.name).inc()
+            try:
+                results = await backend.infer(info.name, lane.key[1], inputs, outputs, deadline)
+            except HubFailed:
+                if backend.kind == "hub":
+                    backend.healthy = False  # until its next probe succeeds
+                    self.metrics.backend_healthy.labels(backend.name).set(0)
+                    log.warning("event=hub_unhealthy hub=%s reason=call_failed", backend.name)
+                raise
+            finally:
+                self.metrics.inflight.labels(backend.name).dec()
+            elapsed = loop.time() - start
+            self.router.observe(backend.name, info.name, elapsed)
+            self.metrics.backend_latency.labels(backend.name, info.name).observe(elapsed)
+            self.metrics.batch_size.labels(backend.name, info.name).observe(rows)
+            offset = 0
+            for pending in batch:
+                share = (
+                    {k: v[offset : offset + pending.rows] for k, v in results.items()}
+                    if info.max_batch_size
+                    else results
+                )
+                offset += pending.rows
+                if not pending.item.future.done():
+                    self.metrics.queue_wait.labels(info.name).observe(start - pending.enqueued)
+                    pending.item.future.set_result(
+                        BatchResult(share, backend.name, rows, reason, start - pending.enqueued, elapsed)
+                    )
+        except RailgateError as exc:
+            for pending in batch:
+                if not pending.item.future.done():
+                    pending.item.future.set_exception(exc)
+        except Exception as exc:
+            log.exception("event=dispatch_failed model=%s", info.name)
+            for pending in batch:
+                if not pending.item.future.done():
+                    pending.item.future.set_exception(HubFailed(f"batch for {info.name!r} failed: {exc}"))
+        finally:
+            lane.inflight -= 1
+            lane.wakeup.set()
+
+    async def _gather(self, info: ModelInfo, batch: list[Pending[Admitted]]) -> dict[str, np.ndarray]:
+        """The batch's inputs, one array per input name, requests stacked along the batch dim."""
+        first = batch[0].item.request.inputs
+        if len(batch) == 1:
+            return {t.name: t.data for t in first}
+        columns = {t.name: [] for t in first}
+        size = 0
+        for pending in batch:
+            for tensor in pending.item.request.inputs:
+                columns[tensor.name].append(tensor.data)
+                size += tensor.data.nbytes
+        if size <= _OFFLOAD_BYTES:
+            return {name: np.concatenate(arrays) for name, arrays in columns.items()}
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, lambda: {n: np.concatenate(a) for n, a in columns.items()})
+
+    async def close(self, grace_s: float = 5.0) -> None:
+        """Fail what is queued, let batches in flight finish (up to ``grace_s``), stop the runners."""
+        self._closing = True
+        for lane in self.lanes.values():
+            if lane.runner is not None:
+                lane.runner.cancel()
+            for pending in lane.queue.take(len(lane.queue)):
+                self._fail(pending, NoBackend("gateway is shutting down"))
+        runners = [lane.runner for lane in self.lanes.values() if lane.runner is not None]
+        await asyncio.gather(*runners, return_exceptions=True)
+        if self._dispatches:
+            _, pending = await asyncio.wait(set(self._dispatches), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _union_outputs(info: ModelInfo, batch: list[Pending[Admitted]]) -> list[str]:
+    """The outputs the batch must ask for: all of them if any member asked for all."""
+    wanted: set[str] = set()
+    for pending in batch:
+        requested = pending.item.request.outputs
+        if not requested:
+            return [o.name for o in info.outputs]
+        wanted.update(o.name for o in requested)
+    return [o.name for o in info.outputs if o.name in wanted]

@@ -1,0 +1,1 @@
+"""Routing: live backend state, pure policies over it, and the router that applies them."""
