@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from gateway.devstack import StartError
 from hub.server import Hub
 
 from .conftest import GatewayProcess, LinkProcess, hub_entry, start_hub
@@ -163,7 +164,7 @@ def test_serve_with_no_config_answers_from_local_onnxruntime(tmp_path: Path):
 
 def test_serve_refuses_a_bad_config_naming_the_key(tmp_path: Path):
     gw = GatewayProcess(tmp_path, {"hubs": [{"name": "w", "url": "http://127.0.0.1:1", "price_per_1k": "lots"}]})
-    with pytest.raises(RuntimeError, match=r"hubs\[0\]\.price_per_1k"):
+    with pytest.raises(StartError, match=r"hubs\[0\]\.price_per_1k"):
         gw.start()
 
 
@@ -171,8 +172,6 @@ def test_serve_refuses_a_port_in_use(tmp_path: Path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        gw = GatewayProcess(tmp_path, None)
-        gw.port = busy.getsockname()[1]
-        gw.args[gw.args.index("--port") + 1] = str(gw.port)
-        with pytest.raises(RuntimeError, match="cannot listen"):
+        gw = GatewayProcess(tmp_path, None, port=busy.getsockname()[1])
+        with pytest.raises(StartError, match="cannot listen"):
             gw.start()
