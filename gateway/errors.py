@@ -8,6 +8,7 @@
     ├── ModelNotFound             404  unknown model or version
     ├── PayloadTooLarge           413  body or tensor over the configured limit
     ├── Overloaded                429  queue full (carries Retry-After)
+    ├── ClientGone                499  the client went away before its batch was sent (nobody reads it)
     ├── HubFailed                 502  the hub answered with an error, garbage, or closed
     ├── NoBackend                 503  no healthy backend serves the model (within the constraints)
     └── DeadlineExceeded          504  the request's latency budget ran out
@@ -49,6 +50,10 @@ class PayloadTooLarge(RailgateError):
 
 class Overloaded(RailgateError):
     status = 429
+
+
+class ClientGone(RailgateError):
+    status = 499  # nginx's "client closed request": only ever seen in metrics and logs
 
 
 class HubFailed(RailgateError):

@@ -17,7 +17,7 @@ import numpy as np
 from gateway.batching import BatchPolicy, BatchQueue, Flush, Pending
 from gateway.catalog import ModelInfo
 from gateway.config import Batching, Limits
-from gateway.errors import DeadlineExceeded, HubFailed, NoBackend, Overloaded, RailgateError
+from gateway.errors import ClientGone, DeadlineExceeded, HubFailed, NoBackend, Overloaded, RailgateError
 from gateway.metrics import Metrics
 from gateway.protocol.types import InferRequest
 from gateway.routing.router import Router
@@ -132,7 +132,8 @@ class Pipeline:
             if isinstance(decision, Flush):
                 dropped = queue.remove(lambda p: p.item.abandoned())
                 if dropped:  # clients that went away never reach a backend; decide again
-                    self.metrics.queue_depth.labels(lane.info.name).dec(len(dropped))
+                    for pending in dropped:
+                        self._fail(pending, ClientGone("client went away before its batch was sent"))
                     continue
                 batch = queue.take(decision.count)
                 self.metrics.queue_depth.labels(lane.info.name).dec(len(batch))

@@ -15,7 +15,7 @@ import tritonclient.http.aio as aiohttpclient
 
 from hub.server import Hub
 
-from .conftest import GatewayProcess
+from .conftest import GatewayProcess, hub_entry
 from .test_hub import sample_inputs
 
 MODELS = ["digits", "vision", "anomaly"]
@@ -202,3 +202,29 @@ async def test_many_concurrent_aio_requests_all_answered(gateway: GatewayProcess
 
         statuses = await asyncio.gather(*(one() for _ in range(200)))
     assert statuses == [200] * 200
+
+
+def test_grpc_hub_serves_through_the_gateway_like_http(hub: Hub, tmp_path):
+    config = {"hubs": [hub_entry(hub, name="west-grpc", grpc=True)], "local": {"enabled": False}}
+    gw = GatewayProcess(tmp_path, config).start()
+    try:
+        inputs = sample_inputs("vision", batch=2, seed=4)
+        through = _infer_sync(gw.address, "vision", inputs, binary=True)
+        direct = _infer_sync(f"127.0.0.1:{hub.config.http_port}", "vision", inputs, binary=True)
+        _assert_equal_results(through, direct, "vision")
+    finally:
+        assert gw.stop() == 0
+
+
+async def test_a_bad_request_never_fails_the_good_ones_beside_it(gateway: GatewayProcess):
+    good = json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [1.0] * 64}]})
+    bad = json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 63], "data": [1.0] * 63}]})
+    async with aiohttp.ClientSession() as session:
+
+        async def one(body: str) -> int:
+            async with session.post(f"{gateway.url}/v2/models/digits/infer", data=body) as reply:
+                await reply.read()
+                return reply.status
+
+        statuses = await asyncio.gather(*(one(good if i % 2 else bad) for i in range(40)))
+    assert statuses == [400 if i % 2 == 0 else 200 for i in range(40)]
