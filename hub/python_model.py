@@ -34,7 +34,10 @@ class TritonPythonModel:
             for name in self.inputs:
                 columns[name].append(pb_utils.get_input_tensor_by_name(request, name).as_numpy())
             sizes.append(columns[self.inputs[0]][-1].shape[0])
-        feed = {name: (arrays[0] if len(arrays) == 1 else np.concatenate(arrays)) for name, arrays in columns.items()}
+        feed = {
+            name: _for_onnxruntime(arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
+            for name, arrays in columns.items()
+        }
         try:
             results = self.session.run(self.outputs, feed)
         except Exception as exc:  # one bad batch answers each of its requests with the error
@@ -42,7 +45,23 @@ class TritonPythonModel:
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
         responses, start = [], 0
         for size in sizes:
-            tensors = [pb_utils.Tensor(n, r[start : start + size]) for n, r in zip(self.outputs, results, strict=True)]
+            tensors = [
+                pb_utils.Tensor(n, _for_triton(r[start : start + size]))
+                for n, r in zip(self.outputs, results, strict=True)
+            ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start += size
         return responses
+
+
+def _for_onnxruntime(array):
+    """Triton hands BYTES tensors over as objects of ``bytes``; ONNX Runtime's strings are ``str``."""
+    if array.dtype != np.object_:
+        return array
+    return np.array([b.decode("utf-8", "surrogateescape") for b in array.flat], dtype=object).reshape(array.shape)
+
+
+def _for_triton(array):
+    if array.dtype != np.object_:
+        return array
+    return np.array([s.encode("utf-8", "surrogateescape") for s in array.flat], dtype=np.object_).reshape(array.shape)

@@ -15,7 +15,7 @@ from pathlib import Path
 from models.spec import ModelSpec, write_model
 
 DEFAULT_REPOSITORY = Path("models/repository")
-MODEL_NAMES = ("digits", "vision", "anomaly")
+MODEL_NAMES = ("digits", "vision", "anomaly", "vocab")
 
 
 class BuildError(Exception):
@@ -23,9 +23,9 @@ class BuildError(Exception):
 
 
 def _builders():
-    from models import anomaly, digits, vision
+    from models import anomaly, digits, vision, vocab
 
-    return {"digits": digits.build, "vision": vision.build, "anomaly": anomaly.build}
+    return {"digits": digits.build, "vision": vision.build, "anomaly": anomaly.build, "vocab": vocab.build}
 
 
 def _manifest_entry(spec: ModelSpec, sha256: str) -> dict[str, object]:

@@ -53,6 +53,7 @@ _PBTXT_TYPES = {
     "FP16": "TYPE_FP16",
     "FP32": "TYPE_FP32",
     "FP64": "TYPE_FP64",
+    "BYTES": "TYPE_STRING",
 }
 
 

@@ -18,14 +18,14 @@ from hub.server import Hub
 from .conftest import GatewayProcess, hub_entry
 from .test_hub import sample_inputs
 
-MODELS = ["digits", "vision", "anomaly"]
+MODELS = ["digits", "vision", "anomaly", "vocab"]
 
 
 def _infer_sync(address: str, model: str, inputs: dict[str, np.ndarray], binary: bool):
     client = httpclient.InferenceServerClient(address)
     tensors = []
     for name, array in inputs.items():
-        t = httpclient.InferInput(name, list(array.shape), "FP32")
+        t = httpclient.InferInput(name, list(array.shape), "BYTES" if array.dtype.kind == "O" else "FP32")
         t.set_data_from_numpy(array, binary_data=binary)
         tensors.append(t)
     outputs = [httpclient.InferRequestedOutput(o, binary_data=binary) for o in _output_names(model)]
@@ -33,7 +33,7 @@ def _infer_sync(address: str, model: str, inputs: dict[str, np.ndarray], binary:
 
 
 def _output_names(model: str) -> list[str]:
-    return {"anomaly": ["score", "anomaly"]}.get(model, ["label", "probabilities"])
+    return {"anomaly": ["score", "anomaly"], "vocab": ["word_id", "echo"]}.get(model, ["label", "probabilities"])
 
 
 def _assert_equal_results(got, want, model: str) -> None:
@@ -46,7 +46,7 @@ def _assert_equal_results(got, want, model: str) -> None:
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 @pytest.mark.parametrize("model", MODELS)
 def test_tritonclient_http_through_gateway_equals_hub(gateway: GatewayProcess, hub: Hub, model: str, binary: bool):
-    inputs = sample_inputs(model, batch=2, seed=11)
+    inputs = sample_inputs(model, batch=5, seed=11)
     through = _infer_sync(gateway.address, model, inputs, binary)
     direct = _infer_sync(f"127.0.0.1:{hub.config.http_port}", model, inputs, binary)
     _assert_equal_results(through, direct, model)
@@ -228,3 +228,25 @@ async def test_a_bad_request_never_fails_the_good_ones_beside_it(gateway: Gatewa
 
         statuses = await asyncio.gather(*(one(good if i % 2 else bad) for i in range(40)))
     assert statuses == [400 if i % 2 == 0 else 200 for i in range(40)]
+
+
+def test_bytes_requests_batched_together_keep_their_own_strings(gateway: GatewayProcess):
+    """Variable-length BYTES rows from many clients share batches and come back each to its owner."""
+    words = [f"w{i}-{'x' * i}".encode() for i in range(48)] + [b"seven", b"two"]
+
+    def one(i: int):
+        client = httpclient.InferenceServerClient(gateway.address)
+        array = np.array([[words[i]]], dtype=object)
+        t = httpclient.InferInput("word", [1, 1], "BYTES")
+        t.set_data_from_numpy(array, binary_data=i % 2 == 0)
+        outputs = [httpclient.InferRequestedOutput(n, binary_data=i % 3 == 0) for n in ("word_id", "echo")]
+        return client.infer("vocab", [t], outputs=outputs, request_id=f"b{i}")
+
+    with ThreadPoolExecutor(max_workers=25) as pool:
+        results = list(pool.map(one, range(len(words))))
+    for i, result in enumerate(results):
+        assert result.get_response()["id"] == f"b{i}"
+        echo = result.as_numpy("echo")[0, 0]
+        assert (echo if isinstance(echo, bytes) else echo.encode()) == words[i]
+        expected_id = {b"seven": 7, b"two": 2}.get(words[i], -1)
+        assert result.as_numpy("word_id")[0, 0] == expected_id

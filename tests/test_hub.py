@@ -26,6 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def sample_inputs(name: str, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
+    if name == "vocab":  # known words, an unknown one, and non-ASCII UTF-8
+        words = [b"three", b"nine", b"zero", b"eleven", "f\u00fcnf".encode(), b""]
+        return {
+            "word": np.array([words[i] for i in rng.integers(0, len(words), batch)], dtype=object).reshape(batch, 1)
+        }
     shapes = {
         "digits": ("pixels", (64,), 16.0),
         "vision": ("image", (3, 64, 64), 1.0),
@@ -38,7 +43,11 @@ def sample_inputs(name: str, batch: int, seed: int = 0) -> dict[str, np.ndarray]
 def local_outputs(repository: Path, name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     session = ort.InferenceSession(str(repository / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, inputs), strict=True))
+    feed = {
+        k: (np.vectorize(bytes.decode, otypes=[object])(v) if v.dtype.kind == "O" else v) for k, v in inputs.items()
+    }
+    outputs = dict(zip(names, session.run(names, feed), strict=True))
+    return {k: (np.vectorize(str.encode, otypes=[object])(v) if v.dtype.kind == "O" else v) for k, v in outputs.items()}
 
 
 def assert_same_outputs(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
@@ -52,14 +61,14 @@ def assert_same_outputs(got: dict[str, np.ndarray], want: dict[str, np.ndarray])
             np.testing.assert_array_equal(got[key], expected, err_msg=key)
 
 
-@pytest.mark.parametrize("name", ["digits", "vision", "anomaly"])
+@pytest.mark.parametrize("name", ["digits", "vision", "anomaly", "vocab"])
 def test_hub_serves_each_model_like_local_onnxruntime_over_http(hub: Hub, repository: Path, name: str) -> None:
-    inputs = sample_inputs(name, batch=3)
+    inputs = sample_inputs(name, batch=6)
     client = httpclient.InferenceServerClient(f"127.0.0.1:{hub.config.http_port}")
     assert client.is_model_ready(name)
     tensors = []
     for tensor, array in inputs.items():
-        t = httpclient.InferInput(tensor, list(array.shape), "FP32")
+        t = httpclient.InferInput(tensor, list(array.shape), "BYTES" if array.dtype.kind == "O" else "FP32")
         t.set_data_from_numpy(array, binary_data=True)
         tensors.append(t)
     result = client.infer(name, tensors)

@@ -34,14 +34,14 @@ def test_build_is_byte_for_byte_deterministic(tmp_path: Path, repository: Path) 
 
 
 def test_manifest_records_each_file_hash(repository: Path, manifest: dict) -> None:
-    assert set(manifest["models"]) == {"digits", "vision", "anomaly"}
+    assert set(manifest["models"]) == {"digits", "vision", "anomaly", "vocab"}
     for name, entry in manifest["models"].items():
         data = (repository / entry["file"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == entry["sha256"], name
         assert entry["description"] and entry["inputs"] and entry["outputs"]
 
 
-@pytest.mark.parametrize("name", ["digits", "vision", "anomaly"])
+@pytest.mark.parametrize("name", ["digits", "vision", "anomaly", "vocab"])
 def test_models_pin_ir_and_opset_and_configs_parse(repository: Path, name: str) -> None:
     model = onnx.load(repository / name / "1" / "model.onnx")
     assert model.ir_version == IR_VERSION

@@ -71,3 +71,24 @@ async def test_request_whose_deadline_passes_in_the_queue_gets_504_and_is_not_se
     with pytest.raises(DeadlineExceeded):
         await pipeline.submit(_request(3), info, 1, loop.time() - 0.001, gone=lambda: False)
     assert _batches_sent(pipeline) == 0
+
+
+async def test_local_backend_carries_bytes_tensors_through_a_batch(repository: Path):
+    backend = LocalBackend(Local(repository=str(repository), models=("vocab",)))
+    await backend.start()
+    router = Router([backend])
+    router.rebuild_catalog()
+    pipe = Pipeline(router, Batching(max_inflight_batches=1), Limits(), Metrics())
+    try:
+        info = router.model("vocab")
+        deadline = asyncio.get_running_loop().time() + 10
+        words = [b"four", "n\u00fcll".encode(), b"nine", b""]
+        requests = [
+            InferRequest("vocab", "", [Tensor("word", "BYTES", (1, 1), np.array([[w]], dtype=object))]) for w in words
+        ]
+        results = await asyncio.gather(*(pipe.submit(r, info, 1, deadline, gone=lambda: False) for r in requests))
+        assert [r.outputs["echo"][0, 0] for r in results] == words
+        assert [int(r.outputs["word_id"][0, 0]) for r in results] == [4, -1, 9, -1]
+    finally:
+        await pipe.close()
+        await backend.close()

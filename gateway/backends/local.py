@@ -121,7 +121,7 @@ class LocalBackend(Backend):
         self, model: str, version: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float
     ) -> dict[str, np.ndarray]:
         session = self._session(model, version)
-        feed = {k: (v.astype(str) if v.dtype == object else v) for k, v in inputs.items()}
+        feed = {k: _ort_strings(v) if v.dtype.kind == "O" else v for k, v in inputs.items()}
         run_options = ort.RunOptions()
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.pool, session.run, outputs, feed, run_options)
@@ -136,4 +136,15 @@ class LocalBackend(Backend):
             raise HubFailed(f"local onnxruntime failed on {model!r}: {exc}") from exc
         finally:
             self.inflight -= 1
-        return dict(zip(outputs, results, strict=True))
+        return {n: _bytes_elements(r) if r.dtype.kind == "O" else r for n, r in zip(outputs, results, strict=True)}
+
+
+def _ort_strings(array: np.ndarray) -> np.ndarray:
+    """BYTES travel as ``bytes``; ONNX Runtime's string tensors want ``str``."""
+    flat = [b.decode("utf-8", "surrogateescape") if isinstance(b, bytes) else str(b) for b in array.flat]
+    return np.array(flat, dtype=object).reshape(array.shape)
+
+
+def _bytes_elements(array: np.ndarray) -> np.ndarray:
+    flat = [s.encode("utf-8", "surrogateescape") if isinstance(s, str) else s for s in array.flat]
+    return np.array(flat, dtype=object).reshape(array.shape)
