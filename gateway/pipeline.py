@@ -183,6 +183,10 @@ class Pipeline:
             finally:
                 self.metrics.inflight.labels(backend.name).dec()
             elapsed = loop.time() - start
+            if info.max_batch_size:
+                short = [k for k, v in results.items() if v.ndim == 0 or v.shape[0] != rows]
+                if short:
+                    raise HubFailed(f"{backend.name} returned output {short[0]!r} without {rows} rows for the batch")
             self.router.observe(backend.name, info.name, elapsed)
             self.metrics.backend_latency.labels(backend.name, info.name).observe(elapsed)
             self.metrics.batch_size.labels(backend.name, info.name).observe(rows)
