@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.routing.policy import POLICIES
+
 
 class ConfigError(Exception):
     """The config is invalid; the message names the key and what was expected."""
@@ -80,6 +82,12 @@ class Local:
 
 
 @dataclass(frozen=True, slots=True)
+class Routing:
+    default_policy: str = "nearest"  # nearest | cheapest | balanced | greenest | round_robin | least_loaded
+    balance_weight: float = 0.5  # balanced: 1.0 is price only, 0.0 is latency only
+
+
+@dataclass(frozen=True, slots=True)
 class Health:
     probe_interval_s: float = 2.0
     probe_timeout_s: float = 1.0
@@ -94,6 +102,7 @@ class GatewayConfig:
     limits: Limits = field(default_factory=Limits)
     deadlines: Deadlines = field(default_factory=Deadlines)
     local: Local = field(default_factory=Local)
+    routing: Routing = field(default_factory=Routing)
     health: Health = field(default_factory=Health)
 
 
@@ -209,5 +218,11 @@ def _check(config: GatewayConfig) -> None:
     _positive(config.local.intra_op_threads, "local.intra_op_threads")
     _positive(config.listen.port + 1, "listen.port")
     _positive(config.health.probe_interval_s, "health.probe_interval_s")
+    if config.routing.default_policy not in POLICIES:
+        raise ConfigError(
+            f"routing.default_policy: unknown policy {config.routing.default_policy!r}; one of {', '.join(POLICIES)}"
+        )
+    if not 0.0 <= config.routing.balance_weight <= 1.0:
+        raise ConfigError(f"routing.balance_weight: must be within 0..1, got {config.routing.balance_weight}")
     if not config.hubs and not config.local.enabled:
         raise ConfigError("hubs: no hubs and local.enabled is false: nothing could serve a request")

@@ -20,9 +20,12 @@ from gateway.config import Batching, Limits
 from gateway.errors import ClientGone, DeadlineExceeded, HubFailed, NoBackend, Overloaded, RailgateError
 from gateway.metrics import Metrics
 from gateway.protocol.types import InferRequest
+from gateway.routing.policy import Route
 from gateway.routing.router import Router
 
 log = logging.getLogger("railgate.pipeline")
+
+DEFAULT_ROUTE = Route()
 
 # Concatenating more than this many bytes runs off the event loop.
 _OFFLOAD_BYTES = 1 << 20
@@ -52,7 +55,7 @@ class Admitted:
 
 @dataclass(slots=True)
 class Lane:
-    key: tuple[str, str]
+    key: tuple[str, str, Route]  # the batch key: model, version, routing constraints
     info: ModelInfo
     queue: BatchQueue[Admitted]
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
@@ -66,7 +69,7 @@ class Pipeline:
         self.batching = batching
         self.limits = limits
         self.metrics = metrics
-        self.lanes: dict[tuple[str, str], Lane] = {}
+        self.lanes: dict[tuple[str, str, Route], Lane] = {}
         self._dispatches: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -81,8 +84,8 @@ class Pipeline:
             max_inflight_batches=b.max_inflight_batches,
         )
 
-    def _lane(self, info: ModelInfo, version: str) -> Lane:
-        key = (info.name, version)
+    def _lane(self, info: ModelInfo, version: str, route: Route) -> Lane:
+        key = (info.name, version, route)
         lane = self.lanes.get(key)
         if lane is None or lane.info is not info:  # first use, or the catalog changed
             if lane is not None and lane.runner is not None:
@@ -97,13 +100,19 @@ class Pipeline:
         return lane
 
     async def submit(
-        self, request: InferRequest, info: ModelInfo, rows: int, deadline: float, gone: Callable[[], bool]
+        self,
+        request: InferRequest,
+        info: ModelInfo,
+        rows: int,
+        deadline: float,
+        gone: Callable[[], bool],
+        route: Route = DEFAULT_ROUTE,
     ) -> BatchResult:
         """Queue a validated request; return its share of the batch it ran in."""
         if self._closing:
             raise NoBackend("gateway is shutting down")
         loop = asyncio.get_running_loop()
-        lane = self._lane(info, request.version)
+        lane = self._lane(info, request.version, route)
         if len(lane.queue) >= self.limits.max_queued_requests:
             raise Overloaded(
                 f"queue for model {info.name!r} is full ({len(lane.queue)} requests)", headers={"Retry-After": "1"}
@@ -128,7 +137,7 @@ class Pipeline:
             now = loop.time()
             for pending in queue.expired(now):
                 self._fail(pending, DeadlineExceeded(f"latency budget ran out in the queue for {lane.info.name!r}"))
-            decision = queue.decide(now, lane.inflight, self._service_estimate(lane.info.name))
+            decision = queue.decide(now, lane.inflight, self._service_estimate(lane))
             if isinstance(decision, Flush):
                 dropped = queue.remove(lambda p: p.item.abandoned())
                 if dropped:  # clients that went away never reach a backend; decide again
@@ -151,8 +160,9 @@ class Pipeline:
                 if timer is not None:
                     timer.cancel()
 
-    def _service_estimate(self, model: str) -> float:
-        estimates = [self.router.predicted_s(b.name, model) for b in self.router.candidates(model)]
+    def _service_estimate(self, lane: Lane) -> float:
+        model, _, route = lane.key
+        estimates = [self.router.predicted_s(b.name, model) for b in self.router.candidates(model, route)]
         known = [e for e in estimates if e is not None]
         return min(known) if known else 0.0
 
@@ -168,7 +178,7 @@ class Pipeline:
         deadline = min(p.deadline for p in batch)  # the batch carries its earliest member's deadline
         rows = sum(p.rows for p in batch)
         try:
-            backend, reason = self.router.choose(info.name, deadline - start)
+            backend, reason = self.router.choose(info.name, deadline - start, lane.key[2])
             inputs = await self._gather(info, batch)
             outputs = _union_outputs(info, batch)
             self.metrics.inflight.labels(backend.name).inc()

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from gateway.errors import BadRequest, DeadlineExceeded, PayloadTooLarge, Railga
 from gateway.protocol.codec import HEADER_LENGTH, DecodeLimits, decode_request, encode_error, encode_response
 from gateway.protocol.msgpack_codec import is_msgpack
 from gateway.protocol.types import Encoding, InferResponse, Tensor
+from gateway.routing.policy import POLICIES, Route
 from gateway.service import Gateway
 
 log = logging.getLogger("railgate.server")
@@ -137,6 +139,26 @@ def _budget_s(request: web.Request, parameters: dict[str, Any], gateway: Gateway
     return min(budget_s, deadlines.max_budget_ms / 1000)
 
 
+_REGION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def _route(request: web.Request, gateway: Gateway) -> Route:
+    """Routing constraints from ``X-Route-Policy`` and ``X-Allowed-Regions`` (comma-separated)."""
+    policy = request.headers.get("X-Route-Policy", gateway.config.routing.default_policy).strip()
+    if policy not in POLICIES:
+        raise BadRequest(f"X-Route-Policy {policy!r} is not a policy; valid: {', '.join(POLICIES)}")
+    raw = request.headers.get("X-Allowed-Regions")
+    if raw is None:
+        return Route(policy)
+    regions = [r.strip() for r in raw.split(",")]
+    bad = [r for r in regions if not _REGION.match(r)]
+    if bad:
+        raise BadRequest(
+            f"X-Allowed-Regions must be a comma-separated list of region names, got {raw!r} (bad: {bad[0]!r})"
+        )
+    return Route(policy, frozenset(regions))
+
+
 def _header_length(request: web.Request) -> int | None:
     raw = request.headers.get(HEADER_LENGTH)
     if raw is None:
@@ -169,9 +191,10 @@ async def infer(request: web.Request) -> web.Response:
     if loop.time() >= deadline:
         raise DeadlineExceeded("latency budget already spent on arrival; the request was not sent to a backend")
     rows = info.validate(req)
+    route = _route(request, gateway)
     transport = request.transport
     result = await gateway.pipeline.submit(
-        req, info, rows, deadline, gone=lambda: transport is None or transport.is_closing()
+        req, info, rows, deadline, gone=lambda: transport is None or transport.is_closing(), route=route
     )
     datatypes = {t.name: t.datatype for t in info.outputs}
     names = [o.name for o in req.outputs] or [o.name for o in info.outputs]

@@ -29,7 +29,7 @@ class Gateway:
         self.local: LocalBackend | None = LocalBackend(config.local) if config.local.enabled else None
         if self.local is not None:
             backends.append(self.local)
-        self.router = Router(backends)
+        self.router = Router(backends, config.routing)
         self.pipeline = Pipeline(self.router, config.batching, config.limits, self.metrics)
         self._prober: asyncio.Task[None] | None = None
 

@@ -250,3 +250,16 @@ def test_bytes_requests_batched_together_keep_their_own_strings(gateway: Gateway
         assert (echo if isinstance(echo, bytes) else echo.encode()) == words[i]
         expected_id = {b"seven": 7, b"two": 2}.get(words[i], -1)
         assert result.as_numpy("word_id")[0, 0] == expected_id
+
+
+@pytest.mark.parametrize("policy", ["cheapest", "greenest", "round_robin", "least_loaded", "balanced"])
+async def test_route_policy_header_is_applied_and_explained(gateway: GatewayProcess, policy: str):
+    x = sample_inputs("digits", batch=1)["pixels"]
+    body = json.dumps(
+        {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": x.ravel().tolist()}]}
+    ).encode()
+    headers = {"X-Route-Policy": policy, "X-Allowed-Regions": "west, north"}
+    status, reply_headers, raw = await _post(f"{gateway.url}/v2/models/digits/infer", body, headers)
+    assert status == 200, raw
+    assert reply_headers["X-Served-By"] == "west-1"
+    assert reply_headers["X-Route-Reason"].startswith(policy)

@@ -44,6 +44,9 @@ async def _post(url: str, body: bytes, headers: dict[str, str] | None = None) ->
         ("nosuch", _digits_body(), {}, 404, "unknown model 'nosuch'"),
         ("digits/versions/7", _digits_body(), {}, 404, "no version '7'"),
         ("digits", _digits_body(), {"X-Latency-Budget-Ms": "0"}, 504, "budget"),
+        ("digits", _digits_body(), {"X-Route-Policy": "fastest"}, 400, "valid: nearest, cheapest, balanced"),
+        ("digits", _digits_body(), {"X-Allowed-Regions": "west,,east"}, 400, "X-Allowed-Regions"),
+        ("digits", _digits_body(), {"X-Allowed-Regions": "east"}, 503, "allowed regions [east]"),
     ],
     ids=[
         "malformed",
@@ -57,6 +60,9 @@ async def _post(url: str, body: bytes, headers: dict[str, str] | None = None) ->
         "unknown-model",
         "unknown-version",
         "budget-spent",
+        "unknown-policy",
+        "malformed-regions",
+        "residency-unmet",
     ],
 )
 async def test_bad_requests_get_a_clear_error(

@@ -18,11 +18,14 @@ from gateway.catalog import ModelInfo
 class Backend(abc.ABC):
     kind: ClassVar[str]  # "hub" or "local"
 
-    def __init__(self, name: str, region: str = "default", price_per_1k: float = 0.0, carbon: float = 0.0) -> None:
+    def __init__(
+        self, name: str, region: str = "default", price_per_1k: float = 0.0, carbon: float = 0.0, capacity: int = 1
+    ) -> None:
         self.name = name
         self.region = region
         self.price_per_1k = price_per_1k
         self.carbon_g_per_kwh = carbon
+        self.capacity = capacity  # batches it takes at once
         self.healthy = False
         self.inflight = 0
         self.models: dict[str, ModelInfo] = {}

@@ -69,7 +69,8 @@ class LocalBackend(Backend):
     kind = "local"
 
     def __init__(self, config: Local) -> None:
-        super().__init__("local", region="local")
+        # The gateway's own machine: wherever the gateway is, so no residency rule excludes it.
+        super().__init__("local", region="local", capacity=config.workers)
         self.config = config
         self.pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="railgate-ort")
         self.sessions: dict[tuple[str, str], ort.InferenceSession] = {}

@@ -91,7 +91,7 @@ class TritonHttpBackend(Backend):
     kind = "hub"
 
     def __init__(self, spec: HubSpec) -> None:
-        super().__init__(spec.name, spec.region, spec.price_per_1k, spec.carbon_g_per_kwh)
+        super().__init__(spec.name, spec.region, spec.price_per_1k, spec.carbon_g_per_kwh, spec.max_inflight)
         self.spec = spec
         self.base_url = spec.url.rstrip("/")
         self.session: aiohttp.ClientSession | None = None
@@ -202,7 +202,7 @@ class TritonGrpcBackend(Backend):
     kind = "hub"
 
     def __init__(self, spec: HubSpec) -> None:
-        super().__init__(spec.name, spec.region, spec.price_per_1k, spec.carbon_g_per_kwh)
+        super().__init__(spec.name, spec.region, spec.price_per_1k, spec.carbon_g_per_kwh, spec.max_inflight)
         self.spec = spec
         parts = urlsplit(spec.url if "://" in spec.url else f"grpc://{spec.url}")
         self.target = f"{parts.hostname}:{parts.port}"

@@ -1,29 +1,108 @@
-"""Routing decisions as pure functions over backend snapshots (no I/O, no clock)."""
+"""Routing policies: pure functions from backend snapshots to a choice and its reason.
+
+No I/O and no clock: the router hands in snapshots, the budget, and a random source, so the same
+code runs in the gateway and under test. Hubs are preferred: they are the utility the edge buys
+compute from. The gateway's own ``local`` backend serves when no hub can, or when no hub's
+predicted latency fits the budget and the local one's does.
+
+Near-ties are broken by power-of-two-choices on load with random picks, so many gateways (or many
+batches) seeing the same table do not herd onto one hub.
+"""
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from gateway.routing.state import BackendView
 
+POLICIES = ("nearest", "cheapest", "balanced", "greenest", "round_robin", "least_loaded")
+# Scores within this fraction of the best (or this many seconds, for latencies) count as a tie.
+NEAR_TIE_FRACTION = 0.05
+NEAR_TIE_ABS_S = 0.0005
 
-def choose_backend(candidates: list[BackendView], budget_s: float) -> tuple[BackendView, str]:
-    """Pick the backend for a batch; return it and a few words on why.
 
-    Hubs are preferred: they are the utility the edge buys compute from. Among hubs, the lowest
-    predicted latency (an unmeasured hub counts as fastest, so it gets measured). The gateway's own
-    ``local`` backend serves when no hub can, or when no hub's prediction fits the budget and the
-    local one does.
-    """
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A request's routing constraints; part of its batch key, so batches never mix them."""
+
+    policy: str = "nearest"
+    regions: frozenset[str] | None = None  # allowed regions (residency); None: anywhere
+
+    def allows(self, region: str) -> bool:
+        return self.regions is None or region in self.regions
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    backend: BackendView
+    reason: str
+
+
+def _latency(view: BackendView) -> float:
+    # An unmeasured backend counts as fastest, so that it gets measured.
+    return view.predicted_s if view.predicted_s is not None else 0.0
+
+
+def _fits(view: BackendView, budget_s: float) -> bool:
+    return _latency(view) <= budget_s
+
+
+def _load(view: BackendView) -> float:
+    return view.inflight / max(view.capacity, 1)
+
+
+def _pick(views: list[BackendView], score: Callable[[BackendView], float], rng: random.Random) -> BackendView:
+    """Lowest score; among near-ties, the less loaded of two picked at random."""
+    best = min(score(v) for v in views)
+    tied = [v for v in views if score(v) <= best + max(abs(best) * NEAR_TIE_FRACTION, NEAR_TIE_ABS_S)]
+    if len(tied) == 1:
+        return tied[0]
+    a, b = rng.sample(tied, 2)
+    if _load(a) == _load(b):
+        return a
+    return a if _load(a) < _load(b) else b
+
+
+def choose(
+    candidates: list[BackendView],
+    budget_s: float,
+    policy: str,
+    rng: random.Random,
+    turn: int = 0,
+    balance_weight: float = 0.5,
+) -> Decision:
+    """Pick the backend for one batch. ``turn`` counts batches, for round_robin."""
     if not candidates:
         raise ValueError("no candidates")
     hubs = [c for c in candidates if c.kind == "hub"]
     local = next((c for c in candidates if c.kind == "local"), None)
     if not hubs:
         assert local is not None
-        return local, "local: no healthy hub serves the model"
-    best = min(hubs, key=lambda c: (c.predicted_s or 0.0, c.inflight))
-    hub_misses = best.predicted_s is not None and best.predicted_s > budget_s
-    local_fits = local is not None and (local.predicted_s is None or local.predicted_s <= budget_s)
-    if hub_misses and local_fits:
-        assert local is not None
-        return local, "local: no hub fits the budget"
-    return best, "lowest predicted latency" if len(hubs) > 1 else "only hub serving the model"
+        return Decision(local, "local: no hub can serve")
+    fitting = [h for h in hubs if _fits(h, budget_s)]
+    if not fitting and local is not None and _fits(local, budget_s):
+        return Decision(local, "local: no hub fits the budget")
+    if policy == "round_robin":
+        ordered = sorted(hubs, key=lambda h: h.name)
+        return Decision(ordered[turn % len(ordered)], "round_robin: next in turn")
+    if policy == "least_loaded":
+        return Decision(_pick(hubs, _load, rng), "least_loaded: fewest batches in flight per capacity")
+    if policy == "nearest":
+        return Decision(_pick(hubs, _latency, rng), "nearest: lowest predicted latency")
+    if not fitting:
+        return Decision(_pick(hubs, _latency, rng), f"{policy}: no hub fits the budget, fastest")
+    if policy == "cheapest":
+        return Decision(_pick(fitting, lambda h: h.price_per_1k, rng), "cheapest: lowest price within budget")
+    if policy == "greenest":
+        return Decision(_pick(fitting, lambda h: h.carbon_g_per_kwh, rng), "greenest: lowest carbon within budget")
+    if policy == "balanced":
+        max_price = max(h.price_per_1k for h in fitting) or 1.0
+        max_latency = max(_latency(h) for h in fitting) or 1.0
+
+        def score(h: BackendView) -> float:
+            return balance_weight * h.price_per_1k / max_price + (1 - balance_weight) * _latency(h) / max_latency
+
+        return Decision(_pick(fitting, score, rng), "balanced: price and latency weighed within budget")
+    raise ValueError(f"unknown policy {policy!r}")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import random
 
 from gateway.backends import Backend
 from gateway.catalog import ModelInfo
+from gateway.config import Routing
 from gateway.errors import ModelNotFound, NoBackend
-from gateway.routing.policy import choose_backend
+from gateway.routing.policy import Route, choose
 from gateway.routing.state import BackendView, PeakEwma
 
 log = logging.getLogger("railgate.router")
@@ -16,8 +18,13 @@ log = logging.getLogger("railgate.router")
 class Router:
     """Holds the backends, the merged model catalog, and per (backend, model) latency EWMAs."""
 
-    def __init__(self, backends: list[Backend]) -> None:
+    def __init__(
+        self, backends: list[Backend], config: Routing | None = None, rng: random.Random | None = None
+    ) -> None:
         self.backends = backends
+        self.config = config or Routing()
+        self.rng = rng or random.Random()
+        self._turn = 0
         self.catalog: dict[str, ModelInfo] = {}
         self._serving: dict[str, list[Backend]] = {}
         self._latency: dict[tuple[str, str], PeakEwma] = {}
@@ -63,8 +70,13 @@ class Router:
     def ready(self, name: str) -> bool:
         return any(b.healthy for b in self._serving.get(name, ()))
 
-    def candidates(self, model: str) -> list[Backend]:
-        return [b for b in self._serving.get(model, ()) if b.healthy]
+    def candidates(self, model: str, route: Route | None = None) -> list[Backend]:
+        # The local backend runs where the gateway is: the data does not move, so residency allows it.
+        return [
+            b
+            for b in self._serving.get(model, ())
+            if b.healthy and (route is None or b.kind == "local" or route.allows(b.region))
+        ]
 
     def predicted_s(self, backend: str, model: str) -> float | None:
         ewma = self._latency.get((backend, model))
@@ -73,10 +85,27 @@ class Router:
     def observe(self, backend: str, model: str, seconds: float) -> None:
         self._latency.setdefault((backend, model), PeakEwma()).update(seconds)
 
-    def choose(self, model: str, budget_s: float) -> tuple[Backend, str]:
-        backends = {b.name: b for b in self.candidates(model)}
+    def choose(self, model: str, budget_s: float, route: Route) -> tuple[Backend, str]:
+        """The backend for one batch of ``model`` under ``route``'s policy and residency."""
+        backends = {b.name: b for b in self.candidates(model, route)}
         if not backends:
+            if route.regions is not None and self.candidates(model):
+                allowed = ", ".join(sorted(route.regions))
+                raise NoBackend(f"no healthy backend in the allowed regions [{allowed}] serves model {model!r}")
             raise NoBackend(f"no healthy backend serves model {model!r} now")
-        views = [BackendView(b.name, b.kind, self.predicted_s(b.name, model), b.inflight) for b in backends.values()]
-        view, reason = choose_backend(views, budget_s)
-        return backends[view.name], reason
+        views = [
+            BackendView(
+                b.name,
+                b.kind,
+                self.predicted_s(b.name, model),
+                b.inflight,
+                b.capacity,
+                b.region,
+                b.price_per_1k,
+                b.carbon_g_per_kwh,
+            )
+            for b in backends.values()
+        ]
+        self._turn += 1
+        decision = choose(views, budget_s, route.policy, self.rng, self._turn, self.config.balance_weight)
+        return backends[decision.backend.name], decision.reason

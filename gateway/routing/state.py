@@ -31,4 +31,8 @@ class BackendView:
     name: str
     kind: str  # hub | local
     predicted_s: float | None  # None: never measured for this model
-    inflight: int
+    inflight: int = 0
+    capacity: int = 1  # batches it takes at once (max_inflight)
+    region: str = "default"
+    price_per_1k: float = 0.0
+    carbon_g_per_kwh: float = 0.0

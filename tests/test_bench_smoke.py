@@ -1,0 +1,164 @@
+"""Smoke tests of the benchmark tooling: its pure parts on synthetic numbers, and the load generator
+against a tiny local aiohttp server. The benchmark itself (real hub, gateway, nginx) is never run here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import sys
+
+import msgpack
+import numpy as np
+import pytest
+from aiohttp import web
+
+from bench import report
+from bench.load import HEADER_LENGTH, LoadSpec, Watch, encode_request, generate
+from bench.scenarios import Plan
+from bench.stats import latency_summary, percentile, spread
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_percentiles_and_spreads_match_numpy_conventions():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == pytest.approx(50.5)
+    assert percentile(values, 99) == pytest.approx(99.01)
+    assert percentile([3.0], 99) == 3.0
+    assert math.isnan(percentile([], 50))
+    summary = latency_summary(values)
+    assert summary["count"] == 100 and summary["max_ms"] == 100.0 and summary["p50_ms"] == pytest.approx(50.5)
+    s = spread([3.0, None, 1.0, math.nan, 2.0])
+    assert (s.median, s.min, s.max, s.runs) == (2.0, 1.0, 3.0, 3)
+    assert spread([None]) is None
+
+
+def _run(p50: float, p99: float, rps: float, **extra) -> dict:
+    return {"ok": 100, "errors": 0, "error_kinds": {}, "p50_ms": p50, "p99_ms": p99, "throughput_rps": rps, **extra}
+
+
+def _synthetic_report() -> dict:
+    overhead = {
+        "cases": [
+            {"path": "direct", "concurrency": 1, "client": "tc", "runs": [_run(4.0, 5.0, 250), _run(4.2, 5.5, 240)]},
+            {"path": "gateway", "concurrency": 1, "client": "tc", "runs": [_run(4.5, 9.5, 220), _run(4.9, 9.0, 200)]},
+        ]
+    }
+    batching = {
+        "cases": [
+            {"path": "direct", "concurrency": 256, "runs": [_run(150, 300, 1000, cpu_s={"link": 1.0})]},
+            {"path": "gateway", "concurrency": 256, "runs": [_run(60, 120, 4000, cpu_s={"gateway": 2.0})]},
+        ]
+    }
+    cost = {
+        "cases": [
+            {
+                "encoding": "json",
+                "concurrency": 64,
+                "runs": [_run(20, 40, 3000, cpu_s={"gateway": 5.0}, cpu_window_s=10.0, requests_per_gateway_cpu_s=600)],
+            }
+        ]
+    }
+    return {
+        "started": "2025-01-01 00:00:00 UTC",
+        "plan": Plan.make(runs=2, quick=True).as_dict(),
+        "machine": {"cores": 2, "python": "3.11"},
+        "notes": ["synthetic"],
+        "sections": {"overhead": overhead, "batching": batching, "cost": cost},
+    }
+
+
+def test_targets_and_markdown_from_synthetic_figures(tmp_path):
+    rep = _synthetic_report()
+    verdicts = {t.goal: t.met for t in report.all_targets(rep)}
+    assert verdicts == {
+        "gateway p50 adds ≤ 1 ms vs direct, c=1": True,  # +0.5 and +0.7 ms
+        "gateway p99 adds ≤ 3 ms vs direct, c=1": False,  # +4.5 and +3.5 ms
+        "gateway req/s ≥ 3x direct at equal or better p99": True,  # 4x at 120 vs 300 ms
+    }
+    text = report.markdown(rep)
+    assert "## 1. Overhead" in text and "## 2. Batching gain" in text and "## 3. Cost" in text
+    assert "+0.60 [+0.50, +0.70]" in text  # the paired p50 difference: median [min, max]
+    assert "**missed**" in text and "QUICK run" in text
+    for line in text.splitlines():
+        if line.startswith("|"):
+            assert line.endswith("|")
+    folder = report.write_report(rep, tmp_path, "stamp")
+    saved = json.loads((folder / "bench.json").read_text())
+    assert saved["sections"]["overhead"]["cases"][0]["summary"]["p50_ms"]["median"] == pytest.approx(4.1)
+    assert (tmp_path / "latest" / "bench.md").read_text() == (folder / "bench.md").read_text()
+
+
+async def _infer(request: web.Request) -> web.Response:
+    """A stand-in v2 server: answers each encoding the way Triton (and the gateway) would."""
+    if request.match_info["model"] != "digits":
+        return web.json_response({"error": "unknown model"}, status=404)
+    body = await request.read()
+    outputs = [{"name": "label", "datatype": "INT64", "shape": [1, 1]}]
+    if request.content_type == "application/msgpack":
+        assert msgpack.unpackb(body)["inputs"][0]["data"]
+        reply = msgpack.packb({"outputs": [{**outputs[0], "data": b"\0" * 8}]})
+        return web.Response(body=reply, content_type="application/msgpack")
+    if HEADER_LENGTH in request.headers:
+        outputs[0]["parameters"] = {"binary_data_size": 8}
+        head = json.dumps({"outputs": outputs}).encode()
+        return web.Response(body=head + b"\0" * 8, headers={HEADER_LENGTH: str(len(head))})
+    assert len(json.loads(body)["inputs"][0]["data"]) == 64
+    return web.json_response({"outputs": [{**outputs[0], "data": [0]}]})
+
+
+@pytest.fixture
+async def tiny_server():
+    app = web.Application()
+    app.router.add_post("/v2/models/{model}/infer", _infer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def test_load_generator_reports_well_formed_results(tiny_server):
+    for encoding in ("binary", "json", "msgpack"):
+        body, headers = encode_request(encoding, "pixels", np.zeros((1, 64), "float32"))
+        assert body and "Content-Type" in headers
+        result = await generate(
+            LoadSpec(url=tiny_server, encoding=encoding, concurrency=4, requests=40, warmup_requests=8)
+        )
+        assert (result["ok"], result["errors"], result["aborted"]) == (40, 0, False), result["error_kinds"]
+        assert len(result["latencies_ms"]) == 40 and result["throughput_rps"] > 0
+        assert result["summary"]["p50_ms"] <= result["summary"]["p99_ms"]
+
+    timed = await generate(
+        LoadSpec(
+            url=tiny_server,
+            concurrency=2,
+            duration_s=0.4,
+            warmup_s=0.1,
+            watch=(Watch("self", os.getpid()),),
+        )
+    )
+    assert timed["ok"] > 0 and timed["elapsed_s"] == pytest.approx(0.4)
+    assert timed["cpu_s"]["self"] is not None and timed["cpu_s"]["loadgen"] >= 0
+    assert timed["cpu_window_s"] == pytest.approx(0.4, abs=0.1)
+
+    missing = await generate(LoadSpec(url=tiny_server, model="nope", concurrency=2, requests=6))
+    assert (missing["ok"], missing["errors"], missing["error_kinds"]) == (0, 6, {"http_404": 6})
+    json.dumps(missing)  # the document the CLI prints
+
+
+async def test_load_generator_cli_prints_one_json_document(tiny_server):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.load", "--url", tiny_server, "--encoding", "msgpack",
+        "--concurrency", "2", "--requests", "10", "--max-seconds", "20",
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    result = json.loads(out)
+    assert result["ok"] == 10 and result["spec"]["encoding"] == "msgpack"
