@@ -8,6 +8,7 @@ else in the gateway reads files or the environment for settings.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from urllib.parse import urlsplit
 import yaml
 
 from gateway.routing.policy import POLICIES
+
+_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
 class ConfigError(Exception):
@@ -31,6 +34,21 @@ class Listen:
 
 
 @dataclass(frozen=True, slots=True)
+class TariffWindow:
+    """A time-of-day price: ``from`` and ``to`` as "HH:MM", wrapping midnight when to < from."""
+
+    from_: str = field(metadata={"key": "from"})
+    to: str
+    price_per_1k: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    model: str
+    price_per_1k: float
+
+
+@dataclass(frozen=True, slots=True)
 class HubSpec:
     """A Triton hub on the backbone. Its models and their metadata are read from the hub itself."""
 
@@ -38,10 +56,13 @@ class HubSpec:
     url: str  # http://host:port for protocol http; host:port (or grpc://host:port) for grpc
     region: str = "default"
     price_per_1k: float = 0.0
+    model_prices: tuple[ModelPrice, ...] = ()  # per-model prices win over the tariff
+    tariff: tuple[TariffWindow, ...] = ()  # time-of-day prices
     carbon_g_per_kwh: float = 0.0
     protocol: str = "http"
     max_connections: int = 64
     max_inflight: int = 8  # concurrent batches this gateway sends to the hub
+    metrics_url: str = ""  # Triton's Prometheus endpoint (http://host:8002/metrics), optional
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +106,10 @@ class Local:
 class Routing:
     default_policy: str = "nearest"  # nearest | cheapest | balanced | greenest | round_robin | least_loaded
     balance_weight: float = 0.5  # balanced: 1.0 is price only, 0.0 is latency only
+    retry_ratio: float = 0.2  # concurrent retries and hedges <= this share of active requests ...
+    min_retry_concurrency: int = 3  # ... but at least this many
+    hedge: bool = False  # send a copy to the next-best hub when the first is past its predicted p95
+    hedge_factor: float = 1.0  # hedge after hedge_factor x the hub's predicted p95
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +117,12 @@ class Health:
     probe_interval_s: float = 2.0
     probe_timeout_s: float = 1.0
     discover_timeout_s: float = 10.0  # reading a hub's models, metadata and configs
+    stats_interval_s: float = 5.0  # Triton's statistics (and metrics_url) are read this often
+    failures_to_eject: int = 3  # consecutive failed or timed-out batches eject a hub ...
+    base_ejection_s: float = 1.0  # ... for this long, doubling with each ejection in a row ...
+    max_ejection_s: float = 30.0  # ... up to this
+    slow_start_s: float = 5.0  # a returning hub's share of batches ramps up over this
+    warmup: bool = True  # send warm-up batches to a newly seen hub before real traffic
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,15 +161,16 @@ def _build(cls: type, raw: Any, path: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
+    # A field may be spelled differently in YAML (``from`` is a Python keyword).
+    fields = {f.metadata.get("key", f.name): f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields), key=str)
     if unknown:
         raise ConfigError(f"{_join(path, str(unknown[0]))}: unknown key; expected one of {', '.join(fields)}")
     values = {}
-    for name, f in fields.items():
-        key = _join(path, name)
-        if name in raw:
-            values[name] = _coerce(hints[name], raw[name], key)
+    for yaml_key, f in fields.items():
+        key = _join(path, yaml_key)
+        if yaml_key in raw:
+            values[f.name] = _coerce(hints[f.name], raw[yaml_key], key)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{key}: required")
     return cls(**values)
@@ -203,6 +235,18 @@ def _check(config: GatewayConfig) -> None:
         _positive(hub.max_connections, f"{key}.max_connections (hub {hub.name})")
         if hub.price_per_1k < 0 or hub.carbon_g_per_kwh < 0:
             raise ConfigError(f"{key} (hub {hub.name}): price_per_1k and carbon_g_per_kwh must be >= 0")
+        for j, window in enumerate(hub.tariff):
+            for name in ("from_", "to"):
+                value = getattr(window, name)
+                if not _HHMM.match(value):
+                    field_name = name.rstrip("_")
+                    raise ConfigError(
+                        f'{key}.tariff[{j}].{field_name} (hub {hub.name}): expected "HH:MM", got {value!r}'
+                    )
+            if window.price_per_1k < 0:
+                raise ConfigError(f"{key}.tariff[{j}].price_per_1k (hub {hub.name}): must be >= 0")
+        if hub.metrics_url and not urlsplit(hub.metrics_url).hostname:
+            raise ConfigError(f"{key}.metrics_url (hub {hub.name}): expected http://host:port/metrics")
     b = config.batching
     _positive(b.max_batch_size, "batching.max_batch_size")
     _positive(b.max_inflight_batches, "batching.max_inflight_batches")
@@ -218,6 +262,11 @@ def _check(config: GatewayConfig) -> None:
     _positive(config.local.intra_op_threads, "local.intra_op_threads")
     _positive(config.listen.port + 1, "listen.port")
     _positive(config.health.probe_interval_s, "health.probe_interval_s")
+    _positive(config.health.failures_to_eject, "health.failures_to_eject")
+    _positive(config.health.base_ejection_s, "health.base_ejection_s")
+    if not 0.0 <= config.routing.retry_ratio <= 1.0:
+        raise ConfigError(f"routing.retry_ratio: must be within 0..1, got {config.routing.retry_ratio}")
+    _positive(config.routing.hedge_factor, "routing.hedge_factor")
     if config.routing.default_policy not in POLICIES:
         raise ConfigError(
             f"routing.default_policy: unknown policy {config.routing.default_policy!r}; one of {', '.join(POLICIES)}"

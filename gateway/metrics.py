@@ -37,6 +37,20 @@ class Metrics:
         self.queue_depth = Gauge("railgate_queue_depth", "Requests waiting in batch queues", ["model"], registry=r)
         self.inflight = Gauge("railgate_backend_inflight_batches", "Batches in flight", ["backend"], registry=r)
         self.backend_healthy = Gauge("railgate_backend_healthy", "1 when the backend is ready", ["backend"], registry=r)
+        self.hub_state = Gauge(
+            "railgate_hub_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open", ["backend"], registry=r
+        )
+        self.ejections = Counter("railgate_hub_ejections", "Hubs ejected by outlier detection", ["backend"], registry=r)
+        self.selections = Counter(
+            "railgate_route_selections", "Batches sent, by backend, policy and reason", ["backend", "policy", "reason"],
+            registry=r,
+        )  # fmt: skip
+        self.retries = Counter("railgate_retries", "Batches retried after this backend failed", ["backend"], registry=r)
+        self.hedges = Counter("railgate_hedges", "Hedge copies sent to this backend", ["backend"], registry=r)
+        self.prediction_ratio = Histogram(
+            "railgate_prediction_ratio", "Actual over predicted batch latency", ["backend"],
+            buckets=(0.25, 0.5, 0.8, 1.0, 1.25, 1.5, 2.0, 4.0, 10.0), registry=r,
+        )  # fmt: skip
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

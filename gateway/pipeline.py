@@ -16,10 +16,11 @@ import numpy as np
 
 from gateway.batching import BatchPolicy, BatchQueue, Flush, Pending
 from gateway.catalog import ModelInfo
-from gateway.config import Batching, Limits
+from gateway.config import Batching, Limits, Routing
 from gateway.errors import ClientGone, DeadlineExceeded, HubFailed, NoBackend, Overloaded, RailgateError
 from gateway.metrics import Metrics
 from gateway.protocol.types import InferRequest
+from gateway.routing.forward import Batch, Forwarder
 from gateway.routing.policy import Route
 from gateway.routing.router import Router
 
@@ -64,11 +65,15 @@ class Lane:
 
 
 class Pipeline:
-    def __init__(self, router: Router, batching: Batching, limits: Limits, metrics: Metrics) -> None:
+    def __init__(
+        self, router: Router, batching: Batching, limits: Limits, metrics: Metrics, routing: Routing | None = None
+    ) -> None:
         self.router = router
         self.batching = batching
         self.limits = limits
         self.metrics = metrics
+        self.active = 0  # requests admitted and not yet answered (the retry budget's base)
+        self.forwarder = Forwarder(router, routing or router.config, metrics, lambda: self.active)
         self.lanes: dict[tuple[str, str, Route], Lane] = {}
         self._dispatches: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -121,12 +126,14 @@ class Pipeline:
         lane.queue.push(admitted, rows, deadline, loop.time())
         self.metrics.queue_depth.labels(info.name).inc()
         lane.wakeup.set()
+        self.active += 1
         try:
             async with asyncio.timeout_at(deadline):
                 return await admitted.future
         except TimeoutError:
             raise DeadlineExceeded(f"latency budget ran out for model {info.name!r}") from None
         finally:
+            self.active -= 1
             if not admitted.future.done():
                 admitted.future.cancel()  # the runner drops it before its batch is sent
 
@@ -162,7 +169,8 @@ class Pipeline:
 
     def _service_estimate(self, lane: Lane) -> float:
         model, _, route = lane.key
-        estimates = [self.router.predicted_s(b.name, model) for b in self.router.candidates(model, route)]
+        rows = max(lane.queue.rows, 1)
+        estimates = [self.router.predicted_s(b, model, rows) for b in self.router.candidates(model, route)]
         known = [e for e in estimates if e is not None]
         return min(known) if known else 0.0
 
@@ -175,44 +183,34 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         info = lane.info
         start = loop.time()
-        deadline = min(p.deadline for p in batch)  # the batch carries its earliest member's deadline
         rows = sum(p.rows for p in batch)
+        model, version, route = lane.key
         try:
-            backend, reason = self.router.choose(info.name, deadline - start, lane.key[2])
-            inputs = await self._gather(info, batch)
-            outputs = _union_outputs(info, batch)
-            self.metrics.inflight.labels(backend.name).inc()
-            try:
-                results = await backend.infer(info.name, lane.key[1], inputs, outputs, deadline)
-            except HubFailed:
-                if backend.kind == "hub":
-                    backend.healthy = False  # until its next probe succeeds
-                    self.metrics.backend_healthy.labels(backend.name).set(0)
-                    log.warning("event=hub_unhealthy hub=%s reason=call_failed", backend.name)
-                raise
-            finally:
-                self.metrics.inflight.labels(backend.name).dec()
-            elapsed = loop.time() - start
-            if info.max_batch_size:
-                short = [k for k, v in results.items() if v.ndim == 0 or v.shape[0] != rows]
-                if short:
-                    raise HubFailed(f"{backend.name} returned output {short[0]!r} without {rows} rows for the batch")
-            self.router.observe(backend.name, info.name, elapsed)
-            self.metrics.backend_latency.labels(backend.name, info.name).observe(elapsed)
-            self.metrics.batch_size.labels(backend.name, info.name).observe(rows)
+            inputs = await self._gather(batch)
+            forwarded = await self.forwarder.forward(
+                Batch(
+                    model,
+                    version,
+                    route,
+                    inputs,
+                    _union_outputs(info, batch),
+                    rows if info.max_batch_size else 0,
+                    min(p.deadline for p in batch),  # the batch carries its earliest member's deadline
+                )
+            )
             offset = 0
             for pending in batch:
-                share = (
-                    {k: v[offset : offset + pending.rows] for k, v in results.items()}
-                    if info.max_batch_size
-                    else results
-                )
+                if info.max_batch_size:
+                    share = {k: v[offset : offset + pending.rows] for k, v in forwarded.outputs.items()}
+                else:
+                    share = forwarded.outputs
                 offset += pending.rows
                 if not pending.item.future.done():
                     self.metrics.queue_wait.labels(info.name).observe(start - pending.enqueued)
-                    pending.item.future.set_result(
-                        BatchResult(share, backend.name, rows, reason, start - pending.enqueued, elapsed)
+                    result = BatchResult(
+                        share, forwarded.backend, rows, forwarded.reason, start - pending.enqueued, forwarded.backend_s
                     )
+                    pending.item.future.set_result(result)
         except RailgateError as exc:
             for pending in batch:
                 if not pending.item.future.done():
@@ -226,7 +224,7 @@ class Pipeline:
             lane.inflight -= 1
             lane.wakeup.set()
 
-    async def _gather(self, info: ModelInfo, batch: list[Pending[Admitted]]) -> dict[str, np.ndarray]:
+    async def _gather(self, batch: list[Pending[Admitted]]) -> dict[str, np.ndarray]:
         """The batch's inputs, one array per input name, requests stacked along the batch dim."""
         first = batch[0].item.request.inputs
         if len(batch) == 1:

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from gateway.config import ConfigError, GatewayConfig, Listen, load_config
 from gateway.errors import BadRequest, DeadlineExceeded, PayloadTooLarge, RailgateError
+from gateway.errors import ModelNotFound as NotFound
 from gateway.protocol.codec import HEADER_LENGTH, DecodeLimits, decode_request, encode_error, encode_response
 from gateway.protocol.msgpack_codec import is_msgpack
 from gateway.protocol.types import Encoding, InferResponse, Tensor
@@ -113,6 +114,32 @@ async def repository_index(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     body = request.app[GATEWAY].metrics.render()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+# -- operations -------------------------------------------------------------------------------
+
+
+async def status(request: web.Request) -> web.Response:
+    return _json(request.app[GATEWAY].status())
+
+
+async def admin_reload(request: web.Request) -> web.Response:
+    try:
+        changes = await request.app[GATEWAY].reload()
+    except (ConfigError, ValueError) as exc:
+        raise BadRequest(f"reload refused, the hub table is unchanged: {exc}") from exc
+    return _json(changes)
+
+
+async def admin_drain(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    name = request.match_info["hub"]
+    try:
+        backend = gateway.drain(name) if request.method == "POST" else gateway.undrain(name)
+    except KeyError:
+        hubs = ", ".join(b.name for b in gateway.backends if b.kind == "hub") or "none"
+        raise NotFound(f"no hub named {name!r}; hubs: {hubs}") from None
+    return _json({"hub": name, "draining": request.method == "POST", "inflight": backend.inflight})
 
 
 # -- inference ------------------------------------------------------------------------------------
@@ -226,11 +253,11 @@ async def count_errors_middleware(request: web.Request, handler) -> web.StreamRe
     return response
 
 
-def create_app(config: GatewayConfig) -> web.Application:
+def create_app(config: GatewayConfig, config_path: Path | None = None) -> web.Application:
     app = web.Application(
         middlewares=[count_errors_middleware, errors_middleware], client_max_size=config.limits.max_body_bytes
     )
-    gateway = Gateway(config)
+    gateway = Gateway(config, config_path)
     app[GATEWAY] = gateway
     limits = config.limits
     app[DECODE_LIMITS] = DecodeLimits(
@@ -256,6 +283,10 @@ def create_app(config: GatewayConfig) -> web.Application:
         r.add_get(prefix + "/config", model_config)
         r.add_post(prefix + "/infer", infer)
     r.add_get("/metrics", metrics)
+    r.add_get("/status", status)
+    r.add_post("/admin/reload", admin_reload)
+    r.add_post("/admin/hubs/{hub}/drain", admin_drain)
+    r.add_delete("/admin/hubs/{hub}/drain", admin_drain)
     return app
 
 
@@ -290,7 +321,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"railgate serve: {exc}", file=sys.stderr)
         return 2
-    app = create_app(config)
+    app = create_app(config, args.config)
     try:
         uvloop.run(_serve(app, config.listen))
     except RailgateError as exc:
@@ -322,6 +353,24 @@ async def _serve(app: web.Application, listen: Listen) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        reloads: set[asyncio.Task[None]] = set()
+        if gateway.config_path is not None:
+            loop.add_signal_handler(signal.SIGHUP, lambda: _spawn_reload(gateway, reloads))
         await stop.wait()
+        for task in reloads:
+            task.cancel()
     finally:
         await runner.cleanup()
+
+
+def _spawn_reload(gateway: Gateway, tasks: set[asyncio.Task[None]]) -> None:
+    async def reload() -> None:
+        try:
+            changes = await gateway.reload()
+            log.info("event=sighup_reload changes=%s", changes)
+        except (ConfigError, ValueError) as exc:
+            log.error("event=reload_refused error=%s", exc)
+
+    task = asyncio.get_running_loop().create_task(reload())
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)

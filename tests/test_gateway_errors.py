@@ -131,13 +131,14 @@ async def test_deadline_is_kept_when_the_backbone_is_slower_than_the_budget(hub:
     assert elapsed < 0.6, "the gateway waited for the hub past the request's deadline"
 
 
-async def test_dead_hub_gives_502_then_503_and_local_serves_when_allowed(repository: Path, tmp_path: Path):
+async def test_dead_hub_gives_502_until_ejected_then_503(repository: Path, tmp_path: Path):
     doomed = start_hub(repository, "doomed")
     try:
         config = {
             "hubs": [hub_entry(doomed)],
             "local": {"enabled": False},
-            "health": {"probe_interval_s": 3600.0},  # only the failed call marks the hub down here
+            # Only failed calls mark the hub down here: probes are too slow to interfere.
+            "health": {"probe_interval_s": 3600.0, "failures_to_eject": 2, "base_ejection_s": 60.0},
         }
         gw = GatewayProcess(tmp_path, config).start()
         try:
@@ -145,10 +146,10 @@ async def test_dead_hub_gives_502_then_503_and_local_serves_when_allowed(reposit
             assert status == 200
             os.killpg(doomed.process.pid, signal.SIGKILL)
             doomed.process.wait()
-            status, reply = await _post(f"{gw.url}/v2/models/digits/infer", _digits_body())
-            assert status == 502 and "hub doomed" in reply["error"]
-            status, reply = await _post(f"{gw.url}/v2/models/digits/infer", _digits_body())
-            assert status == 503 and "no healthy backend serves model 'digits'" in reply["error"]
+            replies = [await _post(f"{gw.url}/v2/models/digits/infer", _digits_body()) for _ in range(3)]
+            assert [r[0] for r in replies] == [502, 502, 503]
+            assert all("hub doomed" in r[1]["error"] for r in replies[:2])
+            assert "no healthy backend serves model 'digits'" in replies[2][1]["error"]
         finally:
             assert gw.stop() == 0
     finally:

@@ -44,6 +44,14 @@ class Backend(abc.ABC):
     async def probe(self, timeout_s: float) -> bool:
         """Whether the backend answers and is ready, within ``timeout_s``."""
 
+    async def statistics(self) -> dict[str, tuple[float, float, float]]:
+        """Per model: (inference count, total queue ns, total compute ns), cumulative; {} if unknown."""
+        return {}
+
+    async def pending_requests(self) -> float | None:
+        """Requests queued at the backend now (Triton's nv_inference_pending_request_count)."""
+        return None
+
     @abc.abstractmethod
     async def infer(
         self, model: str, version: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float

@@ -112,7 +112,8 @@ class TritonHttpBackend(Backend):
 
     async def _get_json(self, path: str, method: str = "GET", timeout_s: float = 5.0) -> Any:
         assert self.session is not None
-        async with asyncio.timeout(timeout_s), self.session.request(method, path) as reply:
+        url = path if path.startswith("http") else self.base_url + path
+        async with asyncio.timeout(timeout_s), self.session.request(method, url) as reply:
             body = await reply.read()
             if reply.status != 200:
                 raise HubFailed(f"hub {self.name}: {method} {path} answered {reply.status}: {body[:200]!r}")
@@ -136,11 +137,27 @@ class TritonHttpBackend(Backend):
     async def probe(self, timeout_s: float) -> bool:
         assert self.session is not None
         try:
-            async with asyncio.timeout(timeout_s), self.session.get("/v2/health/ready") as reply:
+            async with asyncio.timeout(timeout_s), self.session.get(f"{self.base_url}/v2/health/ready") as reply:
                 await reply.read()
                 return reply.status == 200
         except (aiohttp.ClientError, OSError, TimeoutError):
             return False
+
+    async def statistics(self) -> dict[str, tuple[float, float, float]]:
+        stats = await self._get_json("/v2/models/stats")
+        return _statistics(stats.get("model_stats", []))
+
+    async def pending_requests(self) -> float | None:
+        if not self.spec.metrics_url:
+            return None
+        assert self.session is not None
+        async with asyncio.timeout(2.0), self.session.get(self.spec.metrics_url) as reply:
+            text = await reply.text()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("nv_inference_pending_request_count{")
+        )
 
     async def infer(
         self, model: str, version: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float
@@ -189,6 +206,19 @@ class TritonHttpBackend(Backend):
             raise HubFailed(f"hub {self.name} sent an unreadable reply: {exc}") from exc
 
 
+def _statistics(model_stats: list[dict[str, Any]]) -> dict[str, tuple[float, float, float]]:
+    """Triton's statistics extension, summed over versions: count, queue ns, compute ns."""
+    totals: dict[str, tuple[float, float, float]] = {}
+    for entry in model_stats:
+        infer = entry.get("inference_stats", {})
+        count = float(infer.get("success", {}).get("count", 0))
+        queue = float(infer.get("queue", {}).get("ns", 0))
+        compute = float(infer.get("compute_infer", {}).get("ns", 0))
+        c, q, n = totals.get(entry["name"], (0.0, 0.0, 0.0))
+        totals[entry["name"]] = (c + count, q + queue, n + compute)
+    return totals
+
+
 def _error_text(raw: bytes) -> str:
     try:
         return str(json.loads(raw)["error"])
@@ -231,6 +261,10 @@ class TritonGrpcBackend(Backend):
         infos = await asyncio.gather(*(read(n) for n in names))
         self.models = dict(zip(names, infos, strict=True))
         return self.models
+
+    async def statistics(self) -> dict[str, tuple[float, float, float]]:
+        stats = await self.client.get_inference_statistics(as_json=True)
+        return _statistics(stats.get("model_stats", []))
 
     async def probe(self, timeout_s: float) -> bool:
         try:

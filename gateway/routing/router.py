@@ -1,33 +1,87 @@
-"""The router: which backends serve which model, and which one gets the next batch."""
+"""The router: which backends serve which model, their live state, and who gets the next batch.
+
+Pure apart from the clock it is given: the gateway passes ``time.monotonic`` and the routing
+simulator in bench/ passes a virtual clock, and both run this very code.
+"""
 
 from __future__ import annotations
 
 import logging
 import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from gateway.backends import Backend
 from gateway.catalog import ModelInfo
-from gateway.config import Routing
+from gateway.config import Health, Routing
 from gateway.errors import ModelNotFound, NoBackend
+from gateway.health import Breaker, BreakerPolicy, BreakerState
 from gateway.routing.policy import Route, choose
-from gateway.routing.state import BackendView, PeakEwma
+from gateway.routing.state import BackendState, BackendView
 
 log = logging.getLogger("railgate.router")
 
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    backend: Backend
+    reason: str
+    predicted_s: float | None
+
 
 class Router:
-    """Holds the backends, the merged model catalog, and per (backend, model) latency EWMAs."""
+    """Holds the backends, the merged model catalog, and per-backend state and breakers."""
 
     def __init__(
-        self, backends: list[Backend], config: Routing | None = None, rng: random.Random | None = None
+        self,
+        backends: list[Backend],
+        config: Routing | None = None,
+        health: Health | None = None,
+        rng: random.Random | None = None,
+        clock: Clock = time.monotonic,
+        minute_of_day: Callable[[], int] | None = None,
     ) -> None:
-        self.backends = backends
         self.config = config or Routing()
+        health = health or Health()
+        self.breaker_policy = BreakerPolicy(
+            health.failures_to_eject, health.base_ejection_s, health.max_ejection_s, health.slow_start_s
+        )
         self.rng = rng or random.Random()
-        self._turn = 0
+        self.clock = clock
+        self.minute_of_day = minute_of_day or _utc_minute
+        self.backends: list[Backend] = []
+        self.state: dict[str, BackendState] = {}
+        self.breakers: dict[str, Breaker] = {}
+        self.draining: set[str] = set()
         self.catalog: dict[str, ModelInfo] = {}
         self._serving: dict[str, list[Backend]] = {}
-        self._latency: dict[tuple[str, str], PeakEwma] = {}
+        self._turn = 0
+        self.recent: deque[dict[str, object]] = deque(maxlen=20)
+        self.on_state_change: Callable[[str, str], None] = lambda backend, state: None
+        for backend in backends:
+            self.add(backend)
+
+    # -- membership ------------------------------------------------------------------------------
+
+    def add(self, backend: Backend) -> None:
+        self.backends.append(backend)
+        self.state.setdefault(backend.name, BackendState())
+        self.breakers.setdefault(backend.name, Breaker(self.breaker_policy))
+
+    def remove(self, name: str) -> Backend | None:
+        backend = self.backend(name)
+        if backend is not None:
+            self.backends.remove(backend)
+            self.draining.discard(name)
+            self.rebuild_catalog()
+        return backend
+
+    def backend(self, name: str) -> Backend | None:
+        return next((b for b in self.backends if b.name == name), None)
 
     def rebuild_catalog(self) -> None:
         """Merge what each backend discovered. A backend whose metadata for a model disagrees
@@ -67,45 +121,103 @@ class Router:
             raise ModelNotFound(f"unknown model {name!r}; this gateway serves: {known}")
         return info
 
-    def ready(self, name: str) -> bool:
-        return any(b.healthy for b in self._serving.get(name, ()))
+    # -- choosing --------------------------------------------------------------------------------
 
-    def candidates(self, model: str, route: Route | None = None) -> list[Backend]:
+    def usable(self, backend: Backend, now: float) -> bool:
+        return backend.healthy and backend.name not in self.draining and self.breakers[backend.name].share(now) > 0
+
+    def ready(self, model: str) -> bool:
+        now = self.clock()
+        return any(self.usable(b, now) for b in self._serving.get(model, ()))
+
+    def candidates(
+        self, model: str, route: Route | None = None, exclude: frozenset[str] = frozenset()
+    ) -> list[Backend]:
+        now = self.clock()
         # The local backend runs where the gateway is: the data does not move, so residency allows it.
         return [
             b
             for b in self._serving.get(model, ())
-            if b.healthy and (route is None or b.kind == "local" or route.allows(b.region))
+            if b.name not in exclude
+            and self.usable(b, now)
+            and (route is None or b.kind == "local" or route.allows(b.region))
         ]
 
-    def predicted_s(self, backend: str, model: str) -> float | None:
-        ewma = self._latency.get((backend, model))
-        return ewma.value if ewma else None
+    def predicted_s(self, backend: Backend, model: str, rows: int = 1) -> float | None:
+        return self.state[backend.name].predicted_s(model, rows, backend.inflight, backend.capacity)
 
-    def observe(self, backend: str, model: str, seconds: float) -> None:
-        self._latency.setdefault((backend, model), PeakEwma()).update(seconds)
+    def price_now(self, backend: Backend, model: str) -> float:
+        spec = getattr(backend, "spec", None)
+        if spec is None:
+            return backend.price_per_1k
+        from gateway.routing.tariff import price_now
 
-    def choose(self, model: str, budget_s: float, route: Route) -> tuple[Backend, str]:
+        return price_now(spec, model, self.minute_of_day())
+
+    def choose(
+        self, model: str, budget_s: float, route: Route, rows: int = 1, exclude: frozenset[str] = frozenset()
+    ) -> Selection:
         """The backend for one batch of ``model`` under ``route``'s policy and residency."""
-        backends = {b.name: b for b in self.candidates(model, route)}
-        if not backends:
-            if route.regions is not None and self.candidates(model):
+        candidates = self.candidates(model, route, exclude)
+        if not candidates:
+            if route.regions is not None and self.candidates(model, exclude=exclude):
                 allowed = ", ".join(sorted(route.regions))
                 raise NoBackend(f"no healthy backend in the allowed regions [{allowed}] serves model {model!r}")
-            raise NoBackend(f"no healthy backend serves model {model!r} now")
-        views = [
-            BackendView(
+            tried = f" (tried {', '.join(sorted(exclude))})" if exclude else ""
+            raise NoBackend(f"no healthy backend serves model {model!r} now{tried}")
+        now = self.clock()
+        # Slow start: a hub back from ejection is offered only a growing share of the batches.
+        ramped = [b for b in candidates if self.rng.random() < self.breakers[b.name].share(now)]
+        candidates = ramped or candidates
+        views = {
+            b.name: BackendView(
                 b.name,
                 b.kind,
-                self.predicted_s(b.name, model),
+                self.predicted_s(b, model, rows),
                 b.inflight,
                 b.capacity,
                 b.region,
-                b.price_per_1k,
+                self.price_now(b, model),
                 b.carbon_g_per_kwh,
             )
-            for b in backends.values()
-        ]
+            for b in candidates
+        }
         self._turn += 1
-        decision = choose(views, budget_s, route.policy, self.rng, self._turn, self.config.balance_weight)
-        return backends[decision.backend.name], decision.reason
+        decision = choose(
+            list(views.values()), budget_s, route.policy, self.rng, self._turn, self.config.balance_weight
+        )
+        backend = next(b for b in candidates if b.name == decision.backend.name)
+        self.state[backend.name].selections += 1
+        self.breakers[backend.name].on_send()
+        self.recent.append(
+            {"model": model, "backend": backend.name, "policy": route.policy, "reason": decision.reason, "rows": rows}
+        )
+        return Selection(backend, decision.reason, decision.backend.predicted_s)
+
+    # -- outcomes --------------------------------------------------------------------------------
+
+    def report(self, backend: Backend, model: str, rows: int, seconds: float, ok: bool) -> None:
+        """Record a batch's outcome: latency EWMAs, error rate, and the breaker."""
+        now = self.clock()
+        self.state[backend.name].record(model, rows, seconds, ok)
+        breaker = self.breakers[backend.name]
+        if ok:
+            if breaker.on_success(now):
+                log.info("event=hub_restored hub=%s", backend.name)
+                self.on_state_change(backend.name, BreakerState.CLOSED.value)
+        elif breaker.on_failure(now):
+            log.warning(
+                "event=hub_ejected hub=%s for_s=%.1f ejections=%d",
+                backend.name,
+                breaker.open_until - now,
+                breaker.ejections,
+            )
+            self.on_state_change(backend.name, BreakerState.OPEN.value)
+
+    def observe_rtt(self, backend: Backend, seconds: float) -> None:
+        self.state[backend.name].rtt.update(seconds)
+
+
+def _utc_minute() -> int:
+    now = time.gmtime()
+    return now.tm_hour * 60 + now.tm_min

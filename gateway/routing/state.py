@@ -1,8 +1,13 @@
-"""Live state per backend and model: latency as an EWMA that rises fast and falls slowly."""
+"""Live state per backend: latency EWMAs (peak-sensitive), service time by batch size, errors.
+
+Predicted latency of sending a batch of ``rows`` to a hub = backbone RTT + service time at that
+batch size + queueing behind the batches already in flight there. Everything here is plain data
+updated by the router; nothing does I/O.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
@@ -10,18 +15,97 @@ class PeakEwma:
     """An EWMA that jumps straight to a worse sample and decays towards better ones.
 
     Peak-sensitive (as Finagle's and Linkerd's load balancers): a hub that turns slow is avoided at
-    once; one that recovers earns its traffic back over a few samples.
+    once; one that recovers earns its traffic back over a few samples. ``spread`` tracks the mean
+    absolute deviation, for a p95-like bound (value + 2 * spread).
     """
 
     alpha: float = 0.2
     value: float | None = None
+    spread: float = 0.0
 
     def update(self, sample: float) -> float:
-        if self.value is None or sample > self.value:
+        if self.value is None:
+            self.value = sample
+            return sample
+        self.spread += self.alpha * (abs(sample - self.value) - self.spread)
+        if sample > self.value:
             self.value = sample
         else:
             self.value += self.alpha * (sample - self.value)
         return self.value
+
+    @property
+    def p95(self) -> float | None:
+        return None if self.value is None else self.value + 2 * self.spread
+
+
+def batch_bucket(rows: int) -> int:
+    """Batch sizes grouped by power of two: service time is measured per bucket."""
+    return 1 << max(rows - 1, 0).bit_length()
+
+
+@dataclass(slots=True)
+class ModelState:
+    """One backend's measurements for one model."""
+
+    total: PeakEwma = field(default_factory=PeakEwma)  # whole call as the gateway saw it
+    service: dict[int, PeakEwma] = field(default_factory=dict)  # call minus RTT, by batch bucket
+    hub_queue_s: float | None = None  # Triton's own average queue time (statistics extension)
+    hub_compute_s: float | None = None  # Triton's own average compute time per request
+
+    def service_s(self, rows: int) -> float | None:
+        bucket = batch_bucket(rows)
+        exact = self.service.get(bucket)
+        if exact is not None and exact.value is not None:
+            return exact.value
+        # Nearest measured bucket, scaled linearly: a fair first guess for an unseen batch size.
+        measured = [(b, e.value) for b, e in self.service.items() if e.value is not None]
+        if not measured:
+            return None
+        b, value = min(measured, key=lambda m: abs(m[0] - bucket))
+        return value * bucket / b if bucket > b else value
+
+
+@dataclass(slots=True)
+class BackendState:
+    rtt: PeakEwma = field(default_factory=PeakEwma)
+    models: dict[str, ModelState] = field(default_factory=dict)
+    successes: int = 0
+    failures: int = 0
+    recent_errors: float = 0.0  # EWMA of the error indicator
+    selections: int = 0
+    rows_served: int = 0
+    pending_requests: float | None = None  # nv_inference_pending_request_count, when scraped
+
+    def model(self, name: str) -> ModelState:
+        state = self.models.get(name)
+        if state is None:
+            state = self.models[name] = ModelState()
+        return state
+
+    def predicted_s(self, model: str, rows: int, inflight: int, capacity: int) -> float | None:
+        """RTT + service time at ``rows`` + queueing behind in-flight batches; None if never measured."""
+        state = self.models.get(model)
+        if state is None:
+            return None
+        service = state.service_s(rows)
+        if service is None:
+            return state.total.value
+        rtt = self.rtt.value or 0.0
+        queueing = service * (inflight // max(capacity, 1))
+        return rtt + service + queueing
+
+    def record(self, model: str, rows: int, seconds: float, ok: bool) -> None:
+        self.recent_errors += 0.1 * ((0.0 if ok else 1.0) - self.recent_errors)
+        if not ok:
+            self.failures += 1
+            return
+        self.successes += 1
+        self.rows_served += rows
+        state = self.model(model)
+        state.total.update(seconds)
+        service = max(seconds - (self.rtt.value or 0.0), 0.0)
+        state.service.setdefault(batch_bucket(rows), PeakEwma()).update(service)
 
 
 @dataclass(frozen=True, slots=True)
