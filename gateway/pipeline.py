@@ -8,6 +8,7 @@ flight. Every task here is owned by the pipeline and cancelled or awaited in ``c
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,14 @@ from gateway.routing.router import Router
 log = logging.getLogger("railgate.pipeline")
 
 DEFAULT_ROUTE = Route()
+# Budgets are batched by class: a batch carries its tightest member's deadline, so one 40 ms request
+# in a batch of 1 s requests would drag all of them to the nearest (and dearest) hub.
+BUDGET_CLASSES_S = (0.05, 0.2, 1.0, 5.0)
+
+
+def budget_class(budget_s: float) -> int:
+    return bisect.bisect_left(BUDGET_CLASSES_S, budget_s)
+
 
 # Concatenating more than this many bytes runs off the event loop.
 _OFFLOAD_BYTES = 1 << 20
@@ -56,7 +65,7 @@ class Admitted:
 
 @dataclass(slots=True)
 class Lane:
-    key: tuple[str, str, Route]  # the batch key: model, version, routing constraints
+    key: tuple[str, str, Route, int]  # the batch key: model, version, routing constraints, budget class
     info: ModelInfo
     queue: BatchQueue[Admitted]
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
@@ -74,7 +83,7 @@ class Pipeline:
         self.metrics = metrics
         self.active = 0  # requests admitted and not yet answered (the retry budget's base)
         self.forwarder = Forwarder(router, routing or router.config, metrics, lambda: self.active)
-        self.lanes: dict[tuple[str, str, Route], Lane] = {}
+        self.lanes: dict[tuple[str, str, Route, int], Lane] = {}
         self._dispatches: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -89,8 +98,8 @@ class Pipeline:
             max_inflight_batches=b.max_inflight_batches,
         )
 
-    def _lane(self, info: ModelInfo, version: str, route: Route) -> Lane:
-        key = (info.name, version, route)
+    def _lane(self, info: ModelInfo, version: str, route: Route, budget_class: int) -> Lane:
+        key = (info.name, version, route, budget_class)
         lane = self.lanes.get(key)
         if lane is None or lane.info is not info:  # first use, or the catalog changed
             if lane is not None and lane.runner is not None:
@@ -117,7 +126,7 @@ class Pipeline:
         if self._closing:
             raise NoBackend("gateway is shutting down")
         loop = asyncio.get_running_loop()
-        lane = self._lane(info, request.version, route)
+        lane = self._lane(info, request.version, route, budget_class(deadline - loop.time()))
         if len(lane.queue) >= self.limits.max_queued_requests:
             raise Overloaded(
                 f"queue for model {info.name!r} is full ({len(lane.queue)} requests)", headers={"Retry-After": "1"}
@@ -168,7 +177,7 @@ class Pipeline:
                     timer.cancel()
 
     def _service_estimate(self, lane: Lane) -> float:
-        model, _, route = lane.key
+        model, _, route, _ = lane.key
         rows = max(lane.queue.rows, 1)
         estimates = [self.router.predicted_s(b, model, rows) for b in self.router.candidates(model, route)]
         known = [e for e in estimates if e is not None]
@@ -184,7 +193,7 @@ class Pipeline:
         info = lane.info
         start = loop.time()
         rows = sum(p.rows for p in batch)
-        model, version, route = lane.key
+        model, version, route, _ = lane.key
         try:
             inputs = await self._gather(batch)
             forwarded = await self.forwarder.forward(

@@ -88,6 +88,8 @@ class Gateway:
             except (Exception, TimeoutError) as exc:  # a hub that cannot list its models is not usable
                 log.warning("event=discover_failed backend=%s error=%r", backend.name, exc)
                 healthy = False
+        if not healthy:
+            self._warmed.discard(backend.name)  # a hub that comes back may be a new process: warm it again
         changed = healthy != backend.healthy
         if changed:
             log.info("event=backend_%s backend=%s", "ready" if healthy else "unhealthy", backend.name)

@@ -1,0 +1,152 @@
+"""Model artifacts for edge devices: the ONNX file and config.pbtxt of each exportable model.
+
+    GET /v1/models/{model}/artifact       the model.onnx of the version manifest.json points at
+    GET /v1/models/{model}/config.pbtxt   the model's Triton config, as in the repository
+
+The ONNX file's ETag (and ``X-Model-Sha256``) is the sha256 that ``manifest.json`` recorded when the
+repository was built, not a hash of whatever is on disk now: the device hashes what it receives and
+refuses a mismatch, so a file corrupted or tampered with on the gateway's disk, or on the way, is
+never run on a device. The config's ETag is the hash of its bytes. ``If-None-Match`` with the
+current tag answers 304, so a device that is up to date downloads nothing.
+
+Only models named in ``exportable`` are served; any other name is a 404 ``{"error": ...}``, as an
+unknown model is. The handlers answer errors themselves, so the routes work in any aiohttp app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from aiohttp import web
+
+_CHUNK = 1 << 20
+
+
+def add_routes(app: web.Application, repository: Path, exportable: tuple[str, ...]) -> None:
+    """Serve the artifacts of the ``exportable`` models of ``repository`` under ``/v1/models/{model}/``."""
+    artifacts = _Artifacts(Path(repository), frozenset(exportable))
+    app.router.add_get("/v1/models/{model}/artifact", artifacts.model_file)
+    app.router.add_get("/v1/models/{model}/config.pbtxt", artifacts.config_file)
+
+
+class _NotServed(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Artifact:
+    path: Path
+    sha256: str
+    version: str
+
+
+def etag_matches(if_none_match: str | None, sha256: str) -> bool:
+    """Whether an If-None-Match header names ``sha256`` (weak or strong tag, or ``*``)."""
+    if if_none_match is None:
+        return False
+    for tag in if_none_match.split(","):
+        tag = tag.strip()
+        if tag == "*":
+            return True
+        tag = tag.removeprefix("W/").strip('"')
+        if tag == sha256:
+            return True
+    return False
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class _Artifacts:
+    def __init__(self, repository: Path, exportable: frozenset[str]) -> None:
+        self.repository = repository
+        self.exportable = exportable
+        self._manifest: tuple[tuple[int, int], dict[str, Any]] | None = None
+
+    def _models(self) -> dict[str, Any]:
+        """manifest.json's models, re-read only when the file changes."""
+        path = self.repository / "manifest.json"
+        try:
+            stat = path.stat()
+            key = (stat.st_mtime_ns, stat.st_size)
+            if self._manifest is None or self._manifest[0] != key:
+                self._manifest = (key, json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise _NotServed(f"the gateway's {path} cannot be read ({exc}); no artifact can be served") from exc
+        models = self._manifest[1].get("models")
+        return models if isinstance(models, dict) else {}
+
+    def _artifact(self, model: str) -> _Artifact:
+        if model not in self.exportable:
+            names = ", ".join(sorted(self.exportable)) or "none"
+            raise _NotServed(f"model {model!r} is not exportable from this gateway; exportable: {names}")
+        entry = self._models().get(model)
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise _NotServed(f"model {model!r} has no sha256 in {self.repository / 'manifest.json'}")
+        relative = Path(str(entry.get("file", f"{model}/1/model.onnx")))
+        parts = relative.parts
+        if len(parts) != 3 or parts[0] != model or not parts[1].isdigit() or parts[2] != "model.onnx":
+            raise _NotServed(f"model {model!r}: manifest file {str(relative)!r} is not {model}/<version>/model.onnx")
+        path = self.repository / relative
+        if not path.is_file():
+            raise _NotServed(f"model {model!r}: {relative} is missing from the gateway's repository")
+        return _Artifact(path, entry["sha256"], parts[1])
+
+    async def model_file(self, request: web.Request) -> web.StreamResponse:
+        try:
+            artifact = self._artifact(request.match_info["model"])
+        except _NotServed as exc:
+            return _error(404, str(exc))
+        headers = {
+            "ETag": f'"{artifact.sha256}"',
+            "X-Model-Sha256": artifact.sha256,
+            "X-Model-Version": artifact.version,
+            "Cache-Control": "no-cache",
+        }
+        if etag_matches(request.headers.get("If-None-Match"), artifact.sha256):
+            return web.Response(status=304, headers=headers)
+        loop = asyncio.get_running_loop()
+        try:
+            file: BinaryIO = await loop.run_in_executor(None, open, artifact.path, "rb")
+        except OSError as exc:
+            return _error(404, f"model {request.match_info['model']!r}: cannot open its file: {exc.strerror}")
+        try:
+            size = await loop.run_in_executor(None, lambda: Path(artifact.path).stat().st_size)
+            response = web.StreamResponse(headers={**headers, "Content-Type": "application/octet-stream"})
+            response.content_length = size
+            await response.prepare(request)
+            if request.method != "HEAD":
+                left = size  # the file may change under us: never send more than announced
+                while left > 0:
+                    chunk = await loop.run_in_executor(None, file.read, min(_CHUNK, left))
+                    if not chunk:
+                        break  # shrank: the client sees a short body and discards it
+                    await response.write(chunk)
+                    left -= len(chunk)
+            await response.write_eof()
+            return response
+        finally:
+            file.close()
+
+    async def config_file(self, request: web.Request) -> web.Response:
+        model = request.match_info["model"]
+        try:
+            artifact = self._artifact(model)
+        except _NotServed as exc:
+            return _error(404, str(exc))
+        path = artifact.path.parents[1] / "config.pbtxt"
+        try:
+            data = await asyncio.get_running_loop().run_in_executor(None, path.read_bytes)
+        except OSError as exc:
+            return _error(404, f"model {model!r}: cannot read its config.pbtxt: {exc.strerror}")
+        sha = hashlib.sha256(data).hexdigest()
+        headers = {"ETag": f'"{sha}"', "X-Config-Sha256": sha, "Cache-Control": "no-cache"}
+        if etag_matches(request.headers.get("If-None-Match"), sha):
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=data, headers={**headers, "Content-Type": "text/plain; charset=utf-8"})
