@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 REPO := models/repository
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint fmt bench models venv clean
+.PHONY: demo test lint fmt bench sim loadtest loadtest-ui models venv clean
 
 demo: $(STAMP) $(REPO)/manifest.json
 	$(PY) -m gateway.cli demo --repository $(REPO)
@@ -23,6 +23,17 @@ fmt: $(STAMP)
 
 bench: $(STAMP) $(REPO)/manifest.json
 	$(PY) -m bench.run
+
+# Routing simulator: every policy, 1,000,000 requests each, virtual time (reports/sim/).
+sim: $(STAMP)
+	$(PY) -m bench.simulator $(SIM_ARGS)
+
+# Locust against a local stack (two hubs behind links + gateway), or --host URL (reports/loadtest/).
+loadtest: $(STAMP) $(REPO)/manifest.json
+	$(PY) -m loadtests.run $(LOADTEST_ARGS)
+
+loadtest-ui: $(STAMP) $(REPO)/manifest.json
+	$(PY) -m loadtests.run --ui $(LOADTEST_ARGS)
 
 models: $(REPO)/manifest.json
 
