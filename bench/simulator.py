@@ -232,7 +232,8 @@ class Simulation:
         return min(known) if known else 0.0
 
     def _choose(self, batch: list[Request], route: Route, tried: frozenset[str]) -> SimBackend | None:
-        deadline = min(r.deadline for r in batch)
+        earliest = min(r.deadline for r in batch)
+        deadline = earliest if earliest > self.now else max(r.deadline for r in batch)  # routed for the tightest
         if self.policy == "nearest-only":
             allowed = [h for h in self.hubs.values() if route.allows(h.region) and h.name not in tried]
             return self.router.backend(min(allowed, key=lambda h: h.rtt_s).name) if allowed else None  # type: ignore
@@ -245,7 +246,7 @@ class Simulation:
             return None
 
     def _send(self, lane: Lane, batch: list[Request], tried: frozenset[str]) -> None:
-        deadline = min(r.deadline for r in batch)
+        deadline = max(r.deadline for r in batch)  # cut off at the loosest member, as the gateway does
         backend = self._choose(batch, lane.route, tried) if self.now < deadline else None
         if backend is None:
             lane.inflight -= 1
@@ -268,7 +269,7 @@ class Simulation:
         finish = start + hub.service_s(len(batch), self.now, self.rng)
         hub.free_at[slot] = finish
         answered = finish + hub.rtt_s / 2
-        ok = answered <= deadline
+        ok = answered <= deadline  # each member then counts against its own deadline
         # The call is cut at the deadline: a hub call never outlives the batch's deadline.
         self._schedule(min(answered, deadline), "done", (lane, batch, tried, backend, ok, self.now))
 
@@ -293,7 +294,7 @@ class Simulation:
         p95 = state.total.p95 if state else None
         if failed or p95 is None or elapsed > p95:
             self.router.report(backend, "m", rows, elapsed, ok=False)
-        deadline = min(r.deadline for r in batch)
+        deadline = max(r.deadline for r in batch)
         if failed and self.now < deadline and self.budget.try_acquire(self._active()):
             self.retries += 1
             self.budget.release()  # the retry is decided at once in virtual time

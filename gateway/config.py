@@ -110,6 +110,7 @@ class Routing:
     min_retry_concurrency: int = 3  # ... but at least this many
     hedge: bool = False  # send a copy to the next-best hub when the first is past its predicted p95
     hedge_factor: float = 1.0  # hedge after hedge_factor x the hub's predicted p95
+    ewma_decay_s: float = 30.0  # an unsampled latency estimate fades with this time constant
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ class Service:
         self.name = name
         self.process: subprocess.Popen[str] | None = None
         self.banner = ""
+        self.output: deque[str] = deque(maxlen=200)  # its latest lines, for a post-mortem
 
     def start(self, timeout_s: float = 60.0) -> Service:
         self.process = subprocess.Popen(self.args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -43,7 +46,14 @@ class Service:
         if self.ready_text not in self.banner:
             self.stop()
             raise StartError(f"{self.name} did not start: {self.banner.strip()!r}")
+        # Keep reading what it prints: an unread pipe fills up and would block a chatty process.
+        for stream in (self.process.stdout, self.process.stderr):
+            threading.Thread(target=self._drain, args=(stream,), daemon=True, name=f"drain-{self.name}").start()
         return self
+
+    def _drain(self, stream) -> None:
+        for line in stream:
+            self.output.append(line)
 
     @property
     def pid(self) -> int:

@@ -30,7 +30,7 @@ log = logging.getLogger("railgate.pipeline")
 DEFAULT_ROUTE = Route()
 # Budgets are batched by class: a batch carries its tightest member's deadline, so one 40 ms request
 # in a batch of 1 s requests would drag all of them to the nearest (and dearest) hub.
-BUDGET_CLASSES_S = (0.05, 0.2, 1.0, 5.0)
+BUDGET_CLASSES_S = (0.02, 0.05, 0.2, 1.0, 5.0)
 
 
 def budget_class(budget_s: float) -> int:
@@ -204,7 +204,10 @@ class Pipeline:
                     inputs,
                     _union_outputs(info, batch),
                     rows if info.max_batch_size else 0,
-                    min(p.deadline for p in batch),  # the batch carries its earliest member's deadline
+                    # Routed for its tightest member; cut off at its loosest. A tight member whose
+                    # deadline passes is answered 504 by its own timeout while the others still wait.
+                    deadline=max(p.deadline for p in batch),
+                    route_deadline=min(p.deadline for p in batch),
                 )
             )
             offset = 0

@@ -121,3 +121,11 @@ def test_tariff_windows_wrap_midnight_and_model_prices_win(minute: int, model: s
         model_prices=(ModelPrice("vision", 0.5),), tariff=(TariffWindow("22:00", "06:00", 0.01),),
     )  # fmt: skip
     assert price_now(hub, model, minute) == price
+
+
+def test_an_unsampled_estimate_fades_so_the_hub_is_tried_again() -> None:
+    state = BackendState()
+    state.record("m", rows=1, seconds=0.200, ok=True, now=0.0)
+    assert state.predicted_s("m", 1, 0, 4, now=0.0, decay_s=10.0) == pytest.approx(0.200)
+    assert state.predicted_s("m", 1, 0, 4, now=10.0, decay_s=10.0) == pytest.approx(0.200 / np.e)
+    assert state.predicted_s("m", 1, 0, 4, now=10.0, decay_s=0.0) == pytest.approx(0.200), "decay off"

@@ -62,7 +62,14 @@ class Batch:
     inputs: dict[str, np.ndarray]
     outputs: list[str]
     rows: int  # 0 for a model that does not batch
-    deadline: float
+    deadline: float  # the latest member's: no hub call outlives it
+    route_deadline: float  # the earliest member's: the hub chosen must fit it
+
+    def budget_s(self, now: float) -> float:
+        """The budget a hub must fit: the earliest member's, or, once that member has been
+        answered 504 by its own timeout, what is left for the others."""
+        remaining = self.route_deadline - now
+        return remaining if remaining > 0 else self.deadline - now
 
 
 class Forwarder:
@@ -85,7 +92,7 @@ class Forwarder:
                     raise failure or DeadlineExceeded(f"latency budget ran out before {batch.model!r} was sent")
                 try:
                     selection = self.router.choose(
-                        batch.model, remaining, batch.route, max(batch.rows, 1), frozenset(tried)
+                        batch.model, batch.budget_s(loop.time()), batch.route, max(batch.rows, 1), frozenset(tried)
                     )
                 except NoBackend:
                     if failure is not None:  # say what failed, not that nothing is left to try
@@ -123,7 +130,7 @@ class Forwarder:
             try:
                 try:
                     second = self.router.choose(
-                        batch.model, batch.deadline - loop.time(), batch.route, max(batch.rows, 1), frozenset(tried)
+                        batch.model, batch.budget_s(loop.time()), batch.route, max(batch.rows, 1), frozenset(tried)
                     )
                 except NoBackend:
                     return await primary
@@ -158,10 +165,14 @@ class Forwarder:
                 short = [k for k, v in outputs.items() if v.ndim == 0 or v.shape[0] != batch.rows]
                 if short:
                     raise HubFailed(f"{backend.name} returned output {short[0]!r} without {batch.rows} rows")
-        except HubFailed:
+        except HubFailed as exc:
             self.router.report(backend, batch.model, rows, loop.time() - start, ok=False)
+            exc.headers.setdefault("X-Served-By", backend.name)
+            exc.headers.setdefault("X-Route-Reason", selection.reason)
             raise
-        except DeadlineExceeded:
+        except DeadlineExceeded as exc:
+            exc.headers.setdefault("X-Served-By", backend.name)
+            exc.headers.setdefault("X-Route-Reason", selection.reason)
             # A timeout counts against the hub only if it had longer than its own predicted p95:
             # a budget tighter than the backbone is the request's problem, not the hub's.
             state = self.router.state[backend.name].models.get(batch.model)

@@ -144,7 +144,10 @@ class Router:
         ]
 
     def predicted_s(self, backend: Backend, model: str, rows: int = 1) -> float | None:
-        return self.state[backend.name].predicted_s(model, rows, backend.inflight, backend.capacity)
+        state = self.state[backend.name]
+        return state.predicted_s(
+            model, rows, backend.inflight, backend.capacity, self.clock(), self.config.ewma_decay_s
+        )
 
     def price_now(self, backend: Backend, model: str) -> float:
         spec = getattr(backend, "spec", None)
@@ -199,7 +202,7 @@ class Router:
     def report(self, backend: Backend, model: str, rows: int, seconds: float, ok: bool) -> None:
         """Record a batch's outcome: latency EWMAs, error rate, and the breaker."""
         now = self.clock()
-        self.state[backend.name].record(model, rows, seconds, ok)
+        self.state[backend.name].record(model, rows, seconds, ok, now)
         breaker = self.breakers[backend.name]
         if ok:
             if breaker.on_success(now):
@@ -215,7 +218,7 @@ class Router:
             self.on_state_change(backend.name, BreakerState.OPEN.value)
 
     def observe_rtt(self, backend: Backend, seconds: float) -> None:
-        self.state[backend.name].rtt.update(seconds)
+        self.state[backend.name].rtt.update(seconds, self.clock())
 
 
 def _utc_minute() -> int:

@@ -7,6 +7,7 @@ updated by the router; nothing does I/O.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -22,8 +23,10 @@ class PeakEwma:
     alpha: float = 0.2
     value: float | None = None
     spread: float = 0.0
+    at: float = 0.0  # when the last sample came
 
-    def update(self, sample: float) -> float:
+    def update(self, sample: float, now: float = 0.0) -> float:
+        self.at = now
         if self.value is None:
             self.value = sample
             return sample
@@ -37,6 +40,14 @@ class PeakEwma:
     @property
     def p95(self) -> float | None:
         return None if self.value is None else self.value + 2 * self.spread
+
+    def decayed(self, now: float, decay_s: float) -> float | None:
+        """The value, fading towards zero while no sample comes (as Finagle's peak EWMA): a backend
+        that was once slow and then left alone looks better and better until it is tried again,
+        so one bad moment cannot keep it out of rotation for good."""
+        if self.value is None or decay_s <= 0 or now <= self.at:
+            return self.value
+        return self.value * math.exp(-(now - self.at) / decay_s)
 
 
 def batch_bucket(rows: int) -> int:
@@ -53,13 +64,13 @@ class ModelState:
     hub_queue_s: float | None = None  # Triton's own average queue time (statistics extension)
     hub_compute_s: float | None = None  # Triton's own average compute time per request
 
-    def service_s(self, rows: int) -> float | None:
+    def service_s(self, rows: int, now: float = 0.0, decay_s: float = 0.0) -> float | None:
         bucket = batch_bucket(rows)
         exact = self.service.get(bucket)
         if exact is not None and exact.value is not None:
-            return exact.value
+            return exact.decayed(now, decay_s)
         # Nearest measured bucket, scaled linearly: a fair first guess for an unseen batch size.
-        measured = [(b, e.value) for b, e in self.service.items() if e.value is not None]
+        measured = [(b, e.decayed(now, decay_s)) for b, e in self.service.items() if e.value is not None]
         if not measured:
             return None
         b, value = min(measured, key=lambda m: abs(m[0] - bucket))
@@ -83,19 +94,21 @@ class BackendState:
             state = self.models[name] = ModelState()
         return state
 
-    def predicted_s(self, model: str, rows: int, inflight: int, capacity: int) -> float | None:
+    def predicted_s(
+        self, model: str, rows: int, inflight: int, capacity: int, now: float = 0.0, decay_s: float = 0.0
+    ) -> float | None:
         """RTT + service time at ``rows`` + queueing behind in-flight batches; None if never measured."""
         state = self.models.get(model)
         if state is None:
             return None
-        service = state.service_s(rows)
+        service = state.service_s(rows, now, decay_s)
         if service is None:
-            return state.total.value
+            return state.total.decayed(now, decay_s)
         rtt = self.rtt.value or 0.0
         queueing = service * (inflight // max(capacity, 1))
         return rtt + service + queueing
 
-    def record(self, model: str, rows: int, seconds: float, ok: bool) -> None:
+    def record(self, model: str, rows: int, seconds: float, ok: bool, now: float = 0.0) -> None:
         self.recent_errors += 0.1 * ((0.0 if ok else 1.0) - self.recent_errors)
         if not ok:
             self.failures += 1
@@ -103,9 +116,9 @@ class BackendState:
         self.successes += 1
         self.rows_served += rows
         state = self.model(model)
-        state.total.update(seconds)
+        state.total.update(seconds, now)
         service = max(seconds - (self.rtt.value or 0.0), 0.0)
-        state.service.setdefault(batch_bucket(rows), PeakEwma()).update(service)
+        state.service.setdefault(batch_bucket(rows), PeakEwma()).update(service, now)
 
 
 @dataclass(frozen=True, slots=True)
