@@ -31,6 +31,7 @@ def test_percentiles_and_spreads_match_numpy_conventions():
     summary = latency_summary(values)
     assert summary["count"] == 100 and summary["max_ms"] == 100.0 and summary["p50_ms"] == pytest.approx(50.5)
     s = spread([3.0, None, 1.0, math.nan, 2.0])
+    assert s is not None
     assert (s.median, s.min, s.max, s.runs) == (2.0, 1.0, 3.0, 3)
     assert spread([None]) is None
 
@@ -78,6 +79,8 @@ def test_targets_and_markdown_from_synthetic_figures(tmp_path):
         "gateway p99 adds ≤ 3 ms vs direct, c=1": False,  # +4.5 and +3.5 ms
         "gateway req/s ≥ 3x direct at equal or better p99": True,  # 4x at 120 vs 300 ms
     }
+    busy = {"machine_busy_cores": 1.5, "cpu_window_s": 2.0, "cpu_s": {"gateway": 1.0, "hub": None}}
+    assert report.other_cores(busy) == pytest.approx(1.0)  # 1.5 cores busy, 0.5 of them ours
     text = report.markdown(rep)
     assert "## 1. Overhead" in text and "## 2. Batching gain" in text and "## 3. Cost" in text
     assert "+0.60 [+0.50, +0.70]" in text  # the paired p50 difference: median [min, max]
@@ -96,7 +99,7 @@ async def _infer(request: web.Request) -> web.Response:
     if request.match_info["model"] != "digits":
         return web.json_response({"error": "unknown model"}, status=404)
     body = await request.read()
-    outputs = [{"name": "label", "datatype": "INT64", "shape": [1, 1]}]
+    outputs: list[dict[str, object]] = [{"name": "label", "datatype": "INT64", "shape": [1, 1]}]
     if request.content_type == "application/msgpack":
         assert msgpack.unpackb(body)["inputs"][0]["data"]
         reply = msgpack.packb({"outputs": [{**outputs[0], "data": b"\0" * 8}]})
@@ -117,7 +120,7 @@ async def tiny_server():
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    port = runner.addresses[0][1]
     yield f"http://127.0.0.1:{port}"
     await runner.cleanup()
 

@@ -1,0 +1,371 @@
+"""From raw run figures to the report: targets met or missed, markdown tables, bench.json, latency.png.
+
+Everything but ``write_report`` and ``plot`` is pure: sections (dicts of per-run figures, as the
+scenarios return them) in, values or text out, so it can be checked on synthetic numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import operator
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.plot import plot
+from bench.stats import Spread, spread
+
+OVERHEAD_P50_MS = 1.0  # the gateway may add this much to direct p50 ...
+OVERHEAD_P99_MS = 3.0  # ... and this much to direct p99
+BATCHING_GAIN = 3.0  # gateway throughput over direct, behind the link, at equal or better p99
+SECTION_TITLES = {"overhead": "1. Overhead", "batching": "2. Batching gain", "cost": "3. Cost"}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    section: str
+    goal: str
+    figure: str
+    met: bool | None  # None: not measured (a path failed or was skipped)
+
+    @property
+    def verdict(self) -> str:
+        return {True: "met", False: "**missed**", None: "not measured"}[self.met]
+
+
+def runs_of(case: dict[str, Any], key: str) -> list[float | None]:
+    return [r.get(key) for r in case.get("runs", [])]
+
+
+def case_spread(case: dict[str, Any] | None, key: str) -> Spread | None:
+    return spread(runs_of(case, key)) if case else None
+
+
+def find_case(section: dict[str, Any], **match: Any) -> dict[str, Any] | None:
+    for case in section.get("cases", []):
+        if all(case.get(k) == v for k, v in match.items()):
+            return case
+    return None
+
+
+def paired(
+    a: dict[str, Any] | None,
+    b: dict[str, Any] | None,
+    key: str,
+    combine: Callable[[float, float], float] = operator.sub,
+) -> Spread | None:
+    """Spread of ``combine(a, b)`` over runs with the same index (the paths' runs are interleaved in time)."""
+    if not a or not b:
+        return None
+    values = []
+    for x, y in zip(runs_of(a, key), runs_of(b, key), strict=False):
+        if x is not None and y is not None and math.isfinite(x) and math.isfinite(y):
+            with contextlib.suppress(ZeroDivisionError):
+                values.append(combine(x, y))
+    return spread(values)
+
+
+def fmt(s: Spread | None, digits: int = 2, sign: bool = False, suffix: str = "") -> str:
+    """``median [min, max]``; one number for a single run; an em dash for nothing measured."""
+    if s is None:
+        return "—"
+    f = f"{{:{'+' if sign else ''}.{digits}f}}"
+    text = f.format(s.median) + suffix
+    if s.runs > 1 and s.min != s.max:
+        text += f" [{f.format(s.min)}, {f.format(s.max)}]"
+    return text
+
+
+def overhead_targets(section: dict[str, Any], concurrencies: tuple[int, ...] = ()) -> list[Target]:
+    """Gateway added latency per concurrency (those measured, else ``concurrencies``, as not measured)."""
+    targets = []
+    measured = {case["concurrency"] for case in section.get("cases", [])}
+    for c in sorted(measured or set(concurrencies)):
+        direct, gateway = (
+            find_case(section, path="direct", concurrency=c),
+            find_case(section, path="gateway", concurrency=c),
+        )
+        for key, limit in (("p50_ms", OVERHEAD_P50_MS), ("p99_ms", OVERHEAD_P99_MS)):
+            added = paired(gateway, direct, key)
+            goal = f"gateway {key[:3]} adds ≤ {limit:g} ms vs direct, c={c}"
+            met = None if added is None else added.median <= limit
+            targets.append(Target("overhead", goal, fmt(added, sign=True, suffix=" ms"), met))
+    return targets
+
+
+def batching_targets(section: dict[str, Any]) -> list[Target]:
+    direct, gateway = find_case(section, path="direct"), find_case(section, path="gateway")
+    gain = paired(gateway, direct, "throughput_rps", lambda g, d: g / d)
+    p99_gateway, p99_direct = case_spread(gateway, "p99_ms"), case_spread(direct, "p99_ms")
+    goal = f"gateway req/s ≥ {BATCHING_GAIN:g}x direct at equal or better p99"
+    if gain is None or p99_gateway is None or p99_direct is None:
+        return [Target("batching", goal, "—", None)]
+    figure = f"{fmt(gain, suffix='x')}; p99 {p99_gateway.median:.1f} vs {p99_direct.median:.1f} ms"
+    met = gain.median >= BATCHING_GAIN and p99_gateway.median <= p99_direct.median
+    return [Target("batching", goal, figure, met)]
+
+
+def all_targets(report: dict[str, Any]) -> list[Target]:
+    targets = []
+    if "overhead" in report.get("sections", {}):
+        plan = report.get("plan", {})
+        planned = (1, plan["overhead_concurrency"]) if "overhead_concurrency" in plan else ()
+        targets += overhead_targets(report["sections"]["overhead"], planned)
+    if "batching" in report.get("sections", {}):
+        targets += batching_targets(report["sections"]["batching"])
+    return targets
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _cpu(case: dict[str, Any] | None, name: str) -> Spread | None:
+    return spread([(r.get("cpu_s") or {}).get(name) for r in case["runs"]]) if case else None
+
+
+def _per(run: dict[str, Any], name: str, seconds: float | None) -> float | None:
+    """CPU-seconds of ``name`` per second of the window: how many cores it kept busy."""
+    used = (run.get("cpu_s") or {}).get(name)
+    return used / seconds if used is not None and seconds else None
+
+
+def _cpu_per_request(case: dict[str, Any], name: str) -> Spread | None:
+    """Microseconds of ``name``'s CPU per answered request (the proxy's own cost; none for direct)."""
+    return spread(
+        [
+            r["cpu_s"][name] / r["ok"] * 1e6 if (r.get("cpu_s") or {}).get(name) is not None and r.get("ok") else None
+            for r in case["runs"]
+        ]
+    )
+
+
+def other_cores(run: dict[str, Any]) -> float | None:
+    """Cores kept busy by processes this benchmark did not start (machine busy minus ours) in a run's window."""
+    busy, window = run.get("machine_busy_cores"), run.get("cpu_window_s")
+    if busy is None or not window:
+        return None
+    ours = sum(v for v in (run.get("cpu_s") or {}).values() if v is not None)
+    return max(0.0, busy - ours / window)
+
+
+def other_load_note(section: dict[str, Any]) -> str | None:
+    s = spread([other_cores(r) for case in section.get("cases", []) for r in case["runs"]])
+    if s is None:
+        return None
+    warning = " The machine was shared: treat these figures with care." if s.median > 0.25 else ""
+    return (
+        f"Other processes on the machine (not started by this benchmark) kept {fmt(s)} cores busy during "
+        f"the measured windows.{warning}"
+    )
+
+
+def _errors(case: dict[str, Any]) -> str:
+    total = sum(r.get("errors") or 0 for r in case["runs"])
+    kinds: dict[str, int] = {}
+    for r in case["runs"]:
+        for kind, n in (r.get("error_kinds") or {}).items():
+            kinds[kind] = kinds.get(kind, 0) + n
+    return "0" if not total else f"{total} ({', '.join(f'{k}: {n}' for k, n in sorted(kinds.items()))})"
+
+
+def overhead_markdown(section: dict[str, Any]) -> list[str]:
+    verdicts = {t.goal: t for t in overhead_targets(section)}
+    rows = []
+    for case in section.get("cases", []):
+        c, path = case["concurrency"], case["path"]
+        direct = find_case(section, path="direct", concurrency=c)
+        is_direct = path == "direct"
+        d50 = None if is_direct else paired(case, direct, "p50_ms")
+        d99 = None if is_direct else paired(case, direct, "p99_ms")
+        target, met = "—", "—"
+        if path == "gateway":
+            t50 = verdicts.get(f"gateway p50 adds ≤ {OVERHEAD_P50_MS:g} ms vs direct, c={c}")
+            t99 = verdicts.get(f"gateway p99 adds ≤ {OVERHEAD_P99_MS:g} ms vs direct, c={c}")
+            target = f"p50 +≤{OVERHEAD_P50_MS:g} ms, p99 +≤{OVERHEAD_P99_MS:g} ms"
+            met = f"p50 {t50.verdict if t50 else '—'}, p99 {t99.verdict if t99 else '—'}"
+        rows.append(
+            [
+                str(c),
+                path,
+                case.get("client", ""),
+                fmt(case_spread(case, "p50_ms")),
+                fmt(case_spread(case, "p99_ms")),
+                fmt(case_spread(case, "throughput_rps"), 0),
+                fmt(d50, sign=True),
+                fmt(d99, sign=True),
+                fmt(_cpu_per_request(case, path), 0),
+                target,
+                met,
+                _errors(case),
+            ]
+        )
+    header = ["c", "path", "client", "p50 ms", "p99 ms", "req/s", "p50 added ms", "p99 added ms"]
+    return _table([*header, "proxy CPU µs/req", "target", "met?", "errors"], rows)
+
+
+def batching_markdown(section: dict[str, Any]) -> list[str]:
+    direct = find_case(section, path="direct")
+    (verdict,) = batching_targets(section)
+    rows = []
+    for case in section.get("cases", []):
+        is_gateway = case["path"] == "gateway"
+        gain = paired(case, direct, "throughput_rps", lambda g, d: g / d)
+        rows.append(
+            [
+                case["path"],
+                str(case["concurrency"]),
+                fmt(case_spread(case, "throughput_rps"), 0),
+                fmt(case_spread(case, "p50_ms"), 1),
+                fmt(case_spread(case, "p99_ms"), 1),
+                fmt(gain, suffix="x"),
+                fmt(case_spread(case, "mean_batch_rows"), 1),
+                f"≥ {BATCHING_GAIN:g}x direct, p99 ≤ direct" if is_gateway else "—",
+                verdict.verdict if is_gateway else "—",
+                fmt(_cpu(case, "gateway"), 2),
+                fmt(_cpu(case, "link"), 2),
+                fmt(_cpu(case, "hub"), 2),
+                _errors(case),
+            ]
+        )
+    header = ["path", "clients", "req/s", "p50 ms", "p99 ms", "req/s vs direct", "mean batch", "target", "met?"]
+    return _table([*header, "gateway CPU-s", "link CPU-s", "hub CPU-s", "errors"], rows)
+
+
+def cost_markdown(section: dict[str, Any]) -> list[str]:
+    rows = []
+    for case in section.get("cases", []):
+        cpu = _cpu(case, "gateway")
+        cores = spread([_per(r, "gateway", r.get("cpu_window_s")) for r in case["runs"]])
+        rows.append(
+            [
+                case["encoding"],
+                str(case["concurrency"]),
+                fmt(case_spread(case, "throughput_rps"), 0),
+                fmt(case_spread(case, "p50_ms")),
+                fmt(case_spread(case, "p99_ms")),
+                fmt(cpu),
+                fmt(cores),
+                fmt(case_spread(case, "requests_per_gateway_cpu_s"), 0),
+                fmt(case_spread(case, "mean_batch_rows"), 1),
+                "—",
+                fmt(_cpu(case, "hub")),
+                fmt(_cpu(case, "loadgen")),
+                fmt(case_spread(case, "machine_busy_cores")),
+                _errors(case),
+            ]
+        )
+    header = ["encoding", "c", "req/s", "p50 ms", "p99 ms", "gateway CPU-s", "gateway cores", "req / gateway CPU-s"]
+    header.append("mean batch")
+    return _table([*header, "target", "hub CPU-s", "load-gen CPU-s", "machine busy cores", "errors"], rows)
+
+
+BATCH_NOTE = "Mean batch = rows per batch the gateway sent to the hub (from its /metrics, warm-up included)."
+SECTION_MARKDOWN = {"overhead": overhead_markdown, "batching": batching_markdown, "cost": cost_markdown}
+SECTION_NOTES = {
+    "overhead": "c=1: {sequential_requests} sequential requests after {sequential_warmup} warm-up, tritonclient.http "
+    "sync client. c={overhead_concurrency}: closed loop for {overhead_duration_s:g} s after {overhead_warmup_s:g} s "
+    "warm-up (bench.load, own process). Added = gateway (or nginx) minus direct, paired run by run. "
+    "Proxy CPU = the gateway's (or nginx's, master and worker) CPU time per answered request.",
+    "batching": "{batching_concurrency} closed-loop clients, one item each, {batching_duration_s:g} s after "
+    "{batching_warmup_s:g} s warm-up; `railgate link --delay-ms {link_delay_ms:g}` in front of the hub. direct: "
+    "clients → link → hub; gateway: clients → gateway → link → hub; nginx: clients → nginx → link → hub.",
+    "cost": "Gateway straight to the hub, {cost_concurrency} closed-loop clients, {cost_duration_s:g} s after "
+    "{cost_warmup_s:g} s warm-up. CPU-s from /proc/<pid>/stat (utime+stime) over the measured window; "
+    "gateway cores = gateway CPU-s / window. No target was set for cost.",
+}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    plan, machine = report.get("plan", {}), report.get("machine", {})
+    kind = (
+        "QUICK run (durations and counts cut ~10x): smoke figures, not for decisions"
+        if plan.get("quick")
+        else "full run"
+    )
+    lines = [
+        "# railgate benchmark",
+        "",
+        f"{report.get('started', '?')} · {kind} · {plan.get('runs', '?')} run(s) per case, shown as median [min, max]",
+        "",
+        f"Machine: {machine.get('cores', '?')} cores ({machine.get('cpu', '?')}), Python {machine.get('python', '?')}, "
+        f"{machine.get('nginx') or 'no nginx'}. Load generator, gateway, link and hub share these cores. "
+        f"Model `{plan.get('model', 'digits')}`, one FP32 {list(plan.get('shape', (1, 64)))} input per request, "
+        "real Triton hub on loopback.",
+        "",
+    ]
+    for note in report.get("notes", []):
+        lines.append(f"> {note}")
+    if report.get("notes"):
+        lines.append("")
+    targets = all_targets(report)
+    if targets:
+        lines += ["## Targets", ""]
+        lines += _table(
+            ["section", "target", "figure", "met?"], [[t.section, t.goal, t.figure, t.verdict] for t in targets]
+        )
+        lines.append("")
+    for name, section in report.get("sections", {}).items():
+        lines += [f"## {SECTION_TITLES[name]}", ""]
+        if "error" in section:
+            lines += [f"**Failed:** {section['error']}", ""]
+        if not section.get("cases"):
+            continue
+        lines += [SECTION_NOTES[name].format(**plan), ""]
+        lines += [f"> {s}" for s in section.get("skipped", [])]
+        lines += [*SECTION_MARKDOWN[name](section), ""]
+        if name != "overhead":
+            lines += [BATCH_NOTE, ""]
+        note = other_load_note(section)
+        if note:
+            lines += [note, ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def with_summaries(report: dict[str, Any]) -> dict[str, Any]:
+    """The report plus, per case, the median/min/max of every numeric figure and the target verdicts."""
+    for section in report.get("sections", {}).values():
+        for case in section.get("cases", []):
+            for run in case["runs"]:
+                run["other_cores"] = other_cores(run)
+            keys = {
+                k for r in case["runs"] for k, v in r.items() if isinstance(v, int | float) and not isinstance(v, bool)
+            }
+            case["summary"] = {k: s.as_dict() for k in sorted(keys) if (s := case_spread(case, k)) is not None}
+    report["targets"] = [
+        {"section": t.section, "goal": t.goal, "figure": t.figure, "met": t.met} for t in all_targets(report)
+    ]
+    return report
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities become null: bench.json stays strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_report(report: dict[str, Any], out_root: Path, stamp: str) -> Path:
+    """Write bench.json, bench.md and latency.png to ``out_root/stamp`` and copy them to ``out_root/latest``."""
+    folder = out_root / stamp
+    folder.mkdir(parents=True, exist_ok=True)
+    report = with_summaries(report)
+    problem = plot(report, folder / "latency.png")
+    if problem:
+        report.setdefault("notes", []).append(problem)
+    (folder / "bench.json").write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
+    (folder / "bench.md").write_text(markdown(report))
+    latest = out_root / "latest"
+    shutil.rmtree(latest, ignore_errors=True)
+    shutil.copytree(folder, latest)
+    return folder

@@ -1,0 +1,279 @@
+"""The three measurements: gateway overhead, batching gain behind a backbone link, CPU cost per encoding.
+
+Each takes the running hub and a ``Plan`` (counts and durations), starts what else it needs
+(gateway, link, nginx) for its own duration, repeats every case ``plan.runs`` times with the paths
+interleaved (so drift on a shared machine spreads over all of them), and fills the JSON-ready
+section dict it is handed, run by run (an interrupted benchmark keeps what it measured).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.load import ENCODINGS, LoadSpec, Watch
+from bench.sequential import sequential_tritonclient
+from bench.stack import ROOT, GatewayService, HubService, LinkService, NginxService, batch_counters, die_with_parent
+
+RUN_FIGURES = (
+    "ok",
+    "errors",
+    "error_kinds",
+    "elapsed_s",
+    "throughput_rps",
+    "cpu_s",
+    "machine_busy_cores",
+    "cpu_window_s",
+    "aborted",
+    "tcp_during_run",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one benchmark run does: repetitions, counts, durations and concurrencies."""
+
+    runs: int = 3
+    quick: bool = False
+    model: str = "digits"
+    shape: tuple[int, ...] = (1, 64)
+    sequential_requests: int = 2000
+    sequential_warmup: int = 200
+    overhead_concurrency: int = 16
+    overhead_duration_s: float = 10.0
+    overhead_warmup_s: float = 2.0
+    batching_concurrency: int = 256
+    link_delay_ms: float = 20.0
+    batching_duration_s: float = 10.0
+    batching_warmup_s: float = 2.0
+    cost_concurrency: int = 64
+    cost_duration_s: float = 10.0
+    cost_warmup_s: float = 2.0
+
+    @classmethod
+    def make(cls, runs: int, quick: bool) -> Plan:
+        if not quick:
+            return cls(runs=runs)
+        # About a tenth of everything; warm-ups stay long enough to open 256 connections over the link.
+        return cls(
+            runs=runs,
+            quick=True,
+            sequential_requests=200,
+            sequential_warmup=20,
+            overhead_duration_s=1.0,
+            overhead_warmup_s=0.3,
+            batching_duration_s=1.0,
+            batching_warmup_s=1.0,  # 256 clients ramp up over the first half
+            cost_duration_s=1.0,
+            cost_warmup_s=0.3,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class Bench:
+    """What every scenario shares: the plan, the hub, a scratch folder, nginx (if installed), a printer."""
+
+    plan: Plan
+    hub: HubService
+    workdir: Path
+    nginx: str | None
+    say: Callable[[str], None] = print
+
+
+def run_load(spec: LoadSpec) -> dict[str, Any]:
+    """Run ``python -m bench.load`` for ``spec`` in a process of its own; its result without raw latencies."""
+    args = [
+        sys.executable, "-m", "bench.load", "--url", spec.url, "--model", spec.model, "--input", spec.input_name,
+        "--shape", ",".join(map(str, spec.shape)), "--encoding", spec.encoding,
+        "--concurrency", str(spec.concurrency), "--timeout", str(spec.timeout_s), "--max-seconds", str(spec.max_s),
+        "--no-latencies",
+    ]  # fmt: skip
+    if spec.duration_s is not None:
+        args += ["--duration", str(spec.duration_s), "--warmup", str(spec.warmup_s), "--ramp", str(spec.ramp_s)]
+    else:
+        args += ["--requests", str(spec.requests), "--warmup-requests", str(spec.warmup_requests)]
+    for w in spec.watch:
+        args += ["--watch-group" if w.group else "--watch", f"{w.name}={w.pid}"]
+    proc = subprocess.Popen(
+        args,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=die_with_parent if sys.platform == "linux" else None,  # single-threaded parent: safe
+    )
+    try:
+        out, err = proc.communicate(timeout=spec.max_s + 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench.load exited with {proc.returncode}: {err.decode(errors='replace')[-500:]}")
+    return json.loads(out)
+
+
+def run_record(result: dict[str, Any]) -> dict[str, Any]:
+    """The figures of one run the report keeps: counts, throughput, latency percentiles, CPU."""
+    record = {k: result.get(k) for k in RUN_FIGURES}
+    summary = result["summary"]
+    record.update({k: summary[k] for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms")})
+    return record
+
+
+def gateway_run(gateway_url: str, spec: LoadSpec) -> dict[str, Any]:
+    """``run_load`` against the gateway, plus the batches it sent meanwhile (warm-up included)."""
+    before = batch_counters(gateway_url)
+    record = run_record(run_load(spec))
+    after = batch_counters(gateway_url)
+    counts = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    record["gateway_batches"] = {k: v for k, v in counts.items() if v}
+    batches = counts.get("batches", 0.0)
+    record["mean_batch_rows"] = counts.get("rows", 0.0) / batches if batches else None
+    return record
+
+
+def _runs(section: dict[str, Any], **fields: Any) -> list[dict[str, Any]]:
+    """The run list of the case with these fields, created on first use (so an interrupted section keeps its runs)."""
+    for case in section["cases"]:
+        if all(case.get(k) == v for k, v in fields.items()):
+            return case["runs"]
+    section["cases"].append({**fields, "runs": []})
+    return section["cases"][-1]["runs"]
+
+
+def _progress(b: Bench, what: str, record: dict[str, Any]) -> None:
+    errors = f" errors={record['errors']}" if record["errors"] else ""
+    b.say(
+        f"  {what:34s} {record['throughput_rps']:8.0f} req/s  p50 {record['p50_ms']:7.2f} ms"
+        f"  p99 {record['p99_ms']:7.2f} ms{errors}"
+    )
+
+
+def overhead(b: Bench, section: dict[str, Any]) -> None:
+    """Latency straight to the hub vs through the gateway vs through nginx, at concurrency 1 and 16."""
+    plan = b.plan
+    section.update(skipped=[], cases=[])
+    with contextlib.ExitStack() as stack:
+        gateway = stack.enter_context(GatewayService("gateway", b.hub.url, b.workdir, plan.model))
+        section["gateway_config"] = gateway.config
+        hub_watch = Watch("hub", b.hub.pgid, group=True)
+        paths = {"direct": (b.hub.url, ()), "gateway": (gateway.url, (Watch("gateway", gateway.pid),))}
+        if b.nginx:
+            nginx = stack.enter_context(NginxService("nginx", b.nginx, b.hub.port, b.workdir))
+            paths["nginx"] = (nginx.url, (Watch("nginx", nginx.pid, group=True),))
+        else:
+            section["skipped"].append("nginx: not installed on this machine; the nginx rows are left out")
+        c = plan.overhead_concurrency
+        for run in range(plan.runs):
+            b.say(f"overhead run {run + 1}/{plan.runs}")
+            for path, (url, watch) in paths.items():
+                result = sequential_tritonclient(
+                    url,
+                    plan.model,
+                    plan.sequential_requests,
+                    plan.sequential_warmup,
+                    shape=plan.shape,
+                    watch=(hub_watch, *watch),
+                )
+                record = run_record(result)
+                client = "tritonclient.http sync, binary_data=True"
+                _runs(section, path=path, concurrency=1, client=client).append(record)
+                _progress(b, f"c=1 {path}", record)
+            for path, (url, watch) in paths.items():
+                spec = LoadSpec(
+                    url=url,
+                    model=plan.model,
+                    shape=plan.shape,
+                    encoding="binary",
+                    concurrency=c,
+                    duration_s=plan.overhead_duration_s,
+                    warmup_s=plan.overhead_warmup_s,
+                    max_s=plan.overhead_warmup_s + plan.overhead_duration_s + 30,
+                    watch=(hub_watch, *watch),
+                )
+                record = gateway_run(url, spec) if path == "gateway" else run_record(run_load(spec))
+                client = "bench.load (aiohttp), binary tensors"
+                _runs(section, path=path, concurrency=c, client=client).append(record)
+                _progress(b, f"c={c} {path}", record)
+
+
+def batching(b: Bench, section: dict[str, Any]) -> None:
+    """Closed-loop clients behind ``railgate link``: straight over the link vs gateway vs nginx in front of it."""
+    plan = b.plan
+    section.update(skipped=[], cases=[], link_delay_ms=plan.link_delay_ms)
+    with contextlib.ExitStack() as stack:
+        link = stack.enter_context(LinkService("link", b.hub.port, plan.link_delay_ms, b.workdir))
+        gateway = stack.enter_context(GatewayService("gateway-link", link.url, b.workdir, plan.model))
+        section["gateway_config"] = gateway.config
+        base = (Watch("hub", b.hub.pgid, group=True), Watch("link", link.pid))
+        paths = {"direct": (link.url, ()), "gateway": (gateway.url, (Watch("gateway", gateway.pid),))}
+        if b.nginx:
+            nginx = stack.enter_context(NginxService("nginx-link", b.nginx, link.port, b.workdir))
+            paths["nginx"] = (nginx.url, (Watch("nginx", nginx.pid, group=True),))
+        else:
+            section["skipped"].append("nginx: not installed on this machine; the nginx row is left out")
+        c = plan.batching_concurrency
+        for run in range(plan.runs):
+            b.say(f"batching run {run + 1}/{plan.runs} ({c} clients, link {plan.link_delay_ms:g} ms each way)")
+            for path, (url, watch) in paths.items():
+                spec = LoadSpec(
+                    url=url,
+                    model=plan.model,
+                    shape=plan.shape,
+                    concurrency=c,
+                    duration_s=plan.batching_duration_s,
+                    warmup_s=plan.batching_warmup_s,
+                    ramp_s=plan.batching_warmup_s / 2,
+                    timeout_s=30.0,
+                    max_s=plan.batching_warmup_s + plan.batching_duration_s + 60,
+                    watch=(*base, *watch),
+                )
+                record = gateway_run(url, spec) if path == "gateway" else run_record(run_load(spec))
+                _runs(section, path=path, concurrency=c).append(record)
+                _progress(b, f"{path}", record)
+
+
+def cost(b: Bench, section: dict[str, Any]) -> None:
+    """Requests per gateway CPU-second at saturation, for each encoding (gateway straight to the hub)."""
+    plan = b.plan
+    section.update(skipped=[], cases=[])
+    with GatewayService("gateway-cost", b.hub.url, b.workdir, plan.model) as gateway:
+        section["gateway_config"] = gateway.config
+        watch = (Watch("gateway", gateway.pid), Watch("hub", b.hub.pgid, group=True))
+        for run in range(plan.runs):
+            b.say(f"cost run {run + 1}/{plan.runs} (concurrency {plan.cost_concurrency})")
+            for encoding in ENCODINGS:
+                spec = LoadSpec(
+                    url=gateway.url,
+                    model=plan.model,
+                    shape=plan.shape,
+                    encoding=encoding,
+                    concurrency=plan.cost_concurrency,
+                    duration_s=plan.cost_duration_s,
+                    warmup_s=plan.cost_warmup_s,
+                    max_s=plan.cost_warmup_s + plan.cost_duration_s + 30,
+                    watch=watch,
+                )
+                record = gateway_run(gateway.url, spec)
+                gateway_cpu = (record["cpu_s"] or {}).get("gateway")
+                record["requests_per_gateway_cpu_s"] = record["ok"] / gateway_cpu if gateway_cpu else None
+                _runs(section, encoding=encoding, concurrency=plan.cost_concurrency).append(record)
+                _progress(b, encoding, record)
+
+
+SECTIONS: dict[str, Callable[[Bench, dict[str, Any]], None]] = {
+    "overhead": overhead,
+    "batching": batching,
+    "cost": cost,
+}
