@@ -47,6 +47,17 @@ def _link(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _keys_new(args: argparse.Namespace) -> int:
+    from gateway.tenants import hash_key, new_key
+
+    key = new_key()
+    print(f"API key for {args.tenant} (shown once; give it to the tenant):\n  {key}")
+    print("Add its hash to the tenant in the gateway config (the key itself is never stored):")
+    where = "admin_keys" if args.admin else f"tenants: - name: {args.tenant} ... keys"
+    print(f'  {where}: ["{hash_key(key)}"]')
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from gateway.demo import run
 
@@ -79,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     link_parser = commands.add_parser("link", help="emulate a long-haul link: a delaying TCP proxy")
     link.add_arguments(link_parser)
     link_parser.set_defaults(func=_link)
+
+    keys = commands.add_parser("keys", help="API keys for tenants")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    keys_new = keys_commands.add_parser("new", help="print a new API key and the hash to put in the config")
+    keys_new.add_argument("tenant")
+    keys_new.add_argument("--admin", action="store_true", help="an admin key (for /admin/*)")
+    keys_new.set_defaults(func=_keys_new)
 
     demo = commands.add_parser("demo", help="start hubs and the gateway, send real requests, print a summary")
     demo.add_argument("--repository", type=Path, default=Path("models/repository"))

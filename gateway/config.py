@@ -21,6 +21,8 @@ import yaml
 from gateway.routing.policy import POLICIES
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+_KEY_HASH = re.compile(r"^sha256\$[0-9a-f]{32}\$[0-9a-f]{64}$")
+PRIORITIES = ("high", "normal", "low")
 
 
 class ConfigError(Exception):
@@ -127,6 +129,30 @@ class Health:
 
 
 @dataclass(frozen=True, slots=True)
+class TenantSpec:
+    """A customer: its API keys (salted hashes from `railgate keys new`), what it may use, its limits."""
+
+    name: str
+    keys: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()  # empty: every model
+    regions: tuple[str, ...] = ()  # residency; empty: anywhere
+    rate_per_s: float = 0.0  # requests per second (token bucket); 0: unlimited
+    burst: float = 0.0  # bucket size; 0: one second's worth
+    daily_quota: int = 0  # inferences (batch rows) per UTC day; 0: unlimited
+    priority: str = "normal"  # default X-Priority: high | normal | low
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """Bounded queues: past these, requests are refused at once (429/503 with Retry-After)."""
+
+    max_active_requests: int = 20_000  # admitted and not yet answered, all models together
+    shed_low_at: float = 0.7  # low priority is refused once this share of max_active is in use ...
+    shed_normal_at: float = 0.9  # ... normal priority at this share; high only when full
+    refuse_predicted_misses: bool = True  # refuse a request whose predicted wait exceeds its budget
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     listen: Listen = field(default_factory=Listen)
     hubs: tuple[HubSpec, ...] = ()
@@ -136,6 +162,10 @@ class GatewayConfig:
     local: Local = field(default_factory=Local)
     routing: Routing = field(default_factory=Routing)
     health: Health = field(default_factory=Health)
+    admission: Admission = field(default_factory=Admission)
+    tenants: tuple[TenantSpec, ...] = ()
+    admin_keys: tuple[str, ...] = ()  # salted hashes; needed for /admin/* once tenants or admin keys exist
+    shutdown_grace_s: float = 30.0  # on SIGTERM: finish accepted requests within this, then exit
 
 
 def load_config(path: Path | None) -> GatewayConfig:
@@ -274,5 +304,28 @@ def _check(config: GatewayConfig) -> None:
         )
     if not 0.0 <= config.routing.balance_weight <= 1.0:
         raise ConfigError(f"routing.balance_weight: must be within 0..1, got {config.routing.balance_weight}")
+    tenant_names = set()
+    for i, tenant in enumerate(config.tenants):
+        key = f"tenants[{i}]"
+        if tenant.name in tenant_names:
+            raise ConfigError(f"{key}.name: tenant {tenant.name!r} is listed twice")
+        tenant_names.add(tenant.name)
+        if not tenant.keys:
+            raise ConfigError(f"{key}.keys (tenant {tenant.name}): at least one key hash (railgate keys new)")
+        for j, stored in enumerate(tenant.keys):
+            if not _KEY_HASH.match(stored):
+                raise ConfigError(f"{key}.keys[{j}] (tenant {tenant.name}): expected sha256$<salt>$<digest>")
+        if tenant.priority not in PRIORITIES:
+            raise ConfigError(f"{key}.priority (tenant {tenant.name}): one of {', '.join(PRIORITIES)}")
+        if tenant.rate_per_s < 0 or tenant.burst < 0 or tenant.daily_quota < 0:
+            raise ConfigError(f"{key} (tenant {tenant.name}): rate_per_s, burst and daily_quota must be >= 0")
+    for j, stored in enumerate(config.admin_keys):
+        if not _KEY_HASH.match(stored):
+            raise ConfigError(f"admin_keys[{j}]: expected sha256$<salt>$<digest>")
+    _positive(config.admission.max_active_requests, "admission.max_active_requests")
+    if not 0 < config.admission.shed_low_at <= config.admission.shed_normal_at <= 1:
+        raise ConfigError("admission: need 0 < shed_low_at <= shed_normal_at <= 1")
+    if config.shutdown_grace_s < 0:
+        raise ConfigError(f"shutdown_grace_s: must be >= 0, got {config.shutdown_grace_s}")
     if not config.hubs and not config.local.enabled:
         raise ConfigError("hubs: no hubs and local.enabled is false: nothing could serve a request")

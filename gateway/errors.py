@@ -7,7 +7,8 @@
     ├── Forbidden                 403
     ├── ModelNotFound             404  unknown model or version
     ├── PayloadTooLarge           413  body or tensor over the configured limit
-    ├── Overloaded                429  queue full (carries Retry-After)
+    ├── Overloaded                429  over a rate, quota or queue bound; 503 when the gateway is full
+                                       or a predicted wait exceeds the budget (carries Retry-After)
     ├── ClientGone                499  the client went away before its batch was sent (nobody reads it)
     ├── HubFailed                 502  the hub answered with an error, garbage, or closed
     ├── NoBackend                 503  no healthy backend serves the model (within the constraints)
@@ -22,10 +23,12 @@ from __future__ import annotations
 class RailgateError(Exception):
     status = 500
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None, status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        if status is not None:  # e.g. Overloaded as 503 when the whole gateway, not one client, is full
+            self.status = status
 
 
 class BadRequest(RailgateError):

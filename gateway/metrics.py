@@ -47,6 +47,15 @@ class Metrics:
         )  # fmt: skip
         self.retries = Counter("railgate_retries", "Batches retried after this backend failed", ["backend"], registry=r)
         self.hedges = Counter("railgate_hedges", "Hedge copies sent to this backend", ["backend"], registry=r)
+        self.shed = Counter(
+            "railgate_shed", "Requests refused at admission, by priority or reason", ["reason"], registry=r
+        )
+        self.tenant_inferences = Counter(
+            "railgate_tenant_inferences", "Inferences (batch rows) served per tenant", ["tenant", "model"], registry=r
+        )
+        self.tenant_spend = Counter(
+            "railgate_tenant_spend", "Hub price x inferences, per tenant", ["tenant"], registry=r
+        )
         self.prediction_ratio = Histogram(
             "railgate_prediction_ratio", "Actual over predicted batch latency", ["backend"],
             buckets=(0.25, 0.5, 0.8, 1.0, 1.25, 1.5, 2.0, 4.0, 10.0), registry=r,

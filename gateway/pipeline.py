@@ -17,7 +17,7 @@ import numpy as np
 
 from gateway.batching import BatchPolicy, BatchQueue, Flush, Pending
 from gateway.catalog import ModelInfo
-from gateway.config import Batching, Limits, Routing
+from gateway.config import Admission, Batching, Limits, Routing
 from gateway.errors import ClientGone, DeadlineExceeded, HubFailed, NoBackend, Overloaded, RailgateError
 from gateway.metrics import Metrics
 from gateway.protocol.types import InferRequest
@@ -75,12 +75,19 @@ class Lane:
 
 class Pipeline:
     def __init__(
-        self, router: Router, batching: Batching, limits: Limits, metrics: Metrics, routing: Routing | None = None
+        self,
+        router: Router,
+        batching: Batching,
+        limits: Limits,
+        metrics: Metrics,
+        routing: Routing | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.router = router
         self.batching = batching
         self.limits = limits
         self.metrics = metrics
+        self.admission = admission or Admission()
         self.active = 0  # requests admitted and not yet answered (the retry budget's base)
         self.forwarder = Forwarder(router, routing or router.config, metrics, lambda: self.active)
         self.lanes: dict[tuple[str, str, Route, int], Lane] = {}
@@ -121,16 +128,20 @@ class Pipeline:
         deadline: float,
         gone: Callable[[], bool],
         route: Route = DEFAULT_ROUTE,
+        priority: str = "normal",
     ) -> BatchResult:
         """Queue a validated request; return its share of the batch it ran in."""
         if self._closing:
             raise NoBackend("gateway is shutting down")
         loop = asyncio.get_running_loop()
+        self._admit(priority)
         lane = self._lane(info, request.version, route, budget_class(deadline - loop.time()))
         if len(lane.queue) >= self.limits.max_queued_requests:
             raise Overloaded(
                 f"queue for model {info.name!r} is full ({len(lane.queue)} requests)", headers={"Retry-After": "1"}
             )
+        if self.admission.refuse_predicted_misses:
+            self._refuse_predicted_miss(lane, rows, deadline - loop.time())
         admitted = Admitted(request, loop.create_future(), gone)
         lane.queue.push(admitted, rows, deadline, loop.time())
         self.metrics.queue_depth.labels(info.name).inc()
@@ -145,6 +156,34 @@ class Pipeline:
             self.active -= 1
             if not admitted.future.done():
                 admitted.future.cancel()  # the runner drops it before its batch is sent
+
+    def _admit(self, priority: str) -> None:
+        """Refuse at once when the gateway is full; lower priorities are shed first."""
+        a = self.admission
+        limit = {"low": a.shed_low_at, "normal": a.shed_normal_at}.get(priority, 1.0) * a.max_active_requests
+        if self.active >= limit:
+            self.metrics.shed.labels(priority).inc()
+            raise Overloaded(
+                f"gateway is at capacity ({self.active} requests in progress); {priority} priority is shed first",
+                status=503,
+                headers={"Retry-After": "1"},
+            )
+
+    def _refuse_predicted_miss(self, lane: Lane, rows: int, budget_s: float) -> None:
+        """A request that would wait in the queue past its budget is refused now, not answered 504 later."""
+        service = self._service_estimate(lane)
+        if service <= 0:
+            return
+        batches_ahead = (lane.queue.rows + rows - 1) // max(lane.queue.policy.max_batch_size, 1)
+        waiting = batches_ahead * service / max(self.batching.max_inflight_batches, 1)
+        if waiting + service > budget_s and batches_ahead > 0:
+            self.metrics.shed.labels("predicted_miss").inc()
+            raise Overloaded(
+                f"predicted wait {1000 * waiting:.0f} ms plus service {1000 * service:.0f} ms exceeds the "
+                f"budget of {1000 * budget_s:.0f} ms for model {lane.info.name!r}",
+                status=503,
+                headers={"Retry-After": "1"},
+            )
 
     async def _run(self, lane: Lane) -> None:
         loop = asyncio.get_running_loop()

@@ -17,14 +17,15 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.config import ConfigError, GatewayConfig, Listen, load_config
-from gateway.errors import BadRequest, DeadlineExceeded, PayloadTooLarge, RailgateError
+from gateway.config import PRIORITIES, ConfigError, GatewayConfig, Listen, load_config
+from gateway.errors import BadRequest, DeadlineExceeded, Forbidden, PayloadTooLarge, RailgateError
 from gateway.errors import ModelNotFound as NotFound
 from gateway.protocol.codec import HEADER_LENGTH, DecodeLimits, decode_request, encode_error, encode_response
 from gateway.protocol.msgpack_codec import is_msgpack
 from gateway.protocol.types import Encoding, InferResponse, Tensor
 from gateway.routing.policy import POLICIES, Route
 from gateway.service import Gateway
+from gateway.tenants import Tenant
 
 log = logging.getLogger("railgate.server")
 
@@ -46,10 +47,15 @@ def _error_response(request: web.Request, status: int, message: str, headers: di
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Map every error to ``{"error": "..."}`` with its status, once, here."""
+    """Map every error to ``{"error": "..."}`` with its status, once, here; count failed inferences."""
     try:
         return await handler(request)
     except RailgateError as exc:
+        if request.path.endswith("/infer"):
+            gateway = request.app[GATEWAY]
+            model = request.match_info.get("model", "")
+            backend = exc.headers.get("X-Served-By", "none")
+            gateway.metrics.requests.labels(model, str(exc.status), backend).inc()
         return _error_response(request, exc.status, exc.message, exc.headers)
     except web.HTTPRequestEntityTooLarge as exc:
         return _error_response(request, 413, f"body is larger than the limit: {exc.text}", {})
@@ -119,6 +125,16 @@ async def metrics(request: web.Request) -> web.Response:
 # -- operations -------------------------------------------------------------------------------
 
 
+@web.middleware
+async def admin_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """``/admin/*`` needs an admin key once tenants or admin keys are configured."""
+    if request.path.startswith("/admin/"):
+        tenants = request.app[GATEWAY].tenants
+        if tenants.admin_enabled:
+            tenants.authenticate_admin(request.headers.get("Authorization"))
+    return await handler(request)
+
+
 async def status(request: web.Request) -> web.Response:
     return _json(request.app[GATEWAY].status())
 
@@ -169,21 +185,31 @@ def _budget_s(request: web.Request, parameters: dict[str, Any], gateway: Gateway
 _REGION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
-def _route(request: web.Request, gateway: Gateway) -> Route:
-    """Routing constraints from ``X-Route-Policy`` and ``X-Allowed-Regions`` (comma-separated)."""
+def _route(request: web.Request, gateway: Gateway, tenant: Tenant | None = None) -> Route:
+    """Routing constraints from ``X-Route-Policy`` and ``X-Allowed-Regions`` (comma-separated),
+    within the tenant's residency: a header may narrow it, never widen it."""
     policy = request.headers.get("X-Route-Policy", gateway.config.routing.default_policy).strip()
     if policy not in POLICIES:
         raise BadRequest(f"X-Route-Policy {policy!r} is not a policy; valid: {', '.join(POLICIES)}")
     raw = request.headers.get("X-Allowed-Regions")
-    if raw is None:
-        return Route(policy)
-    regions = [r.strip() for r in raw.split(",")]
-    bad = [r for r in regions if not _REGION.match(r)]
-    if bad:
-        raise BadRequest(
-            f"X-Allowed-Regions must be a comma-separated list of region names, got {raw!r} (bad: {bad[0]!r})"
-        )
-    return Route(policy, frozenset(regions))
+    regions: frozenset[str] | None = None
+    if raw is not None:
+        asked = [r.strip() for r in raw.split(",")]
+        bad = [r for r in asked if not _REGION.match(r)]
+        if bad:
+            raise BadRequest(
+                f"X-Allowed-Regions must be a comma-separated list of region names, got {raw!r} (bad: {bad[0]!r})"
+            )
+        regions = frozenset(asked)
+    if tenant is not None and tenant.spec.regions:
+        allowed = frozenset(tenant.spec.regions)
+        if regions is not None and not regions <= allowed:
+            outside = ", ".join(sorted(regions - allowed))
+            raise Forbidden(
+                f"tenant {tenant.name!r} may not use region(s) {outside}; its residency is {sorted(allowed)}"
+            )
+        regions = regions or allowed
+    return Route(policy, regions)
 
 
 def _header_length(request: web.Request) -> int | None:
@@ -199,12 +225,17 @@ async def infer(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     loop = asyncio.get_running_loop()
     arrived = loop.time()
+    tenant = gateway.tenants.authenticate(request.headers.get("Authorization")) if gateway.tenants.enabled else None
     limit = gateway.config.limits.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"body of {request.content_length} bytes is over the limit of {limit} bytes")
     info = gateway.router.model(request.match_info["model"])
     version = request.match_info.get("version", "")
     info.check_version(version)
+    if tenant is not None:
+        gateway.tenants.check_model(tenant, info.name)
+    route = _route(request, gateway, tenant)
+    priority = _priority(request, tenant)
     body = await request.read()
     req = decode_request(
         body,
@@ -218,19 +249,32 @@ async def infer(request: web.Request) -> web.Response:
     if loop.time() >= deadline:
         raise DeadlineExceeded("latency budget already spent on arrival; the request was not sent to a backend")
     rows = info.validate(req)
-    route = _route(request, gateway)
+    if tenant is not None:
+        gateway.tenants.admit(tenant, info.name, rows)
     transport = request.transport
     result = await gateway.pipeline.submit(
-        req, info, rows, deadline, gone=lambda: transport is None or transport.is_closing(), route=route
+        req,
+        info,
+        rows,
+        deadline,
+        gone=lambda: transport is None or transport.is_closing(),
+        route=route,
+        priority=priority,
     )
     datatypes = {t.name: t.datatype for t in info.outputs}
     names = [o.name for o in req.outputs] or [o.name for o in info.outputs]
     outputs = [Tensor(n, datatypes[n], result.outputs[n].shape, result.outputs[n]) for n in names]
     response = InferResponse(info.name, version or info.versions[-1], outputs, id=req.id)
     chunks, headers = encode_response(response, req)
-    status = "200"
-    gateway.metrics.requests.labels(info.name, status, result.backend).inc()
-    gateway.metrics.latency.labels(info.name).observe(loop.time() - arrived)
+    metrics = gateway.metrics
+    metrics.requests.labels(info.name, "200", result.backend).inc()
+    metrics.latency.labels(info.name).observe(loop.time() - arrived)
+    if tenant is not None:
+        backend = gateway.router.backend(result.backend)
+        price = gateway.router.price_now(backend, info.name) if backend is not None else 0.0
+        gateway.tenants.record(tenant, rows, price)
+        metrics.tenant_inferences.labels(tenant.name, info.name).inc(rows)
+        metrics.tenant_spend.labels(tenant.name).inc(price * rows / 1000)
     headers.update(
         {
             "X-Served-By": result.backend,
@@ -243,19 +287,30 @@ async def infer(request: web.Request) -> web.Response:
     return web.Response(body=chunks[0] if len(chunks) == 1 else b"".join(chunks), headers=headers)
 
 
-@web.middleware
-async def count_errors_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Count failed inference requests by status (successes are counted in ``infer``)."""
-    response = await handler(request)
-    if response.status >= 400 and request.path.endswith("/infer"):
-        model = request.match_info.get("model", "")
-        request.app[GATEWAY].metrics.requests.labels(model, str(response.status), "none").inc()
-    return response
+def _priority(request: web.Request, tenant: Tenant | None) -> str:
+    priority = request.headers.get("X-Priority", tenant.spec.priority if tenant else "normal").strip().lower()
+    if priority not in PRIORITIES:
+        raise BadRequest(f"X-Priority {priority!r} is not a priority; valid: {', '.join(PRIORITIES)}")
+    return priority
+
+
+async def usage(request: web.Request) -> web.Response:
+    """Usage and spend per tenant: all of them for an admin key, a tenant's own for its key."""
+    tenants = request.app[GATEWAY].tenants
+    if not tenants.enabled:
+        raise NotFound("no tenants are configured")
+    authorization = request.headers.get("Authorization")
+    try:
+        tenants.authenticate_admin(authorization)
+        return _json(tenants.usage())
+    except RailgateError:
+        tenant = tenants.authenticate(authorization)
+        return _json(tenants.usage(only=tenant.name))
 
 
 def create_app(config: GatewayConfig, config_path: Path | None = None) -> web.Application:
     app = web.Application(
-        middlewares=[count_errors_middleware, errors_middleware], client_max_size=config.limits.max_body_bytes
+        middlewares=[errors_middleware, admin_middleware], client_max_size=config.limits.max_body_bytes
     )
     gateway = Gateway(config, config_path)
     app[GATEWAY] = gateway
@@ -284,6 +339,7 @@ def create_app(config: GatewayConfig, config_path: Path | None = None) -> web.Ap
         r.add_post(prefix + "/infer", infer)
     r.add_get("/metrics", metrics)
     r.add_get("/status", status)
+    r.add_get("/v1/usage", usage)
     r.add_post("/admin/reload", admin_reload)
     r.add_post("/admin/hubs/{hub}/drain", admin_drain)
     r.add_delete("/admin/hubs/{hub}/drain", admin_drain)
@@ -299,6 +355,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=None, help="overrides listen.port")
     parser.add_argument("--repository", default=None, help="overrides local.repository")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
 
 def resolve_config(args: argparse.Namespace) -> GatewayConfig:
@@ -321,9 +379,11 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"railgate serve: {exc}", file=sys.stderr)
         return 2
+    if args.workers > 1:
+        return _run_workers(args, config)
     app = create_app(config, args.config)
     try:
-        uvloop.run(_serve(app, config.listen))
+        uvloop.run(_serve(app, config.listen, config.shutdown_grace_s, reuse_port=args.reuse_port))
     except RailgateError as exc:
         print(f"railgate serve: {exc.message}", file=sys.stderr)
         return 1
@@ -336,13 +396,40 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(app: web.Application, listen: Listen) -> None:
+def _run_workers(args: argparse.Namespace, config: GatewayConfig) -> int:
+    """N ``railgate serve`` processes on one port (SO_REUSEPORT: the kernel spreads connections).
+    Signals are passed on; each worker drains the same way; the exit status is the worst one."""
+    import signal
+    import subprocess
+
+    from hub.server import free_port
+
+    port = config.listen.port or free_port(config.listen.host)
+    argv = [sys.executable, "-m", "gateway.cli", "serve", "--workers", "1", "--reuse-port"]
+    argv += ["--host", config.listen.host, "--port", str(port), "--log-level", args.log_level]
+    if args.config:
+        argv += ["--config", str(args.config)]
+    if args.repository:
+        argv += ["--repository", args.repository]
+    workers = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(args.workers)]
+    forward = lambda sig, _frame: [w.send_signal(sig) for w in workers if w.poll() is None]  # noqa: E731
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    banners = [w.stdout.readline() for w in workers if w.stdout is not None]
+    if not all("railgate serving" in b for b in banners):
+        forward(signal.SIGTERM, None)
+        return max(w.wait() for w in workers) or 1
+    print(f"railgate serving http://{config.listen.host}:{port} workers={args.workers}", flush=True)
+    return max(w.wait() for w in workers)
+
+
+async def _serve(app: web.Application, listen: Listen, grace_s: float, reuse_port: bool = False) -> None:
     import signal
 
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=grace_s)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, listen.host, listen.port, backlog=1024)
+        site = web.TCPSite(runner, listen.host, listen.port, backlog=1024, reuse_port=reuse_port or None)
         await site.start()
         port = site._server.sockets[0].getsockname()[1] if site._server else listen.port  # type: ignore[union-attr]
         gateway = app[GATEWAY]
@@ -357,10 +444,15 @@ async def _serve(app: web.Application, listen: Listen) -> None:
         if gateway.config_path is not None:
             loop.add_signal_handler(signal.SIGHUP, lambda: _spawn_reload(gateway, reloads))
         await stop.wait()
+        # Graceful drain: readiness fails at once; the listener closes; every accepted request
+        # (queued or in flight) is answered within the grace period; then the backends close.
+        gateway.draining = True
+        log.info("event=draining active=%d grace_s=%.0f", gateway.pipeline.active, grace_s)
         for task in reloads:
             task.cancel()
     finally:
         await runner.cleanup()
+    log.info("event=stopped")
 
 
 def _spawn_reload(gateway: Gateway, tasks: set[asyncio.Task[None]]) -> None:

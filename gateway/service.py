@@ -27,6 +27,7 @@ from gateway.pipeline import Pipeline
 from gateway.protocol.types import numpy_dtype
 from gateway.routing.router import Router
 from gateway.routing.state import batch_bucket
+from gateway.tenants import Tenants
 
 log = logging.getLogger("railgate.gateway")
 
@@ -44,7 +45,11 @@ class Gateway:
             backends.append(self.local)
         self.router = Router(backends, config.routing, config.health)
         self.router.on_state_change = self._on_breaker_change
-        self.pipeline = Pipeline(self.router, config.batching, config.limits, self.metrics, config.routing)
+        self.pipeline = Pipeline(
+            self.router, config.batching, config.limits, self.metrics, config.routing, config.admission
+        )
+        self.tenants = Tenants(config.tenants, config.admin_keys)
+        self.draining = False  # set on SIGTERM: readiness fails while accepted requests finish
         self._tasks: set[asyncio.Task[Any]] = set()
         self._warmed: set[str] = set()
         self._stats: dict[tuple[str, str], tuple[float, float, float]] = {}
@@ -151,7 +156,7 @@ class Gateway:
         state.pending_requests = await backend.pending_requests()
 
     def ready(self) -> bool:
-        return any(self.router.ready(m) for m in self.router.catalog)
+        return not self.draining and any(self.router.ready(m) for m in self.router.catalog)
 
     # -- hub table -------------------------------------------------------------------------------
 

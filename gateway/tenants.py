@@ -1,0 +1,178 @@
+"""Tenants: API keys (salted hashes, constant-time compare), rate limits, daily quotas, usage.
+
+Pure apart from the clock it is given. The server's auth middleware calls ``Tenants.authenticate``
+and ``admit``; the pipeline never sees a key.
+
+A key is ``rg_`` + 32 random bytes (urlsafe base64). The config stores only
+``sha256$<salt hex>$<digest hex>`` of it: a leaked config file does not leak keys. Keys carry 256
+bits of entropy, so one salted SHA-256 is enough (a slow KDF guards low-entropy passwords, not these).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gateway.config import TenantSpec
+from gateway.errors import Forbidden, Overloaded, Unauthorized
+
+
+def new_key() -> str:
+    return "rg_" + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+
+
+def hash_key(key: str, salt: bytes | None = None) -> str:
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    digest = hashlib.sha256(salt + key.encode()).hexdigest()
+    return f"sha256${salt.hex()}${digest}"
+
+
+def key_matches(key: str, stored: str) -> bool:
+    try:
+        scheme, salt_hex, digest = stored.split("$")
+        salt = bytes.fromhex(salt_hex)
+    except ValueError:
+        return False
+    if scheme != "sha256":
+        return False
+    candidate = hashlib.sha256(salt + key.encode()).hexdigest()
+    return hmac.compare_digest(candidate, digest)
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` saved up."""
+
+    rate: float
+    burst: float
+    tokens: float = -1.0
+    at: float = 0.0
+
+    def take(self, now: float, cost: float = 1.0) -> float:
+        """Take ``cost`` tokens; return 0 on success, else the seconds until they would be there."""
+        if self.tokens < 0:
+            self.tokens, self.at = self.burst, now
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= cost:
+            self.tokens -= cost
+            return 0.0
+        return (cost - self.tokens) / self.rate if self.rate > 0 else float("inf")
+
+
+@dataclass(slots=True)
+class Usage:
+    day: int = -1
+    inferences_today: int = 0
+    requests: int = 0
+    inferences: int = 0
+    spend: float = 0.0
+
+
+@dataclass(slots=True)
+class Tenant:
+    spec: TenantSpec
+    bucket: TokenBucket
+    usage: Usage = field(default_factory=Usage)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+class Tenants:
+    """The tenant table. With no tenants configured, every request is anonymous and allowed."""
+
+    def __init__(
+        self, specs: tuple[TenantSpec, ...], admin_keys: tuple[str, ...] = (), clock: Callable[[], float] = time.time
+    ) -> None:
+        self.tenants = {s.name: Tenant(s, TokenBucket(s.rate_per_s, s.burst or s.rate_per_s)) for s in specs}
+        self.admin_keys = admin_keys
+        self.clock = clock
+        self._verified: OrderedDict[bytes, str] = OrderedDict()  # sha256(key) -> tenant, for speed
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tenants)
+
+    @property
+    def admin_enabled(self) -> bool:
+        return bool(self.admin_keys) or self.enabled
+
+    def _bearer(self, authorization: str | None) -> str:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise Unauthorized(
+                "missing API key: send 'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"}
+            )
+        return authorization[len("Bearer ") :].strip()
+
+    def authenticate(self, authorization: str | None) -> Tenant:
+        key = self._bearer(authorization)
+        fingerprint = hashlib.sha256(key.encode()).digest()
+        name = self._verified.get(fingerprint)
+        if name is None:
+            name = next((t.name for t in self.tenants.values() if any(key_matches(key, h) for h in t.spec.keys)), None)
+            if name is None:
+                raise Unauthorized("invalid API key", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            self._verified[fingerprint] = name
+            if len(self._verified) > 10_000:
+                self._verified.popitem(last=False)
+        return self.tenants[name]
+
+    def authenticate_admin(self, authorization: str | None) -> None:
+        key = self._bearer(authorization)
+        if not any(key_matches(key, h) for h in self.admin_keys):
+            raise Forbidden("this endpoint needs an admin key")
+
+    def check_model(self, tenant: Tenant, model: str) -> None:
+        if tenant.spec.models and model not in tenant.spec.models:
+            allowed = ", ".join(tenant.spec.models)
+            raise Forbidden(f"tenant {tenant.name!r} may not use model {model!r}; allowed: {allowed}")
+
+    def admit(self, tenant: Tenant, model: str, rows: int) -> None:
+        """Check the tenant's model list, rate limit and daily quota for one request of ``rows``."""
+        self.check_model(tenant, model)
+        spec = tenant.spec
+        now = self.clock()
+        day = int(now // 86_400)
+        usage = tenant.usage
+        if usage.day != day:
+            usage.day, usage.inferences_today = day, 0
+        if spec.daily_quota and usage.inferences_today + rows > spec.daily_quota:
+            retry = int((day + 1) * 86_400 - now) + 1
+            raise Overloaded(
+                f"tenant {tenant.name!r} used its daily quota of {spec.daily_quota} inferences",
+                headers={"Retry-After": str(retry)},
+            )
+        if spec.rate_per_s:
+            wait = tenant.bucket.take(now)
+            if wait > 0:
+                raise Overloaded(
+                    f"tenant {tenant.name!r} is over its rate of {spec.rate_per_s:g} requests/s",
+                    headers={"Retry-After": str(max(1, int(wait + 0.999)))},
+                )
+        usage.inferences_today += rows
+        usage.requests += 1
+
+    def record(self, tenant: Tenant, rows: int, price_per_1k: float) -> None:
+        tenant.usage.inferences += rows
+        tenant.usage.spend += price_per_1k * rows / 1000
+
+    def usage(self, only: str | None = None) -> dict[str, dict[str, float]]:
+        return {
+            t.name: {
+                "requests": t.usage.requests,
+                "inferences": t.usage.inferences,
+                "inferences_today": t.usage.inferences_today,
+                "daily_quota": t.spec.daily_quota,
+                "spend": round(t.usage.spend, 6),
+            }
+            for t in self.tenants.values()
+            if only is None or t.name == only
+        }
