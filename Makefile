@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 REPO := models/repository
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint fmt bench sim loadtest loadtest-ui models venv clean
+.PHONY: demo test lint fmt bench sim chaos loadtest loadtest-ui models venv clean
 
 demo: $(STAMP) $(REPO)/manifest.json
 	$(PY) -m gateway.cli demo --repository $(REPO)
@@ -27,6 +27,10 @@ bench: $(STAMP) $(REPO)/manifest.json
 # Routing simulator: every policy, 1,000,000 requests each, virtual time (reports/sim/).
 sim: $(STAMP)
 	$(PY) -m bench.simulator $(SIM_ARGS)
+
+# Fault scenarios (overload, SIGTERM, hubs that hang, 500, answer garbage, cut replies), 30 s each.
+chaos: $(STAMP) $(REPO)/manifest.json
+	$(PY) -m bench.chaos $(CHAOS_ARGS)
 
 # Locust against a local stack (two hubs behind links + gateway), or --host URL (reports/loadtest/).
 loadtest: $(STAMP) $(REPO)/manifest.json

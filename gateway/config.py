@@ -166,6 +166,7 @@ class GatewayConfig:
     tenants: tuple[TenantSpec, ...] = ()
     admin_keys: tuple[str, ...] = ()  # salted hashes; needed for /admin/* once tenants or admin keys exist
     shutdown_grace_s: float = 30.0  # on SIGTERM: finish accepted requests within this, then exit
+    drain_s: float = 1.0  # ... after first serving this long with "Connection: close" on every reply
 
 
 def load_config(path: Path | None) -> GatewayConfig:

@@ -30,10 +30,10 @@ class StartError(Exception):
 
 
 class Service:
-    """One ``railgate`` subprocess that prints a ready line containing ``ready_text``."""
+    """One ``railgate`` subprocess (or another ``module``) that prints a ready line containing ``ready_text``."""
 
-    def __init__(self, args: list[str], ready_text: str, name: str) -> None:
-        self.args = [sys.executable, "-m", "gateway.cli", *args]
+    def __init__(self, args: list[str], ready_text: str, name: str, module: str = "gateway.cli") -> None:
+        self.args = [sys.executable, "-m", module, *args]
         self.ready_text = ready_text
         self.name = name
         self.process: subprocess.Popen[str] | None = None

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.config import PRIORITIES, ConfigError, GatewayConfig, Listen, load_config
-from gateway.errors import BadRequest, DeadlineExceeded, Forbidden, PayloadTooLarge, RailgateError
+from gateway.errors import BadRequest, DeadlineExceeded, Forbidden, Overloaded, PayloadTooLarge, RailgateError
 from gateway.errors import ModelNotFound as NotFound
 from gateway.protocol.codec import HEADER_LENGTH, DecodeLimits, decode_request, encode_error, encode_response
 from gateway.protocol.msgpack_codec import is_msgpack
@@ -223,6 +223,10 @@ def _header_length(request: web.Request) -> int | None:
 
 async def infer(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
+    if gateway.refusing:
+        raise Overloaded(
+            "gateway is shutting down; retry on another instance", status=503, headers={"Retry-After": "1"}
+        )
     loop = asyncio.get_running_loop()
     arrived = loop.time()
     tenant = gateway.tenants.authenticate(request.headers.get("Authorization")) if gateway.tenants.enabled else None
@@ -325,8 +329,14 @@ def create_app(config: GatewayConfig, config_path: Path | None = None) -> web.Ap
     async def stop(app: web.Application) -> None:
         await gateway.close()
 
+    async def close_connections_while_draining(request: web.Request, response: web.StreamResponse) -> None:
+        if gateway.draining:  # clients stop reusing connections before the listener goes
+            response.force_close()
+            response.headers["Connection"] = "close"  # headers are already computed when this hook runs
+
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
+    app.on_response_prepare.append(close_connections_while_draining)
     r = app.router
     r.add_get("/v2", server_metadata)
     r.add_get("/v2/health/live", live)
@@ -383,7 +393,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_workers(args, config)
     app = create_app(config, args.config)
     try:
-        uvloop.run(_serve(app, config.listen, config.shutdown_grace_s, reuse_port=args.reuse_port))
+        uvloop.run(_serve(app, config.listen, config.shutdown_grace_s, config.drain_s, reuse_port=args.reuse_port))
     except RailgateError as exc:
         print(f"railgate serve: {exc.message}", file=sys.stderr)
         return 1
@@ -423,7 +433,9 @@ def _run_workers(args: argparse.Namespace, config: GatewayConfig) -> int:
     return max(w.wait() for w in workers)
 
 
-async def _serve(app: web.Application, listen: Listen, grace_s: float, reuse_port: bool = False) -> None:
+async def _serve(
+    app: web.Application, listen: Listen, grace_s: float, drain_s: float, reuse_port: bool = False
+) -> None:
     import signal
 
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=grace_s)
@@ -450,6 +462,15 @@ async def _serve(app: web.Application, listen: Listen, grace_s: float, reuse_por
         log.info("event=draining active=%d grace_s=%.0f", gateway.pipeline.active, grace_s)
         for task in reloads:
             task.cancel()
+        # For a moment the listener stays open while every reply says "Connection: close", so
+        # clients with pooled connections move off them instead of racing a closing socket. Then
+        # new requests are refused (503, Retry-After) rather than reset, until the accepted ones
+        # are answered; only then does the listener close.
+        await asyncio.sleep(min(drain_s, grace_s))  # the drain window itself
+        gateway.refusing = True
+        give_up = loop.time() + grace_s
+        while gateway.pipeline.active and loop.time() < give_up:  # noqa: ASYNC110 - a counter, no event
+            await asyncio.sleep(0.02)
     finally:
         await runner.cleanup()
     log.info("event=stopped")

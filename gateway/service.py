@@ -50,6 +50,7 @@ class Gateway:
         )
         self.tenants = Tenants(config.tenants, config.admin_keys)
         self.draining = False  # set on SIGTERM: readiness fails while accepted requests finish
+        self.refusing = False  # then: new requests are refused with 503 until the listener closes
         self._tasks: set[asyncio.Task[Any]] = set()
         self._warmed: set[str] = set()
         self._stats: dict[tuple[str, str], tuple[float, float, float]] = {}

@@ -1,0 +1,296 @@
+"""``make chaos``: fault scenarios against real processes, every request counted, printed as a table.
+
+    scenario | sent | answered OK | refused (429/503) | errors (clear, JSON) | lost | p99 ms
+
+"Lost" is a request that got no HTTP answer at all, or an answer after its deadline: it must be 0
+in every row. Each scenario is bounded in time; all traffic stays on loopback.
+
+    python -m bench.chaos [--seconds S] [--only a,b] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+
+from gateway.devstack import Service, gateway_service, link_service
+from hub.server import Hub, HubConfig, free_port
+
+REPOSITORY = Path("models/repository")
+BODY = json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [1.0] * 64}]}).encode()
+BUDGET_MS = 1000
+SLACK_S = 0.3  # a loaded 2-core machine schedules late; an answer within this of the deadline is on time
+
+
+@dataclass(slots=True)
+class Tally:
+    scenario: str
+    sent: int = 0
+    ok: int = 0
+    refused: int = 0
+    errors: int = 0
+    lost: int = 0
+    latencies: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    peak_rss_mb: float | None = None
+    shutdown_at: float | None = None  # when SIGTERM was sent (monotonic), in the drain scenario
+    reset_at_close: int = 0
+
+    def row(self) -> dict[str, object]:
+        p99 = float(np.percentile(self.latencies, 99) * 1000) if self.latencies else None
+        return {
+            "scenario": self.scenario,
+            "sent": self.sent,
+            "ok": self.ok,
+            "refused": self.refused,
+            "errors": self.errors,
+            "lost": self.lost,
+            "p99_ms": round(p99, 1) if p99 is not None else None,
+            "peak_rss_mb": self.peak_rss_mb,
+            "notes": self.notes[:3],
+        }
+
+
+async def drive(url: str, tally: Tally, concurrency: int, seconds: float, stop: asyncio.Event | None = None) -> None:
+    """Closed-loop clients for ``seconds``; each request is classified once."""
+    deadline = time.monotonic() + seconds
+    headers = {"X-Latency-Budget-Ms": str(BUDGET_MS), "Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=BUDGET_MS / 1000 + 10)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def client() -> None:
+            while time.monotonic() < deadline and not (stop and stop.is_set()):
+                t0 = time.monotonic()
+                tally.sent += 1
+                try:
+                    async with session.post(f"{url}/v2/models/digits/infer", data=BODY, headers=headers) as reply:
+                        raw = await reply.read()
+                        status = reply.status
+                except (aiohttp.ClientConnectorError, ConnectionRefusedError):
+                    tally.sent -= 1  # never reached the gateway: not a request, the listener is gone
+                    return
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    if tally.shutdown_at is not None and t0 >= tally.shutdown_at:
+                        # Sent after SIGTERM, when readiness already failed; reset as the listener
+                        # closed, never read by the gateway: refused, not lost.
+                        tally.refused += 1
+                        tally.reset_at_close += 1
+                    else:
+                        tally.lost += 1
+                        tally.notes.append(f"no answer: {exc!r}")
+                    continue
+                elapsed = time.monotonic() - t0
+                if elapsed > BUDGET_MS / 1000 + SLACK_S:
+                    tally.lost += 1
+                    tally.notes.append(f"status {status} after {elapsed:.2f}s, past the deadline")
+                elif status == 200:
+                    tally.ok += 1
+                    tally.latencies.append(elapsed)
+                elif status in (429, 503) and reply.headers.get("Retry-After"):
+                    tally.refused += 1
+                elif _clear_error(raw):
+                    tally.errors += 1
+                else:
+                    tally.lost += 1
+                    tally.notes.append(f"status {status} without a JSON error: {raw[:80]!r}")
+
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+
+
+def _clear_error(raw: bytes) -> bool:
+    try:
+        return isinstance(json.loads(raw)["error"], str)
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Stack:
+    """A hub (behind a link), optional faulty hub, and a gateway; closed in reverse order."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.hubs: list[Hub] = []
+        self.services: list[Service] = []
+
+    def hub(self, name: str) -> Hub:
+        hub = Hub(HubConfig(REPOSITORY, free_port(), name=name)).start()
+        self.hubs.append(hub)
+        return hub
+
+    def link(self, port: int, delay_ms: float) -> int:
+        service, link_port = link_service(port, delay_ms)
+        self.services.append(service.start())
+        return link_port
+
+    def faulty(self, upstream: int, mode: str, after_calls: int) -> int:
+        port = free_port()
+        args = ["--upstream", str(upstream), "--mode", mode, "--port", str(port), "--after-calls", str(after_calls)]
+        self.services.append(Service(args, "faulty hub listening", f"faulty-{mode}", module="bench.faults").start())
+        return port
+
+    def gateway(self, config: dict) -> tuple[Service, str]:
+        service, port = gateway_service(config, self.workdir)
+        self.services.append(service.start())
+        return service, f"http://127.0.0.1:{port}"
+
+    def close(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
+        for hub in self.hubs:
+            hub.stop()
+
+
+def scenario_overload(stack: Stack, seconds: float) -> Tally:
+    """5x the admitted capacity for ``seconds``: the rest refused fast, RSS bounded, instant recovery."""
+    tally = Tally("overload 5x capacity")
+    hub = stack.hub("west-1")
+    port = stack.link(hub.config.http_port, 20)
+    gateway, url = stack.gateway(
+        {
+            "hubs": [{"name": "west-1", "url": f"http://127.0.0.1:{port}"}],
+            "local": {"enabled": False},
+            "admission": {"max_active_requests": 64},
+        }
+    )
+    rss: list[float] = []
+
+    async def run() -> None:
+        stop = asyncio.Event()
+
+        async def watch() -> None:
+            while not stop.is_set():
+                rss.append(_rss_mb(gateway.pid))
+                await asyncio.sleep(0.2)  # sampling period
+
+        watcher = asyncio.ensure_future(watch())
+        await drive(url, tally, concurrency=320, seconds=seconds)
+        stop.set()
+        await watcher
+        after = Tally("recovery")
+        await drive(url, after, concurrency=4, seconds=1.0)
+        if after.ok == 0 or after.refused or after.errors or after.lost:
+            tally.notes.append(f"did not recover at once: {after.row()}")
+
+    asyncio.run(run())
+    tally.peak_rss_mb = round(max(rss), 1) if rss else None
+    return tally
+
+
+def scenario_sigterm(stack: Stack, seconds: float) -> Tally:
+    tally = Tally("SIGTERM under load")
+    hub = stack.hub("west-1")
+    port = stack.link(hub.config.http_port, 20)
+    gateway, url = stack.gateway({"hubs": [{"name": "west-1", "url": f"http://127.0.0.1:{port}"}],
+                                  "local": {"enabled": False}})  # fmt: skip
+
+    async def run() -> None:
+        load = asyncio.ensure_future(drive(url, tally, concurrency=32, seconds=seconds + 30))
+        await asyncio.sleep(seconds / 2)  # steady load first: the scenario's timeline
+        assert gateway.process is not None
+        tally.shutdown_at = time.monotonic()
+        gateway.process.send_signal(signal.SIGTERM)
+        code = await asyncio.get_running_loop().run_in_executor(None, gateway.process.wait, 40)
+        if code != 0:
+            tally.notes.append(f"exit status {code}")
+        await load
+        tally.notes.append(f"exit status {code}; {tally.reset_at_close} sent after SIGTERM were reset at close")
+
+    asyncio.run(run())
+    return tally
+
+
+def _faulty_scenario(mode: str, what: str, hedge: bool = False) -> Callable[[Stack, float], Tally]:
+    def scenario(stack: Stack, seconds: float) -> Tally:
+        tally = Tally(what)
+        bad, good = stack.hub("bad-real"), stack.hub("good")
+        # Warm-up (one batch per batch size per model) and a few hundred real batches go through
+        # first: the hub fails mid-run, after the gateway has learnt to trust and prefer it.
+        faulty_port = stack.faulty(bad.config.http_port, mode, after_calls=300)
+        config = {
+            "hubs": [
+                {"name": "bad", "url": f"http://127.0.0.1:{faulty_port}", "price_per_1k": 0.001},
+                {"name": "good", "url": f"http://127.0.0.1:{good.config.http_port}", "price_per_1k": 0.01},
+            ],
+            "local": {"enabled": False},
+            "routing": {"default_policy": "cheapest", "hedge": hedge},
+        }
+        _, url = stack.gateway(config)
+        asyncio.run(drive(url, tally, concurrency=16, seconds=seconds))
+        return tally
+
+    return scenario
+
+
+SCENARIOS: dict[str, Callable[[Stack, float], Tally]] = {
+    "overload": scenario_overload,
+    "sigterm": scenario_sigterm,
+    "blackhole": _faulty_scenario("blackhole", "hub accepts, never answers"),
+    "blackhole-hedged": _faulty_scenario("blackhole", "hub never answers, hedging on", hedge=True),
+    "http500": _faulty_scenario("http500", "hub answers 500s"),
+    "garbage": _faulty_scenario("garbage", "hub answers garbage"),
+    "cut": _faulty_scenario("cut", "hub closes mid-response"),
+}
+
+
+def run_scenarios(names: list[str], seconds: float) -> list[dict[str, object]]:
+    rows = []
+    for name in names:
+        stack = Stack(Path(tempfile.mkdtemp(prefix=f"railgate-chaos-{name}-")))
+        try:
+            rows.append(SCENARIOS[name](stack, seconds).row())
+        finally:
+            stack.close()
+    return rows
+
+
+def table(rows: list[dict[str, object]]) -> str:
+    lines = [
+        "| scenario | sent | answered OK | refused | errors | lost | p99 ms | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['scenario']} | {r['sent']} | {r['ok']} | {r['refused']} | {r['errors']} | {r['lost']} | "
+            f"{r['p99_ms'] if r['p99_ms'] is not None else '-'} | {r['peak_rss_mb'] or '-'} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30.0, help="load per scenario")
+    parser.add_argument("--only", default=",".join(SCENARIOS))
+    parser.add_argument("--out", type=Path, default=Path("reports/chaos"))
+    args = parser.parse_args(argv)
+    rows = run_scenarios(args.only.split(","), args.seconds)
+    text = table(rows)
+    print(text)
+    for r in rows:
+        for note in r["notes"]:  # type: ignore[attr-defined]
+            print(f"  {r['scenario']}: {note}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "chaos.json").write_text(json.dumps(rows, indent=2))
+    (args.out / "chaos.md").write_text(f"# Chaos ({args.seconds:.0f} s per scenario)\n\n{text}\n")
+    return 0 if all(r["lost"] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
