@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 REPO := models/repository
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint fmt bench sim chaos loadtest loadtest-ui models venv clean
+.PHONY: demo test lint fmt bench bench-edge sim chaos loadtest loadtest-ui models venv clean
 
 demo: $(STAMP) $(REPO)/manifest.json
 	$(PY) -m gateway.cli demo --repository $(REPO)
@@ -23,6 +23,10 @@ fmt: $(STAMP)
 
 bench: $(STAMP) $(REPO)/manifest.json
 	$(PY) -m bench.run
+
+# Edge runtime: local-path overhead vs bare ONNX Runtime, firmware path over HTTP and a Unix socket.
+bench-edge: $(STAMP) $(REPO)/manifest.json
+	$(PY) -m bench.edge_bench
 
 # Routing simulator: every policy, 1,000,000 requests each, virtual time (reports/sim/).
 sim: $(STAMP)

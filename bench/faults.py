@@ -86,7 +86,9 @@ def make_app(upstream: str, mode: str, after_calls: int = 0) -> web.Application:
 
 
 async def _serve(upstream_port: int, mode: str, port: int, after_calls: int) -> None:
-    runner = web.AppRunner(make_app(f"http://127.0.0.1:{upstream_port}", mode, after_calls), access_log=None)
+    # A short shutdown: the blackholed calls are meant to hang, not to hold the fake's exit.
+    app = make_app(f"http://127.0.0.1:{upstream_port}", mode, after_calls)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()

@@ -41,6 +41,12 @@ def _serve(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _edge(args: argparse.Namespace) -> int:
+    from edge.server import run
+
+    return run(args)
+
+
 def _link(args: argparse.Namespace) -> int:
     from gateway.link import run
 
@@ -86,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gateway (KServe v2 HTTP API)")
     server.add_arguments(serve)
     serve.set_defaults(func=_serve)
+
+    from edge import server as edge_server
+
+    edge = commands.add_parser("edge", help="run the on-device runtime (KServe v2 for firmware), or `edge sync`")
+    edge_server.add_arguments(edge)
+    edge.set_defaults(func=_edge)
 
     link_parser = commands.add_parser("link", help="emulate a long-haul link: a delaying TCP proxy")
     link.add_arguments(link_parser)

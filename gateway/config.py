@@ -129,6 +129,14 @@ class Health:
 
 
 @dataclass(frozen=True, slots=True)
+class Artifacts:
+    """Model files edge devices pull (`railgate edge sync`): GET /v1/models/{m}/artifact and /config.pbtxt."""
+
+    repository: str | None = None  # None: local.repository
+    exportable: tuple[str, ...] = ()  # models devices may download; none by default
+
+
+@dataclass(frozen=True, slots=True)
 class TenantSpec:
     """A customer: its API keys (salted hashes from `railgate keys new`), what it may use, its limits."""
 
@@ -163,6 +171,7 @@ class GatewayConfig:
     routing: Routing = field(default_factory=Routing)
     health: Health = field(default_factory=Health)
     admission: Admission = field(default_factory=Admission)
+    artifacts: Artifacts = field(default_factory=Artifacts)
     tenants: tuple[TenantSpec, ...] = ()
     admin_keys: tuple[str, ...] = ()  # salted hashes; needed for /admin/* once tenants or admin keys exist
     shutdown_grace_s: float = 30.0  # on SIGTERM: finish accepted requests within this, then exit

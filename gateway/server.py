@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import artifacts
 from gateway.config import PRIORITIES, ConfigError, GatewayConfig, Listen, load_config
 from gateway.errors import BadRequest, DeadlineExceeded, Forbidden, Overloaded, PayloadTooLarge, RailgateError
 from gateway.errors import ModelNotFound as NotFound
@@ -127,11 +128,13 @@ async def metrics(request: web.Request) -> web.Response:
 
 @web.middleware
 async def admin_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """``/admin/*`` needs an admin key once tenants or admin keys are configured."""
-    if request.path.startswith("/admin/"):
-        tenants = request.app[GATEWAY].tenants
-        if tenants.admin_enabled:
-            tenants.authenticate_admin(request.headers.get("Authorization"))
+    """``/admin/*`` needs an admin key once tenants or admin keys are configured; model artifacts
+    (``/v1/models/*``) need a tenant's key once tenants are configured."""
+    tenants = request.app[GATEWAY].tenants
+    if request.path.startswith("/admin/") and tenants.admin_enabled:
+        tenants.authenticate_admin(request.headers.get("Authorization"))
+    elif request.path.startswith("/v1/models/") and tenants.enabled:
+        tenants.authenticate(request.headers.get("Authorization"))
     return await handler(request)
 
 
@@ -348,6 +351,9 @@ def create_app(config: GatewayConfig, config_path: Path | None = None) -> web.Ap
         r.add_get(prefix + "/config", model_config)
         r.add_post(prefix + "/infer", infer)
     r.add_get("/metrics", metrics)
+    if config.artifacts.exportable:
+        repository = Path(config.artifacts.repository or config.local.repository)
+        artifacts.add_routes(app, repository, config.artifacts.exportable)
     r.add_get("/status", status)
     r.add_get("/v1/usage", usage)
     r.add_post("/admin/reload", admin_reload)

@@ -72,7 +72,10 @@ def test_sigterm_under_load_answers_every_accepted_request(hub: Hub, tmp_path: P
     # (A request racing the signal may be counted "before" yet reach a closed listener: refused.)
     assert all(isinstance(s, str) and "refused" in s for s in lost), lost[:3]
     assert len(lost) <= 12, f"{len(lost)} requests raced the signal; at most one per client may"
-    assert all(s == 200 or (isinstance(s, str) and "refused" in s) for s in sent_after), sent_after[:5]
+    # After the signal: answered, refused with 503 while draining, or refused at the closed listener.
+    assert all(s in (200, 503) or (isinstance(s, str) and "refused" in s) for s in sent_after), [
+        s for s in sent_after if s not in (200, 503)
+    ][:5]
 
 
 def test_overload_is_refused_fast_and_service_recovers(hub: Hub, tmp_path: Path):

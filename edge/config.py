@@ -1,0 +1,140 @@
+"""Typed edge configuration: one YAML file, validated once at start-up, then passed in.
+
+Parsed with the gateway's own validator, so errors read the same: an unknown key, a missing required
+key or a value of the wrong type names the key by its path (``circuit.backoff_s: expected a number``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from gateway.config import ConfigError, _build
+
+POLICIES = ("auto", "local", "remote")
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Where firmware reaches the device's runtime: loopback TCP, or a Unix socket when ``unix`` is set."""
+
+    host: str = "127.0.0.1"
+    port: int = 8100
+    unix: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Threads:
+    intra_op: int = 1  # ONNX Runtime threads inside one run
+    inter_op: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Batching:
+    """Local micro-batching of concurrent calls (the gateway's pure ``BatchQueue`` policy)."""
+
+    max_batch_size: int = 32  # a cap: never above the model's own max_batch_size
+    max_queue_delay_ms: float = 0.5
+    max_concurrent_runs: int = 1  # while fewer runs of a model are in flight, a call runs at once
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    enabled: bool = True  # pull ``models`` from the gateway (needs gateway_url)
+    interval_s: float = 300.0  # 0: only at start-up
+    timeout_s: float = 30.0  # one model's download
+
+
+@dataclass(frozen=True, slots=True)
+class Circuit:
+    failure_threshold: int = 3  # consecutive gateway failures that open the circuit
+    backoff_s: float = 1.0  # first wait before a half-open trial; doubles per failed trial
+    max_backoff_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeConfig:
+    gateway_url: str | None = None  # None: offline-only device
+    gateway_api_key: str | None = None  # sent as "Authorization: Bearer <key>" when the gateway has tenants
+    repository: str = "models/repository"  # the device's local copy of the model repository
+    models: tuple[str, ...] = ()  # models to hold locally and sync; empty: every model in the repository
+    policy: str = "auto"  # auto | local | remote (default for calls that name none)
+    budget_ms: float = 100.0  # default latency budget for calls that carry none
+    # Weight that makes local preferred when both fit: local runs when local_ms <= prefer_local * remote_ms.
+    # 0 offloads whenever the gateway fits the budget; 1 picks the faster; large keeps work on the device.
+    prefer_local: float = 0.0
+    providers: tuple[str, ...] = ()  # empty: the best the installed onnxruntime offers (TensorRT > CUDA > CPU)
+    threads: Threads = field(default_factory=Threads)
+    batching: Batching = field(default_factory=Batching)
+    sync: Sync = field(default_factory=Sync)
+    circuit: Circuit = field(default_factory=Circuit)
+    probe_interval_s: float = 2.0  # gateway health probe (RTT sample, half-open trial); 0: none
+    remote_stale_s: float = 30.0  # a model's remote estimate older than this is re-measured
+    listen: Listen = field(default_factory=Listen)
+    max_body_bytes: int = 64 * 1024 * 1024
+
+
+def load_edge_config(path: Path | None) -> EdgeConfig:
+    """Read and validate a YAML config file (None: every default, offline)."""
+    if path is None:
+        return EdgeConfig()
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
+    return parse_edge_config({} if raw is None else raw)
+
+
+def parse_edge_config(raw: Any) -> EdgeConfig:
+    config: EdgeConfig = _build(EdgeConfig, raw, "")
+    _check(config)
+    return config
+
+
+def _positive(value: float, key: str) -> None:
+    if not value > 0 or not math.isfinite(value):
+        raise ConfigError(f"{key}: must be > 0, got {value}")
+
+
+def _check(config: EdgeConfig) -> None:
+    """Constraints the types alone cannot say."""
+    if config.gateway_url is not None:
+        parts = urlsplit(config.gateway_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"gateway_url: expected http://host:port, got {config.gateway_url!r}")
+    if config.policy not in POLICIES:
+        raise ConfigError(f"policy: unknown policy {config.policy!r}; one of {', '.join(POLICIES)}")
+    if len(set(config.models)) != len(config.models):
+        raise ConfigError(f"models: a model is listed twice in {list(config.models)}")
+    _positive(config.budget_ms, "budget_ms")
+    if config.prefer_local < 0:
+        raise ConfigError(f"prefer_local: must be >= 0, got {config.prefer_local}")
+    _positive(config.threads.intra_op, "threads.intra_op")
+    _positive(config.threads.inter_op, "threads.inter_op")
+    _positive(config.batching.max_batch_size, "batching.max_batch_size")
+    _positive(config.batching.max_concurrent_runs, "batching.max_concurrent_runs")
+    if config.batching.max_queue_delay_ms < 0:
+        raise ConfigError(f"batching.max_queue_delay_ms: must be >= 0, got {config.batching.max_queue_delay_ms}")
+    if config.sync.interval_s < 0:
+        raise ConfigError(f"sync.interval_s: must be >= 0 (0: only at start-up), got {config.sync.interval_s}")
+    _positive(config.sync.timeout_s, "sync.timeout_s")
+    _positive(config.circuit.failure_threshold, "circuit.failure_threshold")
+    _positive(config.circuit.backoff_s, "circuit.backoff_s")
+    if config.circuit.max_backoff_s < config.circuit.backoff_s:
+        raise ConfigError(
+            f"circuit.max_backoff_s: must be >= circuit.backoff_s ({config.circuit.backoff_s}), "
+            f"got {config.circuit.max_backoff_s}"
+        )
+    if config.probe_interval_s < 0:
+        raise ConfigError(f"probe_interval_s: must be >= 0 (0: no probes), got {config.probe_interval_s}")
+    _positive(config.remote_stale_s, "remote_stale_s")
+    _positive(config.max_body_bytes, "max_body_bytes")
+    if not 0 <= config.listen.port <= 65535:
+        raise ConfigError(f"listen.port: expected 0..65535, got {config.listen.port}")

@@ -1,0 +1,475 @@
+"""``EdgeRuntime``: the on-device runtime that firmware calls, in Python or over edge/server.py.
+
+Which API is primary: both, each for the path it is natural to.
+  * The local path is synchronous at its core. ONNX Runtime's ``run`` is a blocking call, and running
+    it in the caller's own thread is the cheapest way there is: ``infer_sync`` (what firmware-side
+    Python calls) runs a local call inline, no hand-off, no event loop, microseconds over a bare
+    ``InferenceSession.run``. Concurrent callers are combined into batches (``engine.MicroBatcher``).
+  * The remote path is asynchronous at its core: aiohttp on the runtime's event loop, which also owns
+    the gateway probe and the periodic model sync. ``infer`` (async) awaits it directly and runs local
+    calls in the runtime's thread pool, never on the loop; ``infer_sync`` hands remote calls to the loop
+    and cuts them with its own timed wait.
+
+Start it on your own loop (``await rt.start()`` or ``async with``), or let it run a loop in a thread of
+its own (``rt.start_sync()`` or ``with``). Each call: validate the inputs against the local model, ask
+the pure ``offload.decide`` where to run it, run it there. A remote call is cut early enough for a
+local run to still fit the budget, and falls back to local when it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.config import POLICIES, EdgeConfig
+from edge.engine import LocalModel, MicroBatcher
+from edge.errors import EdgeError, ModelRefused, ModelUnavailable
+from edge.link import GatewayLink
+from edge.local import LocalModels
+from edge.metrics import EdgeMetrics
+from edge.offload import LOCAL, NONE, REMOTE, Decision, Link, decide
+from edge.remote import GatewayRejected, RemoteFailed, RemoteReply
+from edge.store import ModelStore, VerifiedModel
+from edge.sync import SyncOutcome, sync_models
+from gateway.backends.local import choose_providers
+from gateway.catalog import ModelInfo
+from gateway.errors import BadRequest, DeadlineExceeded, ModelNotFound, RailgateError
+
+log = logging.getLogger("railgate.edge")
+
+# A remote call is cut early enough to leave room for the fallback run: 1.5x its predicted time, plus
+# slack for late timers and thread wake-ups on a loaded device (a floor and a share of the budget).
+_FALLBACK_RESERVE = 1.5
+_FALLBACK_FLOOR_S = 0.002
+_FALLBACK_BUDGET_SHARE = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeResult:
+    """One call's outputs and how it was served."""
+
+    outputs: dict[str, np.ndarray]
+    served_by: str  # "local" (this device), or the gateway's X-Served-By (a hub's name, or the gateway's "local")
+    reason: str  # the offload reason (offload.REASONS)
+    latency_ms: float  # inside the runtime, call to result
+    offloaded: bool = False  # True when the gateway answered (served_by alone cannot tell: the gateway has a "local")
+
+
+@dataclass(slots=True)
+class _Plan:
+    decision: Decision
+    lane: MicroBatcher | None
+    feed: dict[str, np.ndarray] | None
+    rows: int
+    deadline: float  # time.monotonic()
+    budget_s: float
+    local_ms: float | None
+
+
+class EdgeRuntime:
+    """Runs models on the device with ONNX Runtime, or offloads calls to the gateway when that fits the budget."""
+
+    def __init__(self, config: EdgeConfig) -> None:
+        self.config = config
+        self.metrics = EdgeMetrics()
+        self.store = ModelStore(Path(config.repository))
+        workers = config.batching.max_concurrent_runs + 2
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="railgate-edge-ort")
+        self.local = LocalModels(config, self.store, self._pool, self.metrics)
+        self.link = GatewayLink(config.gateway_url, config, self.metrics) if config.gateway_url else None
+        self._lanes = self.local.lanes  # the hot path reads it directly
+        self._refused = self.local.refused
+        self._remote_info: dict[str, ModelInfo] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread_id: int | None = None
+        self._own_thread: threading.Thread | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Label children cached per label tuple: ``labels()`` takes a lock and builds a key on every call.
+        self._served_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load and verify the local models, open the gateway link, sync once, start probe and sync timers."""
+        if self._loop is not None:
+            raise RuntimeError("EdgeRuntime already started")
+        loop = self._loop = asyncio.get_running_loop()
+        self._loop_thread_id = threading.get_ident()
+        try:
+            self.local.providers = choose_providers(self.config.providers)
+            names = self.config.models or tuple(self.store.names())
+            await loop.run_in_executor(self._pool, self.local.load_all, names)
+            if self.link is not None:
+                await self.link.start()
+                syncing = self.config.sync.enabled and bool(self.config.models)
+                if syncing:
+                    await self.sync_now()
+                if self.config.probe_interval_s > 0:
+                    await self.link.probe()
+                    self._spawn(self.link.probe_forever(), "edge-probe")
+                if syncing and self.config.sync.interval_s > 0:
+                    self._spawn(self._sync_forever(), "edge-sync")
+        except BaseException:
+            await self.close()
+            raise
+        log.info("event=edge_ready %s", self.describe())
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.link is not None:
+            await self.link.close()
+        if self._loop is not None:
+            await self._loop.run_in_executor(None, self._pool.shutdown)
+        self._loop = None
+        self._loop_thread_id = None
+
+    def start_sync(self, timeout_s: float = 300.0) -> EdgeRuntime:
+        """Start on an event loop of the runtime's own, in a thread (for callers without a loop)."""
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="railgate-edge-loop", daemon=True)
+        thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self.start(), loop).result(timeout_s)
+        except BaseException:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            loop.close()
+            raise
+        self._own_thread = thread
+        return self
+
+    def close_sync(self) -> None:
+        thread, self._own_thread = self._own_thread, None
+        loop = self._loop
+        if thread is None or loop is None:
+            return
+        asyncio.run_coroutine_threadsafe(self.close(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+    def __enter__(self) -> EdgeRuntime:
+        return self.start_sync()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close_sync()
+
+    async def __aenter__(self) -> EdgeRuntime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        assert self._loop is not None
+        self._tasks.add(self._loop.create_task(coroutine, name=name))
+
+    # -- calls ------------------------------------------------------------------------------------
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        budget_ms: float | None = None,
+        policy: str | None = None,
+        *,
+        version: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> EdgeResult:
+        """Run one call (every input with its batch dimension first). Await on the runtime's event loop.
+
+        ``headers`` go with a remote call to the gateway (e.g. ``X-Route-Policy``, ``Authorization``).
+        """
+        started = time.perf_counter()
+        if self._loop is None:
+            raise RuntimeError("EdgeRuntime is not started: await start() (or use `async with`) first")
+        try:
+            plan = self._plan(model, inputs, budget_ms, policy, version)
+            reason = plan.decision.reason
+            if plan.decision.where == REMOTE:
+                timeout_s = self._remote_window(model, plan)
+                if timeout_s is None:
+                    reason = self._fallback(model, "remote_timeout")
+                else:
+                    reply, reason = await self._remote(model, version, inputs, plan, headers, timeout_s)
+                    if reply is not None:
+                        return self._served(model, reply.outputs, reply.served_by, reason, started, REMOTE)
+            assert plan.lane is not None and plan.feed is not None
+            outputs = await plan.lane.run_async(plan.feed, plan.rows, plan.deadline)
+            return self._served(model, outputs, LOCAL, reason, started, LOCAL)
+        except RailgateError as exc:
+            self.metrics.calls.labels(model, NONE, str(exc.status)).inc()
+            raise
+
+    def infer_sync(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        budget_ms: float | None = None,
+        policy: str | None = None,
+        *,
+        version: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> EdgeResult:
+        """``infer`` for plain threads: a local call runs inline in this thread. Never call it on the event loop."""
+        started = time.perf_counter()
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("EdgeRuntime is not started: use `with EdgeRuntime(config) as rt` or start_sync()")
+        if threading.get_ident() == self._loop_thread_id:
+            raise RuntimeError("infer_sync() called on the runtime's event loop; use `await infer()` there")
+        try:
+            plan = self._plan(model, inputs, budget_ms, policy, version)
+            reason = plan.decision.reason
+            if plan.decision.where == REMOTE:
+                reply, reason = self._remote_from_thread(loop, model, version, inputs, plan, headers)
+                if reply is not None:
+                    return self._served(model, reply.outputs, reply.served_by, reason, started, REMOTE)
+            assert plan.lane is not None and plan.feed is not None
+            outputs = plan.lane.run(plan.feed, plan.rows, plan.deadline)
+            return self._served(model, outputs, LOCAL, reason, started, LOCAL)
+        except RailgateError as exc:
+            self.metrics.calls.labels(model, NONE, str(exc.status)).inc()
+            raise
+
+    def _plan(
+        self, model: str, inputs: Mapping[str, np.ndarray], budget_ms: float | None, policy: str | None, version: str
+    ) -> _Plan:
+        policy = self.config.policy if policy is None else policy
+        if policy not in POLICIES:
+            raise BadRequest(f"offload policy {policy!r} is not one of {', '.join(POLICIES)}")
+        budget_ms = self.config.budget_ms if budget_ms is None else budget_ms
+        if not (budget_ms >= 0 and math.isfinite(budget_ms)):
+            raise BadRequest(f"budget must be a non-negative number of milliseconds, got {budget_ms!r}")
+        now = time.monotonic()
+        lane = self._lanes.get(model)
+        if lane is not None and version and version != lane.model.version:
+            lane = None  # the device holds another version: only the gateway can serve this one
+        feed, rows, local_ms = None, 1, None
+        if lane is not None:
+            feed, rows = lane.model.prepare(inputs)
+            local_ms = self.local.predictor.predict(model, rows) or 0.0
+        state, remote_ms, rtt_ms = (Link.NONE, None, None) if self.link is None else self.link.view(model)
+        choose = partial(
+            decide, policy=policy, budget_ms=budget_ms, local_ms=local_ms, remote_ms=remote_ms, rtt_ms=rtt_ms,
+            prefer_local=self.config.prefer_local,
+        )  # fmt: skip
+        decision = choose(link=state)
+        if decision.where == REMOTE and self.link is not None and not self.link.admit():
+            # Another call took the half-open trial first: decide this one as if the circuit were open.
+            decision = choose(link=Link.DOWN)
+        self.metrics.decision(model, decision.where, decision.reason)
+        if decision.where == NONE:
+            raise self._unavailable(model, policy)
+        return _Plan(decision, lane, feed, rows, now + budget_ms / 1000, budget_ms / 1000, local_ms)
+
+    def _remote_window(self, model: str, plan: _Plan) -> float | None:
+        """Seconds a remote call may take: what leaves room for a local run after it (None: no room left)."""
+        reserve_s = 0.0
+        if plan.lane is not None:
+            local_s = (plan.local_ms or 0.0) / 1000
+            reserve_s = local_s * _FALLBACK_RESERVE + _FALLBACK_FLOOR_S + plan.budget_s * _FALLBACK_BUDGET_SHARE
+        timeout_s = plan.deadline - time.monotonic() - reserve_s
+        if timeout_s > 0:
+            return timeout_s
+        if plan.lane is None:
+            raise DeadlineExceeded(f"budget spent before {model!r} could be sent to the gateway")
+        return None
+
+    async def _remote(
+        self,
+        model: str,
+        version: str,
+        inputs: Mapping[str, np.ndarray],
+        plan: _Plan,
+        headers: dict[str, str] | None,
+        timeout_s: float,
+    ) -> tuple[RemoteReply | None, str]:
+        """The gateway's reply and the decision's reason, or (None, fallback cause) when the call runs locally."""
+        assert self.link is not None
+        try:
+            reply = await self.link.infer(model, version, dict(inputs), timeout_s, headers)
+        except RemoteFailed as exc:
+            return None, self._fall_back(model, plan, exc)
+        return reply, plan.decision.reason
+
+    def _remote_from_thread(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        model: str,
+        version: str,
+        inputs: Mapping[str, np.ndarray],
+        plan: _Plan,
+        headers: dict[str, str] | None,
+    ) -> tuple[RemoteReply | None, str]:
+        """The remote call on the loop, cut by this thread's own timed wait: the fallback starts on time, not
+        after a late loop timer and a hop back between threads."""
+        timeout_s = self._remote_window(model, plan)
+        if timeout_s is None:
+            return None, self._fallback(model, "remote_timeout")
+        future = asyncio.run_coroutine_threadsafe(self._remote(model, version, inputs, plan, headers, timeout_s), loop)
+        try:
+            return future.result(timeout_s)
+        except concurrent.futures.TimeoutError:
+            if not future.cancel():  # it finished meanwhile: take its answer
+                return future.result()
+        assert self.link is not None
+        cut = RemoteFailed(f"did not answer {model!r} within {timeout_s * 1000:.1f} ms", timeout=True)
+        self.link.failed(model, cut, timeout_s)
+        return None, self._fall_back(model, plan, cut)
+
+    def _fall_back(self, model: str, plan: _Plan, exc: RemoteFailed) -> str:
+        """The fallback cause after a failed remote call, or raise when the model cannot run locally."""
+        if plan.lane is None:
+            if exc.timeout:
+                raise DeadlineExceeded(f"model {model!r} is not on this device and the gateway {exc}")
+            raise ModelUnavailable(f"model {model!r} is not on this device and the gateway failed: {exc}")
+        return self._fallback(model, "remote_timeout" if exc.timeout else "remote_failed")
+
+    def _fallback(self, model: str, cause: str) -> str:
+        self.metrics.fallbacks.labels(model, cause).inc()
+        return cause
+
+    def _served(
+        self, model: str, outputs: dict[str, np.ndarray], served_by: str, reason: str, started: float, path: str
+    ) -> EdgeResult:
+        latency_s = time.perf_counter() - started
+        children = self._served_children.get((model, path))
+        if children is None:
+            children = self._served_children[(model, path)] = (
+                self.metrics.calls.labels(model, path, "200"),
+                self.metrics.latency.labels(model, path),
+            )
+        children[0].inc()
+        children[1].observe(latency_s)
+        return EdgeResult(outputs, served_by, reason, latency_s * 1000, path == REMOTE)
+
+    def _unavailable(self, model: str, policy: str) -> EdgeError:
+        """Why a call has nowhere to run: ModelRefused when the local copy failed verification."""
+        why = self._refused.get(model)
+        error = ModelRefused if why else ModelUnavailable
+        base = f"model {model!r} cannot run on this device ({why})" if why else f"model {model!r} is not on this device"
+        if policy == "local":
+            return error(f"{base}, and policy 'local' keeps it off the gateway")
+        if self.link is None:
+            return error(f"{base}, and no gateway is configured (gateway_url)")
+        return error(
+            f"{base}, and the gateway {self.link.url} is unreachable (circuit open; next try in "
+            f"{self.link.retry_in_s():.1f} s)"
+        )
+
+    # -- model sync -------------------------------------------------------------------------------
+
+    async def _prepare(self, verified: VerifiedModel) -> Callable[[], None]:
+        """Sync's first phase: build and warm up the new version's session, off the loop."""
+        assert self._loop is not None
+        model, warm_ms = await self._loop.run_in_executor(self._pool, self.local.build, verified)
+        return lambda: self.local.install(model, warm_ms)
+
+    async def sync_now(self) -> list[SyncOutcome]:
+        """Pull ``config.models`` from the gateway; an updated model is swapped in once loaded."""
+        if self.link is None or self.link.client.session is None or not self.config.models:
+            return []
+        current = {name: lane.model.sha256 for name, lane in self._lanes.items()}
+        outcomes = await sync_models(
+            self.link.client.session,
+            self.link.url,
+            self.store,
+            self.config.models,
+            timeout_s=self.config.sync.timeout_s,
+            current=current,
+            prepare=self._prepare,
+        )
+        for o in outcomes:
+            self.metrics.syncs.labels(o.model, o.outcome).inc()
+            if o.outcome in ("refused", "failed"):
+                log.warning("event=sync_%s model=%s detail=%s", o.outcome, o.model, o.detail)
+                if o.model not in self._lanes and o.outcome == "refused":
+                    self._refused[o.model] = f"last sync refused: {o.detail}"
+            elif o.outcome == "updated":
+                log.info("event=model_updated model=%s sha256=%s detail=%s", o.model, o.sha256, o.detail)
+        return outcomes
+
+    async def _sync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sync.interval_s)  # the sync period itself, not a synchronisation
+            try:
+                await self.sync_now()
+            except Exception:
+                log.exception("event=sync_crashed")
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def local_model(self, name: str) -> LocalModel | None:
+        """The version of ``name`` in service on the device, if any."""
+        lane = self._lanes.get(name)
+        return lane.model if lane is not None else None
+
+    def local_models(self) -> dict[str, LocalModel]:
+        """The models in service on the device now."""
+        return {name: lane.model for name, lane in self._lanes.items()}
+
+    def refused(self) -> dict[str, str]:
+        """Models that cannot run on the device, and why."""
+        return dict(self._refused)
+
+    @property
+    def gateway_state(self) -> str:
+        """``none`` (no gateway configured), ``up``, ``half-open`` or ``down``."""
+        return "none" if self.link is None else self.link.state
+
+    def ready(self) -> bool:
+        return bool(self._lanes) or self.gateway_state == "up"
+
+    def model_ready(self, model: str) -> bool:
+        return model in self._lanes or self.gateway_state == "up"
+
+    async def model_info(self, model: str) -> ModelInfo:
+        """The model's metadata: the local copy's, else the gateway's (cached)."""
+        local = self.local_model(model)
+        if local is not None:
+            return local.info
+        cached = self._remote_info.get(model)
+        if cached is not None:
+            return cached
+        if self.link is None or self.link.state == "down":
+            if model in self._refused:
+                raise self._unavailable(model, "auto")
+            raise ModelNotFound(f"model {model!r} is not on this device, and no gateway can be asked about it")
+        try:
+            info = await self.link.model_info(model)
+        except GatewayRejected as exc:
+            raise ModelNotFound(
+                f"model {model!r} is neither on this device nor served by the gateway ({exc})"
+            ) from None
+        except RemoteFailed:
+            raise self._unavailable(model, "auto") from None
+        self._remote_info[model] = info
+        return info
+
+    def describe(self) -> str:
+        local = ",".join(f"{n}({m.sha256[:12]})" for n, m in sorted(self.local_models().items())) or "none"
+        refused = ",".join(sorted(self._refused)) or "none"
+        gateway = f"{self.link.url}({self.link.state})" if self.link is not None else "none"
+        return f"local={local} refused={refused} gateway={gateway} providers={','.join(self.providers)}"
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the sessions run on."""
+        return self.local.providers

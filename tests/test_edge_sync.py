@@ -1,0 +1,291 @@
+"""Model sync between a real aiohttp server running ``gateway.artifacts`` and the edge: hashes, atomic writes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sys
+import threading
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from edge import EdgeRuntime, ModelRefused, parse_edge_config
+from edge.store import ModelStore
+from edge.sync import sync_models, sync_once
+from gateway.artifacts import add_routes
+from gateway.errors import BadRequest
+
+from .test_edge_runtime import copy_repository
+from .test_hub import assert_same_outputs, sample_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_model(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, inputs), strict=True))
+
+
+def publish_new_version(repo: Path, model: str = "digits") -> str:
+    """Retrain, as far as the edge can tell: negate the first weight matrix, record the new hash in the manifest."""
+    path = repo / model / "1" / "model.onnx"
+    proto = onnx.load(str(path))
+    weights = next(t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2)
+    array = -onnx.numpy_helper.to_array(weights)
+    weights.CopyFrom(onnx.numpy_helper.from_array(array.astype(np.float32), weights.name))
+    path.write_bytes(proto.SerializeToString())
+    manifest = json.loads((repo / "manifest.json").read_text())
+    manifest["models"][model]["sha256"] = sha256(path)
+    (repo / "manifest.json").write_text(json.dumps(manifest))
+    return sha256(path)
+
+
+def part_files(root: Path) -> list[Path]:
+    return list(root.glob("**/.*.part"))
+
+
+@pytest.fixture
+def gateway_repo(repository: Path, tmp_path: Path) -> Path:
+    return copy_repository(repository, tmp_path / "gateway", ("digits", "anomaly", "vision"))
+
+
+async def artifact_server(repo: Path, exportable: tuple[str, ...] = ("digits", "anomaly")) -> TestServer:
+    app = web.Application()
+    add_routes(app, repo, exportable)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+def edge_config(edge_repo: Path, url: str, **overrides):
+    raw = {
+        "repository": str(edge_repo),
+        "gateway_url": url,
+        "models": ["digits"],
+        "probe_interval_s": 0,
+        "sync": {"interval_s": 0},
+        "policy": "local",
+    }
+    return parse_edge_config({**raw, **overrides})
+
+
+async def test_artifacts_are_served_with_the_manifest_hash_and_honour_if_none_match(gateway_repo: Path) -> None:
+    server = await artifact_server(gateway_repo)
+    onnx_path = gateway_repo / "digits" / "1" / "model.onnx"
+    recorded = json.loads((gateway_repo / "manifest.json").read_text())["models"]["digits"]["sha256"]
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(server.make_url("/v1/models/digits/artifact")) as reply:
+                assert reply.status == 200 and await reply.read() == onnx_path.read_bytes()
+                assert reply.headers["ETag"] == f'"{recorded}"' and reply.headers["X-Model-Sha256"] == recorded
+                assert reply.headers["X-Model-Version"] == "1"
+            headers = {"If-None-Match": f'"{recorded}"'}
+            async with http.get(server.make_url("/v1/models/digits/artifact"), headers=headers) as reply:
+                assert reply.status == 304 and await reply.read() == b""
+            async with http.head(server.make_url("/v1/models/digits/artifact")) as reply:
+                assert reply.status == 200 and int(reply.headers["Content-Length"]) == onnx_path.stat().st_size
+            async with http.get(server.make_url("/v1/models/digits/config.pbtxt")) as reply:
+                config = await reply.read()
+                assert config == (gateway_repo / "digits" / "config.pbtxt").read_bytes()
+                assert reply.headers["ETag"] == f'"{hashlib.sha256(config).hexdigest()}"'
+            for model, why in [("vision", "is not exportable"), ("nope", "is not exportable")]:
+                for route in ("artifact", "config.pbtxt"):
+                    async with http.get(server.make_url(f"/v1/models/{model}/{route}")) as reply:
+                        assert reply.status == 404 and why in (await reply.json())["error"]
+    finally:
+        await server.close()
+
+
+async def test_the_runtime_syncs_at_start_up_and_serves_the_verified_copy(gateway_repo: Path, tmp_path: Path) -> None:
+    edge_repo = tmp_path / "edge"
+    server = await artifact_server(gateway_repo)
+    try:
+        async with EdgeRuntime(edge_config(edge_repo, str(server.make_url("")))) as rt:
+            source = gateway_repo / "digits" / "1" / "model.onnx"
+            assert rt.local_models()["digits"].sha256 == sha256(source)
+            assert (edge_repo / "digits" / "1" / "model.onnx").read_bytes() == source.read_bytes()
+            assert (edge_repo / "digits" / "config.pbtxt").is_file() and not part_files(edge_repo)
+            entry = json.loads((edge_repo / "manifest.json").read_text())["models"]["digits"]
+            assert entry["sha256"] == sha256(source) and entry["file"] == "digits/1/model.onnx"
+            inputs = sample_inputs("digits", batch=2, seed=1)
+            result = await rt.infer("digits", inputs)
+            assert result.served_by == "local"
+            assert_same_outputs(result.outputs, run_model(source, inputs))
+            assert [o.outcome for o in await rt.sync_now()] == ["current"]  # If-None-Match: nothing downloaded
+    finally:
+        await server.close()
+
+
+async def test_a_tampered_artifact_is_refused_and_the_old_version_keeps_serving(
+    gateway_repo: Path, tmp_path: Path
+) -> None:
+    edge_repo = tmp_path / "edge"
+    server = await artifact_server(gateway_repo)
+    source = gateway_repo / "digits" / "1" / "model.onnx"
+    good = source.read_bytes()
+    inputs = sample_inputs("digits", batch=1, seed=2)
+    try:
+        async with EdgeRuntime(edge_config(edge_repo, str(server.make_url("")))) as rt:
+            before = (await rt.infer("digits", inputs)).outputs
+            publish_new_version(gateway_repo)
+            source.write_bytes(source.read_bytes()[:-1] + b"\x01")  # the file no longer matches the manifest
+            (outcome,) = await rt.sync_now()
+            assert outcome.outcome == "refused" and "the gateway declared" in outcome.detail
+            assert rt.local_models()["digits"].sha256 == hashlib.sha256(good).hexdigest()
+            assert (edge_repo / "digits" / "1" / "model.onnx").read_bytes() == good and not part_files(edge_repo)
+            assert_same_outputs((await rt.infer("digits", inputs)).outputs, before)
+            assert rt.metrics.registry.get_sample_value(
+                "railgate_edge_syncs_total", {"model": "digits", "outcome": "refused"}
+            )
+    finally:
+        await server.close()
+
+
+async def test_a_model_first_seen_tampered_is_never_run(gateway_repo: Path, tmp_path: Path) -> None:
+    source = gateway_repo / "digits" / "1" / "model.onnx"
+    source.write_bytes(source.read_bytes() + b"\0")
+    server = await artifact_server(gateway_repo)
+    try:
+        async with EdgeRuntime(edge_config(tmp_path / "edge", str(server.make_url("")))) as rt:
+            assert rt.local_models() == {}
+            with pytest.raises(ModelRefused, match="last sync refused: downloaded artifact has sha256"):
+                await rt.infer("digits", sample_inputs("digits", batch=1))
+        assert not (tmp_path / "edge" / "digits" / "1" / "model.onnx").exists()
+    finally:
+        await server.close()
+
+
+async def test_a_new_version_is_swapped_in_once_loaded_while_calls_keep_succeeding(
+    gateway_repo: Path, tmp_path: Path
+) -> None:
+    edge_repo = tmp_path / "edge"
+    server = await artifact_server(gateway_repo)
+    source = gateway_repo / "digits" / "1" / "model.onnx"
+    inputs = sample_inputs("digits", batch=1, seed=3)
+    old = run_model(source, inputs)
+    try:
+        async with EdgeRuntime(edge_config(edge_repo, str(server.make_url("")))) as rt:
+            new_sha = publish_new_version(gateway_repo)
+            new = run_model(source, inputs)
+            assert not np.array_equal(old["label"], new["label"])
+            answers: list[dict[str, np.ndarray]] = []
+            stop = threading.Event()
+
+            def caller() -> None:  # firmware calling throughout the sync
+                while not stop.is_set():
+                    answers.append(rt.infer_sync("digits", inputs).outputs)
+
+            thread = threading.Thread(target=caller)
+            thread.start()
+            try:
+                (outcome,) = await rt.sync_now()
+            finally:
+                stop.set()
+                await asyncio.to_thread(thread.join, 10)
+            assert (outcome.outcome, outcome.sha256) == ("updated", new_sha)
+            assert rt.local_models()["digits"].sha256 == new_sha
+            labels = {int(a["label"][0, 0]) for a in answers}
+            assert answers and labels <= {int(old["label"][0, 0]), int(new["label"][0, 0])}
+            assert_same_outputs((await rt.infer("digits", inputs)).outputs, new)
+        async with EdgeRuntime(edge_config(edge_repo, str(server.make_url("")), sync={"enabled": False})) as rt:
+            assert rt.local_models()["digits"].sha256 == new_sha  # what was committed loads after a restart
+    finally:
+        await server.close()
+
+
+async def test_a_changed_config_alone_is_synced_and_swapped_in(gateway_repo: Path, tmp_path: Path) -> None:
+    edge_repo = tmp_path / "edge"
+    server = await artifact_server(gateway_repo)
+    config = gateway_repo / "digits" / "config.pbtxt"
+    try:
+        async with EdgeRuntime(edge_config(edge_repo, str(server.make_url("")))) as rt:
+            assert rt.local_models()["digits"].info.max_batch_size == 256
+            config.write_text(config.read_text().replace("max_batch_size: 256", "max_batch_size: 8"))
+            (outcome,) = await rt.sync_now()
+            assert (outcome.outcome, outcome.detail) == ("updated", "config.pbtxt only")
+            assert rt.local_models()["digits"].info.max_batch_size == 8
+            assert (edge_repo / "digits" / "config.pbtxt").read_bytes() == config.read_bytes()
+            entry = json.loads((edge_repo / "manifest.json").read_text())["models"]["digits"]
+            assert entry["config_sha256"] == sha256(config)
+            with pytest.raises(BadRequest, match=r"batch size 9 outside 1\.\.8"):
+                await rt.infer("digits", sample_inputs("digits", batch=9))
+    finally:
+        await server.close()
+
+
+async def test_an_interrupted_download_never_leaves_a_half_file_in_use(gateway_repo: Path, tmp_path: Path) -> None:
+    edge_repo = copy_repository(gateway_repo, tmp_path / "edge", ("digits",))
+    store = ModelStore(edge_repo)
+    stale = edge_repo / "digits" / "1" / ".model.onnx.1.dead.part"
+    stale.write_bytes(b"left by a crash")
+    new_sha = publish_new_version(gateway_repo)
+    data = (gateway_repo / "digits" / "1" / "model.onnx").read_bytes()
+
+    async def cut_short(request: web.Request) -> web.StreamResponse:
+        reply = web.StreamResponse(headers={"ETag": f'"{new_sha}"', "X-Model-Version": "1"})
+        reply.content_length = len(data)
+        await reply.prepare(request)
+        await reply.write(data[: len(data) // 2])
+        assert request.transport is not None
+        request.transport.close()  # the backbone drops mid-download
+        return reply
+
+    app = web.Application()
+    app.router.add_get("/v1/models/{model}/artifact", cut_short)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            (outcome,) = await sync_models(http, str(server.make_url("")), store, ("digits",), timeout_s=5)
+        assert outcome.outcome == "failed" and "ClientPayloadError" in outcome.detail
+        assert store.load("digits").sha256 == sha256(ROOT / "models" / "repository" / "digits" / "1" / "model.onnx")
+        assert not part_files(edge_repo)  # neither this download's nor the crashed one's
+    finally:
+        await server.close()
+
+
+async def test_a_second_writer_is_refused_while_a_sync_runs(gateway_repo: Path, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "edge")
+    with store.writing():
+        async with aiohttp.ClientSession() as http:
+            (outcome,) = await sync_models(http, "http://127.0.0.1:9", store, ("digits",))
+    assert outcome.outcome == "failed" and "another sync is writing" in outcome.detail
+
+
+async def test_railgate_edge_sync_pulls_the_configured_models(gateway_repo: Path, tmp_path: Path) -> None:
+    server = await artifact_server(gateway_repo)
+    edge_repo = tmp_path / "edge"
+    config = tmp_path / "edge.yaml"
+    url = str(server.make_url("")).rstrip("/")
+    config.write_text(
+        yaml.safe_dump({"gateway_url": url, "repository": str(edge_repo), "models": ["digits", "anomaly"]})
+    )
+    try:
+        for expected in ("updated", "current"):
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "edge.server", "sync", "--config", str(config), cwd=ROOT,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(process.communicate(), 60)
+            assert process.returncode == 0, err.decode()
+            lines = out.decode().splitlines()
+            assert [line.split()[:2] for line in lines] == [["digits", expected], ["anomaly", expected]]
+        assert ModelStore(edge_repo).load("anomaly").sha256 == sha256(gateway_repo / "anomaly" / "1" / "model.onnx")
+        outcomes = await sync_once(url, edge_repo, ("vision",), 5)
+        assert outcomes[0].outcome == "failed" and "not exportable" in outcomes[0].detail
+    finally:
+        await server.close()
