@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
-from gateway.config import ConfigError, _build
+from gateway.config import ConfigError, build_section, read_yaml
 
 POLICIES = ("auto", "local", "remote")
 
@@ -81,19 +79,11 @@ class EdgeConfig:
 
 def load_edge_config(path: Path | None) -> EdgeConfig:
     """Read and validate a YAML config file (None: every default, offline)."""
-    if path is None:
-        return EdgeConfig()
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
-    return parse_edge_config({} if raw is None else raw)
+    return EdgeConfig() if path is None else parse_edge_config(read_yaml(path))
 
 
 def parse_edge_config(raw: Any) -> EdgeConfig:
-    config: EdgeConfig = _build(EdgeConfig, raw, "")
+    config: EdgeConfig = build_section(EdgeConfig, raw, "")
     _check(config)
     return config
 

@@ -33,9 +33,9 @@ from edge.runtime import EdgeRuntime
 from edge.sync import sync_once
 from gateway.config import ConfigError
 from gateway.errors import BadRequest, PayloadTooLarge, RailgateError
-from gateway.protocol.codec import HEADER_LENGTH, DecodeLimits, decode_request, encode_error, encode_response
-from gateway.protocol.msgpack_codec import is_msgpack
-from gateway.protocol.types import Encoding, InferResponse, Tensor, triton_datatype
+from gateway.middleware import errors_middleware
+from gateway.protocol.codec import HEADER_LENGTH, DecodeLimits, decode_request, encode_response
+from gateway.protocol.types import InferResponse, Tensor, triton_datatype
 
 log = logging.getLogger("railgate.edge.server")
 
@@ -44,30 +44,6 @@ EXTENSIONS = ["binary_tensor_data", "model_configuration", "msgpack_tensor_data"
 RUNTIME: web.AppKey[EdgeRuntime] = web.AppKey("edge_runtime", EdgeRuntime)
 DECODE_LIMITS: web.AppKey[DecodeLimits] = web.AppKey("edge_decode_limits", DecodeLimits)
 FORWARDED_HEADERS = ("X-Route-Policy", "X-Allowed-Regions", "Authorization")
-
-
-def _error_response(request: web.Request, status: int, message: str, headers: dict[str, str]) -> web.Response:
-    encoding = Encoding.MSGPACK if is_msgpack(request.content_type) else Encoding.JSON
-    body, content_type = encode_error(message, encoding)
-    return web.Response(status=status, body=body, headers={**headers, "Content-Type": content_type})
-
-
-@web.middleware
-async def errors_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Map every error to ``{"error": "..."}`` with its status, once, here."""
-    try:
-        return await handler(request)
-    except RailgateError as exc:
-        return _error_response(request, exc.status, exc.message, exc.headers)
-    except web.HTTPRequestEntityTooLarge as exc:
-        return _error_response(request, 413, f"body is larger than the limit: {exc.text}", {})
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _error_response(request, exc.status, exc.reason or exc.text or "error", {})
-    except Exception:
-        log.exception("event=unhandled path=%s", request.path)
-        return _error_response(request, 500, "internal error in the edge runtime", {})
 
 
 # -- server and model endpoints ----------------------------------------------------------------
@@ -193,7 +169,9 @@ async def infer(request: web.Request) -> web.Response:
 
 def create_app(runtime: EdgeRuntime, *, manage_runtime: bool = True) -> web.Application:
     """The firmware-facing app. With ``manage_runtime`` the app starts and closes the runtime."""
-    app = web.Application(middlewares=[errors_middleware], client_max_size=runtime.config.max_body_bytes)
+    app = web.Application(
+        middlewares=[errors_middleware("edge runtime")], client_max_size=runtime.config.max_body_bytes
+    )
     app[RUNTIME] = runtime
     app[DECODE_LIMITS] = DecodeLimits()
     if manage_runtime:

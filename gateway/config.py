@@ -178,26 +178,30 @@ class GatewayConfig:
     drain_s: float = 1.0  # ... after first serving this long with "Connection: close" on every reply
 
 
-def load_config(path: Path | None) -> GatewayConfig:
-    """Read and validate a YAML config file (None: every default, local backend only)."""
-    if path is None:
-        return GatewayConfig()
+def read_yaml(path: Path) -> Any:
+    """A config file's YAML document ({} for an empty file); unreadable or invalid is a ConfigError."""
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
-    return parse_config({} if raw is None else raw)
+    return {} if raw is None else raw
+
+
+def load_config(path: Path | None) -> GatewayConfig:
+    """Read and validate a YAML config file (None: every default, local backend only)."""
+    return GatewayConfig() if path is None else parse_config(read_yaml(path))
 
 
 def parse_config(raw: Any) -> GatewayConfig:
-    config = _build(GatewayConfig, raw, "")
+    config = build_section(GatewayConfig, raw, "")
     _check(config)
     return config
 
 
-def _build(cls: type, raw: Any, path: str) -> Any:
+def build_section(cls: type, raw: Any, path: str) -> Any:
+    """Build dataclass ``cls`` from a YAML mapping, naming any bad key by its ``path``."""
     where = path or "config"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
@@ -228,7 +232,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
         return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
+        return build_section(tp, value, key)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")

@@ -21,9 +21,9 @@ from gateway import artifacts
 from gateway.config import PRIORITIES, ConfigError, GatewayConfig, Listen, load_config
 from gateway.errors import BadRequest, DeadlineExceeded, Forbidden, Overloaded, PayloadTooLarge, RailgateError
 from gateway.errors import ModelNotFound as NotFound
-from gateway.protocol.codec import HEADER_LENGTH, DecodeLimits, decode_request, encode_error, encode_response
-from gateway.protocol.msgpack_codec import is_msgpack
-from gateway.protocol.types import Encoding, InferResponse, Tensor
+from gateway.middleware import errors_middleware
+from gateway.protocol.codec import HEADER_LENGTH, DecodeLimits, decode_request, encode_response
+from gateway.protocol.types import InferResponse, Tensor
 from gateway.routing.policy import POLICIES, Route
 from gateway.service import Gateway
 from gateway.tenants import Tenant
@@ -40,33 +40,11 @@ def _json(payload: Any, status: int = 200) -> web.Response:
     return web.json_response(payload, status=status)
 
 
-def _error_response(request: web.Request, status: int, message: str, headers: dict[str, str]) -> web.Response:
-    encoding = Encoding.MSGPACK if is_msgpack(request.content_type) else Encoding.JSON
-    body, content_type = encode_error(message, encoding)
-    return web.Response(status=status, body=body, headers={**headers, "Content-Type": content_type})
-
-
-@web.middleware
-async def errors_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Map every error to ``{"error": "..."}`` with its status, once, here; count failed inferences."""
-    try:
-        return await handler(request)
-    except RailgateError as exc:
-        if request.path.endswith("/infer"):
-            gateway = request.app[GATEWAY]
-            model = request.match_info.get("model", "")
-            backend = exc.headers.get("X-Served-By", "none")
-            gateway.metrics.requests.labels(model, str(exc.status), backend).inc()
-        return _error_response(request, exc.status, exc.message, exc.headers)
-    except web.HTTPRequestEntityTooLarge as exc:
-        return _error_response(request, 413, f"body is larger than the limit: {exc.text}", {})
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return _error_response(request, exc.status, exc.reason or exc.text or "error", {})
-    except Exception:
-        log.exception("event=unhandled path=%s", request.path)
-        return _error_response(request, 500, "internal error in the gateway", {})
+def _count_failed_inference(request: web.Request, exc: RailgateError) -> None:
+    if request.path.endswith("/infer"):
+        model = request.match_info.get("model", "")
+        backend = exc.headers.get("X-Served-By", "none")
+        request.app[GATEWAY].metrics.requests.labels(model, str(exc.status), backend).inc()
 
 
 # -- server and model endpoints ----------------------------------------------------------------
@@ -317,7 +295,8 @@ async def usage(request: web.Request) -> web.Response:
 
 def create_app(config: GatewayConfig, config_path: Path | None = None) -> web.Application:
     app = web.Application(
-        middlewares=[errors_middleware, admin_middleware], client_max_size=config.limits.max_body_bytes
+        middlewares=[errors_middleware("gateway", _count_failed_inference), admin_middleware],
+        client_max_size=config.limits.max_body_bytes,
     )
     gateway = Gateway(config, config_path)
     app[GATEWAY] = gateway
