@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 REPO := models/repository
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint fmt bench bench-edge sim chaos loadtest loadtest-ui models venv clean
+.PHONY: demo test lint fmt bench bench-edge sim chaos fuzz loadtest loadtest-ui models venv clean
 
 demo: $(STAMP) $(REPO)/manifest.json
 	$(PY) -m gateway.cli demo --repository $(REPO)
@@ -31,6 +31,10 @@ bench-edge: $(STAMP) $(REPO)/manifest.json
 # Routing simulator: every policy, 1,000,000 requests each, virtual time (reports/sim/).
 sim: $(STAMP)
 	$(PY) -m bench.simulator $(SIM_ARGS)
+
+# HTTP fuzzing, long run (schemathesis + hypothesis) against a real hub and gateway: ~5 min.
+fuzz: $(STAMP) $(REPO)/manifest.json
+	$(PY) -m pytest -q tests/fuzz_long.py
 
 # Fault scenarios (overload, SIGTERM, hubs that hang, 500, answer garbage, cut replies), 30 s each.
 chaos: $(STAMP) $(REPO)/manifest.json

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from gateway.errors import BadRequest, ModelNotFound
 from gateway.protocol.types import InferRequest
 
@@ -55,10 +57,12 @@ class ModelInfo:
                 f"model {self.name!r} has no version {version!r}; available: {', '.join(self.versions)}"
             )
 
-    def validate(self, request: InferRequest) -> int:
+    def validate(self, request: InferRequest, text_bytes: bool = True) -> int:
         """Check ``request`` against this model; return how many batch rows it carries.
 
-        Raises BadRequest naming the input and what was expected.
+        With ``text_bytes``, BYTES elements must be UTF-8: ONNX string tensors hold text, and one
+        bad element would otherwise fail its whole batch at the hub. Raises BadRequest naming the
+        input and what was expected.
         """
         self.check_version(request.version)
         expected = {t.name: t for t in self.inputs}
@@ -75,6 +79,8 @@ class ModelInfo:
                 raise BadRequest(f"model {self.name!r} has no input {tensor.name!r}; inputs are {', '.join(expected)}")
             if tensor.datatype != meta.datatype:
                 raise BadRequest(f"input {tensor.name!r}: datatype {tensor.datatype}, expected {meta.datatype}")
+            if text_bytes and tensor.datatype == "BYTES":
+                _check_utf8(tensor.name, tensor.data)
             if not _shape_matches(tensor.shape, meta.shape):
                 raise BadRequest(f"input {tensor.name!r}: shape {list(tensor.shape)}, expected {list(meta.shape)}")
             if self.max_batch_size > 0:
@@ -91,6 +97,16 @@ class ModelInfo:
             if output.name not in known:
                 raise BadRequest(f"model {self.name!r} has no output {output.name!r}; outputs are {', '.join(known)}")
         return max(rows, 1)
+
+
+def _check_utf8(name: str, data: np.ndarray) -> None:
+    for i, element in enumerate(data.flat):
+        try:
+            element.decode("utf-8") if isinstance(element, bytes) else str(element)
+        except UnicodeDecodeError:
+            raise BadRequest(
+                f"input {name!r}: BYTES element {i} is not UTF-8 text, which this model's strings need"
+            ) from None
 
 
 def _shape_matches(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:

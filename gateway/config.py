@@ -84,6 +84,8 @@ class Limits:
     max_elements: int = 16 * 1024 * 1024  # per tensor
     max_bytes_element: int = 1024 * 1024  # one BYTES element
     max_queued_requests: int = 10_000  # per batch key; past it requests are refused with 429
+    body_timeout_s: float = 30.0  # a body that has not arrived by then is a 408 (slow clients)
+    bytes_must_be_utf8: bool = True  # ONNX string tensors hold text: a non-UTF-8 BYTES element is a 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +301,8 @@ def _check(config: GatewayConfig) -> None:
         raise ConfigError(f"batching.max_queue_delay_ms: must be >= 0, got {b.max_queue_delay_ms}")
     for i, size in enumerate(b.preferred_batch_sizes):
         _positive(size, f"batching.preferred_batch_sizes[{i}]")
-    for name in ("max_body_bytes", "max_inputs", "max_elements", "max_bytes_element", "max_queued_requests"):
+    for name in ("max_body_bytes", "max_inputs", "max_elements", "max_bytes_element", "max_queued_requests",
+                 "body_timeout_s"):  # fmt: skip
         _positive(getattr(config.limits, name), f"limits.{name}")
     _positive(config.deadlines.default_budget_ms, "deadlines.default_budget_ms")
     _positive(config.deadlines.max_budget_ms, "deadlines.max_budget_ms")

@@ -6,6 +6,7 @@
     ├── Unauthorized              401
     ├── Forbidden                 403
     ├── ModelNotFound             404  unknown model or version
+    ├── RequestTimeout            408  the body did not arrive in time (slow clients)
     ├── PayloadTooLarge           413  body or tensor over the configured limit
     ├── Overloaded                429  over a rate, quota or queue bound; 503 when the gateway is full
                                        or a predicted wait exceeds the budget (carries Retry-After)
@@ -45,6 +46,10 @@ class Forbidden(RailgateError):
 
 class ModelNotFound(RailgateError):
     status = 404
+
+
+class RequestTimeout(RailgateError):
+    status = 408
 
 
 class PayloadTooLarge(RailgateError):

@@ -38,7 +38,8 @@ def errors_middleware(component: str, on_error: Callable[[web.Request, RailgateE
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return error_response(request, exc.status, exc.reason or exc.text or "error", {})
+            kept = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after", "www-authenticate")}
+            return error_response(request, exc.status, exc.reason or exc.text or "error", kept)
         except Exception:
             log.exception("event=unhandled component=%s path=%s", component, request.path)
             return error_response(request, 500, f"internal error in the {component}", {})

@@ -19,9 +19,18 @@ from aiohttp import web
 
 from gateway import artifacts
 from gateway.config import PRIORITIES, ConfigError, GatewayConfig, Listen, load_config
-from gateway.errors import BadRequest, DeadlineExceeded, Forbidden, Overloaded, PayloadTooLarge, RailgateError
+from gateway.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    Forbidden,
+    Overloaded,
+    PayloadTooLarge,
+    RailgateError,
+    RequestTimeout,
+)
 from gateway.errors import ModelNotFound as NotFound
 from gateway.middleware import errors_middleware
+from gateway.openapi import openapi_route
 from gateway.protocol.codec import HEADER_LENGTH, DecodeLimits, decode_request, encode_response
 from gateway.protocol.types import InferResponse, Tensor
 from gateway.routing.policy import POLICIES, Route
@@ -157,9 +166,13 @@ def _budget_s(request: web.Request, parameters: dict[str, Any], gateway: Gateway
         budget_s = value / 1000
     timeout_us = parameters.get("timeout")
     if timeout_us is not None:
-        if isinstance(timeout_us, bool) or not isinstance(timeout_us, int | float) or timeout_us < 0:
-            raise BadRequest(f"parameter 'timeout' must be a non-negative number of microseconds, got {timeout_us!r}")
-        budget_s = min(budget_s, timeout_us / 1e6) if header is not None else timeout_us / 1e6
+        number = isinstance(timeout_us, int | float) and not isinstance(timeout_us, bool)
+        if not number or (isinstance(timeout_us, float) and math.isnan(timeout_us)) or timeout_us < 0:
+            shown = repr(timeout_us)[:40]
+            raise BadRequest(f"parameter 'timeout' must be a non-negative number of microseconds, got {shown}")
+        # Capped before dividing: a 400-digit integer is a valid JSON number but no float.
+        timeout_s = min(timeout_us, deadlines.max_budget_ms * 1000) / 1e6
+        budget_s = min(budget_s, timeout_s) if header is not None else timeout_s
     return min(budget_s, deadlines.max_budget_ms / 1000)
 
 
@@ -197,8 +210,8 @@ def _header_length(request: web.Request) -> int | None:
     raw = request.headers.get(HEADER_LENGTH)
     if raw is None:
         return None
-    if not raw.isdigit():
-        raise BadRequest(f"{HEADER_LENGTH} must be a non-negative integer, got {raw!r}")
+    if not (raw.isascii() and raw.isdigit()):  # str.isdigit alone takes '²' and Arabic-Indic digits
+        raise BadRequest(f"{HEADER_LENGTH} must be a non-negative integer, got {raw[:40]!r}")
     return int(raw)
 
 
@@ -221,7 +234,13 @@ async def infer(request: web.Request) -> web.Response:
         gateway.tenants.check_model(tenant, info.name)
     route = _route(request, gateway, tenant)
     priority = _priority(request, tenant)
-    body = await request.read()
+    try:
+        async with asyncio.timeout(gateway.config.limits.body_timeout_s):
+            body = await request.read()
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive within {gateway.config.limits.body_timeout_s:g} s"
+        ) from None
     req = decode_request(
         body,
         content_type=request.content_type,
@@ -233,7 +252,7 @@ async def infer(request: web.Request) -> web.Response:
     deadline = arrived + _budget_s(request, req.parameters, gateway)
     if loop.time() >= deadline:
         raise DeadlineExceeded("latency budget already spent on arrival; the request was not sent to a backend")
-    rows = info.validate(req)
+    rows = info.validate(req, text_bytes=gateway.config.limits.bytes_must_be_utf8)
     if tenant is not None:
         gateway.tenants.admit(tenant, info.name, rows)
     transport = request.transport
@@ -333,6 +352,7 @@ def create_app(config: GatewayConfig, config_path: Path | None = None) -> web.Ap
     if config.artifacts.exportable:
         repository = Path(config.artifacts.repository or config.local.repository)
         artifacts.add_routes(app, repository, config.artifacts.exportable)
+    r.add_get("/openapi.json", openapi_route(lambda: gateway.router.catalog))
     r.add_get("/status", status)
     r.add_get("/v1/usage", usage)
     r.add_post("/admin/reload", admin_reload)

@@ -19,7 +19,7 @@ import numpy as np
 from gateway.backends import Backend
 from gateway.catalog import ModelInfo, TensorMeta
 from gateway.config import HubSpec
-from gateway.errors import DeadlineExceeded, HubFailed, RailgateError
+from gateway.errors import BadRequest, DeadlineExceeded, HubFailed, RailgateError
 from gateway.protocol.binary import deserialize_bytes_tensor, serialize_bytes_tensor
 from gateway.protocol.codec import HEADER_LENGTH
 from gateway.protocol.types import numpy_dtype, triton_datatype
@@ -198,6 +198,8 @@ class TritonHttpBackend(Backend):
             raise HubFailed(f"hub {self.name} failed: {exc.__class__.__name__}: {exc}") from exc
         finally:
             self.inflight -= 1
+        if 400 <= status < 500:  # the request's fault, not the hub's: no failover, no mark against it
+            raise BadRequest(f"hub {self.name} refused the request ({status}): {_error_text(raw)}")
         if status != 200:
             raise HubFailed(f"hub {self.name} answered {status}: {_error_text(raw)}")
         try:

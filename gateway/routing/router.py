@@ -118,7 +118,7 @@ class Router:
         info = self.catalog.get(name)
         if info is None:
             known = ", ".join(sorted(self.catalog)) or "none"
-            raise ModelNotFound(f"unknown model {name!r}; this gateway serves: {known}")
+            raise ModelNotFound(f"unknown model {name[:80]!r}; this gateway serves: {known}")
         return info
 
     # -- choosing --------------------------------------------------------------------------------
