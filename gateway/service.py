@@ -114,7 +114,14 @@ class Gateway:
             for rows in _warmup_sizes(info)
         ]
         await asyncio.gather(*calls)
-        log.info("event=hub_warmed hub=%s batches=%d", backend.name, len(calls))
+        # One more single-row call per model, now warm, seeds the latency estimates: an unmeasured
+        # hub counts as fastest, and tight budgets would otherwise be sent to it to find out.
+        for info in backend.models.values():
+            rows = 1 if info.max_batch_size > 0 else 0
+            start = loop.time()
+            await backend.infer(info.name, "", _zeros(info, rows), [o.name for o in info.outputs], deadline)
+            self.router.report(backend, info.name, max(rows, 1), loop.time() - start, ok=True)
+        log.info("event=hub_warmed hub=%s batches=%d", backend.name, len(calls) + len(backend.models))
 
     def _on_breaker_change(self, backend: str, state: str) -> None:
         breaker = self.router.breakers[backend]

@@ -130,10 +130,9 @@ def test_a_batch_past_its_hubs_p95_is_hedged_to_the_next_best(hub: Hub, hub2: Hu
         }
         gw = GatewayProcess(tmp_path, config).start()
         try:
-            headers = {"X-Latency-Budget-Ms": "5000"}
-            first = infer(gw, headers)  # the slow hub's first measured call
-            assert first[0] == 200 and first[1]["X-Served-By"] == "slow-cheap"
-            status, reply_headers, _ = infer(gw, headers)
+            # Warm-up measured the slow hub (~300 ms); cheapest picks it, and past 0.2 x its p95
+            # the batch is copied to west-1, which answers first.
+            status, reply_headers, _ = infer(gw, {"X-Latency-Budget-Ms": "5000"})
             assert status == 200
             assert reply_headers["X-Served-By"] == "west-1"
             assert reply_headers["X-Route-Reason"].startswith("hedge")
