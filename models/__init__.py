@@ -1,0 +1,1 @@
+"""Model builders and the Triton model repository they write (`railgate models build`)."""
