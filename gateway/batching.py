@@ -81,7 +81,7 @@ class BatchQueue(Generic[T]):
         if not any(predicate(p) for p in self._queue):
             return []
         kept: deque[Pending[T]] = deque()
-        removed = []
+        removed: list[Pending[T]] = []
         for pending in self._queue:
             (removed if predicate(pending) else kept).append(pending)
         self._queue = kept

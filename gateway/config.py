@@ -233,7 +233,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
         (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
         return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return build_section(tp, value, key)
     if tp is bool:
         if not isinstance(value, bool):

@@ -280,7 +280,7 @@ class Pipeline:
         first = batch[0].item.request.inputs
         if len(batch) == 1:
             return {t.name: t.data for t in first}
-        columns = {t.name: [] for t in first}
+        columns: dict[str, list[np.ndarray]] = {t.name: [] for t in first}
         size = 0
         for pending in batch:
             for tensor in pending.item.request.inputs:
@@ -302,10 +302,10 @@ class Pipeline:
         runners = [lane.runner for lane in self.lanes.values() if lane.runner is not None]
         await asyncio.gather(*runners, return_exceptions=True)
         if self._dispatches:
-            _, pending = await asyncio.wait(set(self._dispatches), timeout=grace_s)
-            for task in pending:
+            _, unfinished = await asyncio.wait(set(self._dispatches), timeout=grace_s)
+            for task in unfinished:
                 task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.gather(*unfinished, return_exceptions=True)
 
 
 def _union_outputs(info: ModelInfo, batch: list[Pending[Admitted]]) -> list[str]:

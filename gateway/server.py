@@ -427,7 +427,12 @@ def _run_workers(args: argparse.Namespace, config: GatewayConfig) -> int:
     if args.repository:
         argv += ["--repository", args.repository]
     workers = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(args.workers)]
-    forward = lambda sig, _frame: [w.send_signal(sig) for w in workers if w.poll() is None]  # noqa: E731
+
+    def forward(sig: int, _frame: object) -> None:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(sig)
+
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, forward)
     banners = [w.stdout.readline() for w in workers if w.stdout is not None]
@@ -448,7 +453,8 @@ async def _serve(
     try:
         site = web.TCPSite(runner, listen.host, listen.port, backlog=1024, reuse_port=reuse_port or None)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1] if site._server else listen.port  # type: ignore[union-attr]
+        server = site._server
+        port = server.sockets[0].getsockname()[1] if server is not None else listen.port  # type: ignore[attr-defined]
         gateway = app[GATEWAY]
         models = ",".join(sorted(gateway.router.catalog)) or "none"
         backends = ",".join(f"{b.name}({'up' if b.healthy else 'down'})" for b in gateway.backends)

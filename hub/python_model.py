@@ -28,7 +28,7 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
     def execute(self, requests):
-        columns = {name: [] for name in self.inputs}
+        columns: dict[str, list] = {name: [] for name in self.inputs}
         sizes = []
         for request in requests:
             for name in self.inputs:

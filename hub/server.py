@@ -167,6 +167,7 @@ class Hub:
         else:
             args += ["--allow-metrics=false"]
         args += list(cfg.extra_args)
+        assert self.log_path is not None
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child owns it; closed after Popen
         try:
             self.process = subprocess.Popen(

@@ -34,7 +34,7 @@ def _model_path(model: str, version: str) -> str:
 def _tensor_bytes(array: np.ndarray) -> bytes | memoryview:
     if array.dtype == object:
         return serialize_bytes_tensor(array)
-    return memoryview(np.ascontiguousarray(array)).cast("B")
+    return memoryview(np.ascontiguousarray(array)).cast("B")  # type: ignore[arg-type]
 
 
 def build_model_info(metadata: dict[str, Any], config: dict[str, Any]) -> ModelInfo:

@@ -70,7 +70,7 @@ class ModelState:
         if exact is not None and exact.value is not None:
             return exact.decayed(now, decay_s)
         # Nearest measured bucket, scaled linearly: a fair first guess for an unseen batch size.
-        measured = [(b, e.decayed(now, decay_s)) for b, e in self.service.items() if e.value is not None]
+        measured = [(b, v) for b, e in self.service.items() if (v := e.decayed(now, decay_s)) is not None]
         if not measured:
             return None
         b, value = min(measured, key=lambda m: abs(m[0] - bucket))
