@@ -24,6 +24,7 @@ from gateway.protocol.types import InferRequest
 from gateway.routing.forward import Batch, Forwarder
 from gateway.routing.policy import Route
 from gateway.routing.router import Router
+from gateway.routing.state import batch_bucket
 
 log = logging.getLogger("railgate.pipeline")
 
@@ -71,6 +72,9 @@ class Lane:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     inflight: int = 0
     runner: asyncio.Task[None] | None = None
+    # Expected service time by batch bucket: asked on every arrival, it changes only when a batch
+    # returns (new measurements), so it is kept until then instead of re-derived per request.
+    estimates: dict[int, float] = field(default_factory=dict)
 
 
 class Pipeline:
@@ -216,11 +220,14 @@ class Pipeline:
                     timer.cancel()
 
     def _service_estimate(self, lane: Lane) -> float:
-        model, _, route, _ = lane.key
-        rows = max(lane.queue.rows, 1)
-        estimates = [self.router.predicted_s(b, model, rows) for b in self.router.candidates(model, route)]
-        known = [e for e in estimates if e is not None]
-        return min(known) if known else 0.0
+        bucket = batch_bucket(max(lane.queue.rows, 1))
+        cached = lane.estimates.get(bucket)
+        if cached is None:
+            model, _, route, _ = lane.key
+            estimates = [self.router.predicted_s(b, model, bucket) for b in self.router.candidates(model, route)]
+            known = [e for e in estimates if e is not None]
+            cached = lane.estimates[bucket] = min(known) if known else 0.0
+        return cached
 
     def _fail(self, pending: Pending[Admitted], error: RailgateError) -> None:
         self.metrics.queue_depth.labels(pending.item.request.model).dec()
@@ -273,6 +280,7 @@ class Pipeline:
                     pending.item.future.set_exception(HubFailed(f"batch for {info.name!r} failed: {exc}"))
         finally:
             lane.inflight -= 1
+            lane.estimates.clear()
             lane.wakeup.set()
 
     async def _gather(self, batch: list[Pending[Admitted]]) -> dict[str, np.ndarray]:

@@ -103,7 +103,10 @@ def test_kill_restart_and_hang_lose_nothing(repository: Path, tmp_path: Path):
     try:
         with ThreadPoolExecutor(CLIENTS) as pool:
             futures = [pool.submit(client, w) for w in range(CLIENTS)]
-            time.sleep(3.0)  # steady load before the faults (the scenario's timeline, not a sync)
+            # Steady load first: wait (bounded) until a few hundred requests were answered.
+            give_up = time.monotonic() + 30
+            while sum(outcomes.values()) < 300 and time.monotonic() < give_up:
+                time.sleep(0.05)
             near = hubs["near"]
             os.killpg(near.process.pid, signal.SIGKILL)
             near.process.wait()
