@@ -1,22 +1,26 @@
-# railgate gateway image. Multi-stage: build the wheel and the model repository, ship a slim runtime.
+# railgate gateway image. Multi-stage: build the model repository with the dev tools, build a wheel of
+# the product alone (gateway, edge, railcore), ship a slim runtime without any dev tooling.
 # Hubs in production run the official Triton container over the same models/repository.
-FROM python:3.11-slim AS build
+FROM python:3.11-slim AS models
 WORKDIR /src
+COPY . .
+RUN pip install --no-cache-dir -e ".[dev]" \
+ && railgate models build --repository /models
+
+FROM python:3.11-slim AS wheel
+WORKDIR /src
+# Only the product packages: hub/, models/ and devtools/ are not in the build context of the wheel.
 COPY pyproject.toml README.md ./
 COPY gateway gateway
 COPY edge edge
-COPY hub hub
-COPY models models
-RUN pip install --no-cache-dir build \
- && python -m build --wheel --outdir /wheels \
- && pip install --no-cache-dir "/wheels/$(ls /wheels)[dev]" \
- && railgate models build --repository /models
+COPY railcore railcore
+RUN pip install --no-cache-dir build && python -m build --wheel --outdir /wheels
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 railgate
-COPY --from=build /wheels /wheels
+COPY --from=wheel /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
-COPY --from=build --chown=railgate /models /srv/models
+COPY --from=models --chown=railgate /models /srv/models
 USER railgate
 WORKDIR /srv
 EXPOSE 8080

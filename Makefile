@@ -16,7 +16,7 @@ test: $(STAMP) $(REPO)/manifest.json
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy gateway hub edge models
+	$(VENV)/bin/mypy railcore gateway edge hub models devtools
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format .

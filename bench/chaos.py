@@ -23,7 +23,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-from gateway.devstack import Service, gateway_service, link_service
+from devtools.devstack import Service, gateway_service, link_service
 from hub.server import Hub, HubConfig, free_port
 
 REPOSITORY = Path("models/repository")

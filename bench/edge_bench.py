@@ -41,9 +41,9 @@ import onnxruntime as ort
 import yaml
 
 from bench.stats import percentile, spread
+from devtools.devstack import next_line
 from edge import EdgeRuntime, parse_edge_config
 from edge.engine import session_options
-from gateway.devstack import next_line
 from hub.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,15 +25,15 @@ from pathlib import Path
 import numpy as np
 
 from gateway.backends import Backend
-from gateway.batching import BatchPolicy, BatchQueue, Flush
-from gateway.catalog import ModelInfo, TensorMeta
 from gateway.config import Health, HubSpec, Routing, TariffWindow
-from gateway.errors import NoBackend
 from gateway.pipeline import budget_class
 from gateway.routing.forward import RetryBudget
 from gateway.routing.policy import Route
 from gateway.routing.router import Router
 from gateway.routing.tariff import price_now
+from railcore.batching import BatchPolicy, BatchQueue, Flush
+from railcore.catalog import ModelInfo, TensorMeta
+from railcore.errors import NoBackend
 
 MODEL = ModelInfo("m", ("1",), "sim", (TensorMeta("x", "FP32", (-1, 64)),), (TensorMeta("y", "FP32", (-1, 1)),), 64)
 BASELINES = ("nearest-only", "cheapest-only")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.config import ConfigError, build_section, read_yaml
+from railcore.settings import ConfigError, build_section, read_yaml
 
 POLICIES = ("auto", "local", "remote")
 

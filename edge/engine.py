@@ -25,11 +25,11 @@ import numpy as np
 import onnxruntime as ort
 
 from edge.store import VerifiedModel
-from gateway.backends.local import _bytes_elements, _ort_strings
-from gateway.batching import BatchPolicy, BatchQueue, Flush
-from gateway.catalog import ModelInfo
-from gateway.errors import BadRequest, HubFailed
-from gateway.protocol.types import DTYPES
+from railcore.batching import BatchPolicy, BatchQueue, Flush
+from railcore.catalog import ModelInfo
+from railcore.errors import BadRequest, HubFailed
+from railcore.onnx import bytes_elements, ort_strings
+from railcore.protocol.types import DTYPES
 
 # Called after each run: (model, rows, milliseconds).
 BatchObserver = Callable[[str, int, float], None]
@@ -77,7 +77,7 @@ class LocalModel:
             if spec.datatype == "BYTES":
                 if array.dtype.kind not in "OSU":
                     raise BadRequest(f"input {spec.name!r}: dtype {array.dtype}, expected BYTES (object, bytes or str)")
-                array = _ort_strings(array)
+                array = ort_strings(array)
             elif array.dtype != spec.dtype:
                 raise BadRequest(f"input {spec.name!r}: dtype {array.dtype}, expected {spec.datatype} ({spec.dtype})")
             shape = array.shape
@@ -287,7 +287,7 @@ class MicroBatcher:
             results = model.session.run(model.output_names, feed)
             elapsed_ms = (time.perf_counter() - started) * 1000
             outputs = {
-                n: _bytes_elements(r) if r.dtype.kind == "O" else r
+                n: bytes_elements(r) if r.dtype.kind == "O" else r
                 for n, r in zip(model.output_names, results, strict=True)
             }
             if len(batch) == 1:

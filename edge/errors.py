@@ -1,4 +1,4 @@
-"""The edge runtime's errors: each is a ``gateway.errors.RailgateError``, so it knows its HTTP status.
+"""The edge runtime's errors: each is a ``railcore.errors.RailgateError``, so it knows its HTTP status.
 
     RailgateError
     └── EdgeError           503  the device cannot answer this call
@@ -11,7 +11,7 @@ gateway (its own status, passed through) keep their classes.
 
 from __future__ import annotations
 
-from gateway.errors import RailgateError
+from railcore.errors import RailgateError
 
 
 class EdgeError(RailgateError):

@@ -24,7 +24,7 @@ from edge.metrics import EdgeMetrics
 from edge.offload import Link
 from edge.predict import RemotePredictor
 from edge.remote import GatewayClient, GatewayRejected, RemoteFailed, RemoteReply
-from gateway.catalog import ModelInfo
+from railcore.catalog import ModelInfo
 
 log = logging.getLogger("railgate.edge.link")
 

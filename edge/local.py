@@ -19,9 +19,9 @@ from edge.errors import ModelRefused
 from edge.metrics import EdgeMetrics
 from edge.predict import LocalPredictor
 from edge.store import ModelStore, VerifiedModel
-from gateway.batching import BatchPolicy
-from gateway.catalog import ModelInfo
-from gateway.errors import ModelNotFound
+from railcore.batching import BatchPolicy
+from railcore.catalog import ModelInfo
+from railcore.errors import ModelNotFound
 
 log = logging.getLogger("railgate.edge")
 

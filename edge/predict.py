@@ -1,7 +1,7 @@
 """Latency predictors for the offload decision: peak-sensitive EWMAs, fed by what the device measures.
 
 Pure objects (``now`` passed in); the runtime feeds them from its own runs and from the gateway's
-reply headers. Peak-sensitive (``gateway.routing.state.PeakEwma``): a path that turns slow is
+reply headers. Peak-sensitive (``railcore.estimators.PeakEwma``): a path that turns slow is
 predicted slow at once, one that recovers earns its traffic back over a few samples.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.routing.state import PeakEwma
+from railcore.estimators import PeakEwma
 
 
 class LocalPredictor:

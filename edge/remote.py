@@ -18,12 +18,11 @@ from dataclasses import dataclass
 import aiohttp
 import numpy as np
 
-from gateway.backends.triton import build_model_info, decode_outputs
-from gateway.catalog import ModelInfo
-from gateway.errors import RailgateError
-from gateway.protocol.binary import serialize_bytes_tensor
-from gateway.protocol.codec import HEADER_LENGTH
-from gateway.protocol.types import triton_datatype
+from railcore.catalog import ModelInfo, build_model_info
+from railcore.errors import RailgateError
+from railcore.protocol.binary import decode_outputs, serialize_bytes_tensor
+from railcore.protocol.codec import HEADER_LENGTH
+from railcore.protocol.types import triton_datatype
 
 
 class RemoteFailed(Exception):

@@ -43,9 +43,9 @@ from edge.offload import LOCAL, NONE, REMOTE, Decision, Link, decide
 from edge.remote import GatewayRejected, RemoteFailed, RemoteReply
 from edge.store import ModelStore, VerifiedModel
 from edge.sync import SyncOutcome, sync_models
-from gateway.backends.local import choose_providers
-from gateway.catalog import ModelInfo
-from gateway.errors import BadRequest, DeadlineExceeded, ModelNotFound, RailgateError
+from railcore.catalog import ModelInfo
+from railcore.errors import BadRequest, DeadlineExceeded, ModelNotFound, RailgateError
+from railcore.onnx import choose_providers
 
 log = logging.getLogger("railgate.edge")
 

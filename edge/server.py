@@ -2,7 +2,7 @@
 
 The same KServe v2 routes as the gateway (``/v2``, health, model metadata/config/ready, ``infer`` in
 v2 JSON, the binary tensor extension or msgpack, replies in the request's encoding) and ``/metrics``,
-on loopback TCP or a Unix socket. Handlers are thin: decode (gateway.protocol), hand to the
+on loopback TCP or a Unix socket. Handlers are thin: decode (railcore.protocol), hand to the
 ``EdgeRuntime``, encode. Request headers: ``X-Latency-Budget-Ms`` (or the v2 ``timeout`` parameter in
 microseconds; the tighter wins), ``X-Offload-Policy`` (auto | local | remote); ``X-Route-Policy``,
 ``X-Allowed-Regions`` and ``Authorization`` go on to the gateway with an offloaded call. Reply headers:
@@ -31,11 +31,11 @@ from aiohttp import web
 from edge.config import EdgeConfig, Listen, load_edge_config
 from edge.runtime import EdgeRuntime
 from edge.sync import sync_once
-from gateway.config import ConfigError
-from gateway.errors import BadRequest, PayloadTooLarge, RailgateError
-from gateway.middleware import errors_middleware
-from gateway.protocol.codec import HEADER_LENGTH, DecodeLimits, decode_request, encode_response
-from gateway.protocol.types import InferResponse, Tensor, triton_datatype
+from railcore.errors import BadRequest, PayloadTooLarge, RailgateError
+from railcore.protocol.codec import HEADER_LENGTH, DecodeLimits, decode_request, encode_response
+from railcore.protocol.types import InferResponse, Tensor, triton_datatype
+from railcore.settings import ConfigError
+from railcore.web import errors_middleware
 
 log = logging.getLogger("railgate.edge.server")
 

@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import ModelRefused
-from gateway.backends.local import model_info
-from gateway.catalog import ModelInfo
-from gateway.errors import ModelNotFound
-from hub.repository import RepositoryError, RepositoryModel, parse_config
+from railcore.catalog import ModelInfo
+from railcore.errors import ModelNotFound
+from railcore.repository import RepositoryError, RepositoryModel, model_info, parse_config
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"

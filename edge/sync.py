@@ -31,7 +31,7 @@ import aiohttp
 
 from edge.remote import auth_headers
 from edge.store import ModelStore, StoreBusy, VerifiedModel, part_path, sha256_hex
-from gateway.errors import RailgateError
+from railcore.errors import RailgateError
 
 # The runtime's hook: build what the new version needs; return the callable that puts it in service.
 Prepare = Callable[[VerifiedModel], Awaitable[Callable[[], None]]]

@@ -1,6 +1,9 @@
 """The ``railgate`` command line: one entry point, a subcommand per job.
 
-Subcommands import what they need lazily, so ``railgate link`` starts without loading ONNX.
+Subcommands import what they need lazily, so ``railgate link`` starts without loading ONNX. The
+development tools (``models build``, ``hub``, ``link``, ``demo``) live outside the product packages
+(``models/``, ``hub/``, ``devtools/``); they are reached only through ``_dev_tool``, and an install
+without them (the runtime image) says so instead of failing on an import.
 """
 
 from __future__ import annotations
@@ -29,10 +32,22 @@ def _models_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _hub(args: argparse.Namespace) -> int:
-    from hub.cli import run
+def _dev_tool(module: str, command: str):
+    """The dev tool ``module``, or None (with a message) where this install does not ship it."""
+    import importlib
 
-    return run(args)
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module.startswith(exc.name):
+            print(f"railgate {command} is a development tool; this install does not ship it", file=sys.stderr)
+            return None
+        raise
+
+
+def _hub(args: argparse.Namespace) -> int:
+    tool = _dev_tool("hub.cli", "hub")
+    return 1 if tool is None else tool.run(args)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -48,9 +63,8 @@ def _edge(args: argparse.Namespace) -> int:
 
 
 def _link(args: argparse.Namespace) -> int:
-    from gateway.link import run
-
-    return run(args)
+    tool = _dev_tool("devtools.link", "link")
+    return 1 if tool is None else tool.run(args)
 
 
 def _keys_new(args: argparse.Namespace) -> int:
@@ -65,12 +79,16 @@ def _keys_new(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from gateway.demo import run
+    tool = _dev_tool("devtools.demo", "demo")
+    return 1 if tool is None else tool.run(args)
 
-    return run(args)
+
+def _wants(argv: list[str] | None, command: str) -> bool:
+    """Whether this command line runs ``command`` (a dev tool's arguments load only then)."""
+    return command in (sys.argv[1:] if argv is None else argv)[:1]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="railgate", description="Edge-to-hub inference gateway.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -81,13 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--models", default="", help="comma-separated subset (default: all)")
     build.set_defaults(func=_models_build)
 
-    from hub.cli import add_arguments as hub_arguments
-
-    hub = commands.add_parser("hub", help="run a real Triton Inference Server over the repository")
-    hub_arguments(hub)
+    hub = commands.add_parser("hub", help="run a real Triton Inference Server over the repository (dev tool)")
+    hub_cli = _dev_tool("hub.cli", "hub") if _wants(argv, "hub") else None
+    if hub_cli is not None:
+        hub_cli.add_arguments(hub)
     hub.set_defaults(func=_hub)
 
-    from gateway import link, server
+    from gateway import server
 
     serve = commands.add_parser("serve", help="run the gateway (KServe v2 HTTP API)")
     server.add_arguments(serve)
@@ -99,8 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     edge_server.add_arguments(edge)
     edge.set_defaults(func=_edge)
 
-    link_parser = commands.add_parser("link", help="emulate a long-haul link: a delaying TCP proxy")
-    link.add_arguments(link_parser)
+    link_parser = commands.add_parser("link", help="emulate a long-haul link: a delaying TCP proxy (dev tool)")
+    link = _dev_tool("devtools.link", "link") if _wants(argv, "link") else None
+    if link is not None:
+        link.add_arguments(link_parser)
     link_parser.set_defaults(func=_link)
 
     keys = commands.add_parser("keys", help="API keys for tenants")
@@ -117,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     return int(args.func(args) or 0)
 
 

@@ -7,26 +7,18 @@ else in the gateway reads files or the environment for settings.
 
 from __future__ import annotations
 
-import dataclasses
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from gateway.routing.policy import POLICIES
+from railcore.settings import ConfigError, build_section, read_yaml
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 _KEY_HASH = re.compile(r"^sha256\$[0-9a-f]{32}\$[0-9a-f]{64}$")
 PRIORITIES = ("high", "normal", "low")
-
-
-class ConfigError(Exception):
-    """The config is invalid; the message names the key and what was expected."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,17 +172,6 @@ class GatewayConfig:
     drain_s: float = 1.0  # ... after first serving this long with "Connection: close" on every reply
 
 
-def read_yaml(path: Path) -> Any:
-    """A config file's YAML document ({} for an empty file); unreadable or invalid is a ConfigError."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
-    return {} if raw is None else raw
-
-
 def load_config(path: Path | None) -> GatewayConfig:
     """Read and validate a YAML config file (None: every default, local backend only)."""
     return GatewayConfig() if path is None else parse_config(read_yaml(path))
@@ -200,62 +181,6 @@ def parse_config(raw: Any) -> GatewayConfig:
     config = build_section(GatewayConfig, raw, "")
     _check(config)
     return config
-
-
-def build_section(cls: type, raw: Any, path: str) -> Any:
-    """Build dataclass ``cls`` from a YAML mapping, naming any bad key by its ``path``."""
-    where = path or "config"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    # A field may be spelled differently in YAML (``from`` is a Python keyword).
-    fields = {f.metadata.get("key", f.name): f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields), key=str)
-    if unknown:
-        raise ConfigError(f"{_join(path, str(unknown[0]))}: unknown key; expected one of {', '.join(fields)}")
-    values = {}
-    for yaml_key, f in fields.items():
-        key = _join(path, yaml_key)
-        if yaml_key in raw:
-            values[f.name] = _coerce(hints[f.name], raw[yaml_key], key)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{key}: required")
-    return cls(**values)
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(tp) if a is not type(None)]
-        return None if value is None else _coerce(options[0], value, key)
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
-        (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
-        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
-    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        return build_section(tp, value, key)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported type {tp}")  # a bug in the dataclasses above
-
-
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
 
 
 def _positive(value: float, key: str) -> None:

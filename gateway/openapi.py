@@ -17,17 +17,17 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.catalog import ModelInfo, TensorMeta
 from gateway.config import PRIORITIES
-from gateway.protocol.codec import (
+from gateway.routing.policy import POLICIES
+from railcore.catalog import ModelInfo, TensorMeta
+from railcore.protocol.codec import (
     BINARY_CONTENT_TYPE,
     HEADER_LENGTH,
     JSON_CONTENT_TYPE,
     MSGPACK_CONTENT_TYPE,
     DecodeLimits,
 )
-from gateway.protocol.types import DTYPES
-from gateway.routing.policy import POLICIES
+from railcore.protocol.types import DTYPES
 
 OPENAPI_VERSION = "3.0.3"
 # One region name, as server.py accepts it in X-Allowed-Regions (tests/test_openapi.py keeps the two equal).

@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gateway.batching import BatchPolicy, BatchQueue, Flush, Pending
-from gateway.catalog import ModelInfo
 from gateway.config import Admission, Batching, Limits, Routing
-from gateway.errors import ClientGone, DeadlineExceeded, HubFailed, NoBackend, Overloaded, RailgateError
 from gateway.metrics import Metrics
-from gateway.protocol.types import InferRequest
 from gateway.routing.forward import Batch, Forwarder
 from gateway.routing.policy import Route
 from gateway.routing.router import Router
 from gateway.routing.state import batch_bucket
+from railcore.batching import BatchPolicy, BatchQueue, Flush, Pending
+from railcore.catalog import ModelInfo
+from railcore.errors import ClientGone, DeadlineExceeded, HubFailed, NoBackend, Overloaded, RailgateError
+from railcore.protocol.types import InferRequest
 
 log = logging.getLogger("railgate.pipeline")
 

@@ -19,7 +19,11 @@ from aiohttp import web
 
 from gateway import artifacts
 from gateway.config import PRIORITIES, ConfigError, GatewayConfig, Listen, load_config
-from gateway.errors import (
+from gateway.openapi import openapi_route
+from gateway.routing.policy import POLICIES, Route
+from gateway.service import Gateway
+from gateway.tenants import Tenant
+from railcore.errors import (
     BadRequest,
     DeadlineExceeded,
     Forbidden,
@@ -28,14 +32,10 @@ from gateway.errors import (
     RailgateError,
     RequestTimeout,
 )
-from gateway.errors import ModelNotFound as NotFound
-from gateway.middleware import errors_middleware
-from gateway.openapi import openapi_route
-from gateway.protocol.codec import HEADER_LENGTH, DecodeLimits, decode_request, encode_response
-from gateway.protocol.types import InferResponse, Tensor
-from gateway.routing.policy import POLICIES, Route
-from gateway.service import Gateway
-from gateway.tenants import Tenant
+from railcore.errors import ModelNotFound as NotFound
+from railcore.protocol.codec import HEADER_LENGTH, DecodeLimits, decode_request, encode_response
+from railcore.protocol.types import InferResponse, Tensor
+from railcore.web import errors_middleware
 
 log = logging.getLogger("railgate.server")
 
@@ -411,15 +411,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _free_port(host: str) -> int:
+    """A port nobody listens on now, for workers asked to share port 0."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def _run_workers(args: argparse.Namespace, config: GatewayConfig) -> int:
     """N ``railgate serve`` processes on one port (SO_REUSEPORT: the kernel spreads connections).
     Signals are passed on; each worker drains the same way; the exit status is the worst one."""
     import signal
     import subprocess
 
-    from hub.server import free_port
-
-    port = config.listen.port or free_port(config.listen.host)
+    port = config.listen.port or _free_port(config.listen.host)
     argv = [sys.executable, "-m", "gateway.cli", "serve", "--workers", "1", "--reuse-port"]
     argv += ["--host", config.listen.host, "--port", str(port), "--log-level", args.log_level]
     if args.config:

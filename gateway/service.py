@@ -19,15 +19,15 @@ import numpy as np
 from gateway.backends import Backend
 from gateway.backends.local import LocalBackend
 from gateway.backends.triton import hub_backend
-from gateway.catalog import ModelInfo
 from gateway.config import GatewayConfig, HubSpec, load_config
-from gateway.health import BreakerState
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
-from gateway.protocol.types import numpy_dtype
 from gateway.routing.router import Router
 from gateway.routing.state import batch_bucket
 from gateway.tenants import Tenants
+from railcore.breaker import BreakerState
+from railcore.catalog import ModelInfo
+from railcore.protocol.types import numpy_dtype
 
 log = logging.getLogger("railgate.gateway")
 

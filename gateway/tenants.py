@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.config import TenantSpec
-from gateway.errors import Forbidden, Overloaded, Unauthorized
+from railcore.errors import Forbidden, Overloaded, Unauthorized
 
 
 def new_key() -> str:

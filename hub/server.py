@@ -22,7 +22,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hub.repository import RepositoryError, read_repository, write_runtime_repository
+from hub.repository import write_runtime_repository
+from railcore.repository import RepositoryError, read_repository
 
 
 class HubError(Exception):

@@ -160,8 +160,8 @@ STACK_DESCRIPTION = (
 
 
 def start_stack() -> Any:
-    """Two real hubs behind links and the gateway with its local backend (``gateway.devstack``)."""
-    from gateway.devstack import DevStack, HubPlan
+    """Two real hubs behind links and the gateway with its local backend (``devtools.devstack``)."""
+    from devtools.devstack import DevStack, HubPlan
 
     repository = ROOT / "models" / "repository"
     if not (repository / "manifest.json").is_file():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.devstack import gateway_service, link_service
+from devtools.devstack import gateway_service, link_service
 from hub.server import Hub, HubConfig, free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.batching import BatchPolicy, BatchQueue, Flush, Wait
+from railcore.batching import BatchPolicy, BatchQueue, Flush, Wait
 
 POLICY = BatchPolicy(max_batch_size=8, max_queue_delay_s=0.002, preferred_batch_sizes=(4,), max_inflight_batches=1)
 FAR = 100.0  # a deadline nobody reaches in these tests

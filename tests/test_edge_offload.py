@@ -10,7 +10,7 @@ from edge.circuit import CircuitBreaker, CircuitState
 from edge.config import parse_edge_config
 from edge.offload import LOCAL, NONE, REASONS, REMOTE, Decision, Link, decide
 from edge.predict import LocalPredictor, RemotePredictor
-from gateway.config import ConfigError
+from railcore.settings import ConfigError
 
 
 class FakeClock:

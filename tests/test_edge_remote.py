@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.devstack import Service
 from edge import EdgeConfig, EdgeResult, EdgeRuntime, ModelUnavailable, parse_edge_config
-from gateway.devstack import Service
 from gateway.tenants import hash_key, new_key
 from hub.server import Hub, free_port
 

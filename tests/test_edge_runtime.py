@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edge import EdgeConfig, EdgeRuntime, ModelRefused, ModelUnavailable, parse_edge_config
-from gateway.errors import BadRequest, NoBackend
+from railcore.errors import BadRequest, NoBackend
 
 from .test_hub import assert_same_outputs, local_outputs, sample_inputs
 

@@ -22,9 +22,9 @@ import tritonclient.http as httpclient
 import yaml
 from aiohttp import web
 
+from devtools.devstack import next_line
 from edge import EdgeRuntime, parse_edge_config
 from edge.server import create_app
-from gateway.devstack import next_line
 from hub.server import free_port
 
 from .conftest import GatewayProcess

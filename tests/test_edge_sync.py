@@ -22,7 +22,7 @@ from edge import EdgeRuntime, ModelRefused, parse_edge_config
 from edge.store import ModelStore
 from edge.sync import sync_models, sync_once
 from gateway.artifacts import add_routes
-from gateway.errors import BadRequest
+from railcore.errors import BadRequest
 
 from .test_edge_runtime import copy_repository
 from .test_hub import assert_same_outputs, sample_inputs

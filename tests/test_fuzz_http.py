@@ -37,12 +37,12 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi import checks as openapi_checks
 from schemathesis.transport.serialization import Binary
 
-from gateway.catalog import ModelInfo, TensorMeta
 from gateway.config import PRIORITIES
 from gateway.openapi import openapi_document
-from gateway.protocol.types import DTYPES
 from gateway.routing.policy import POLICIES
 from hub.server import Hub
+from railcore.catalog import ModelInfo, TensorMeta
+from railcore.protocol.types import DTYPES
 
 from .conftest import GatewayProcess, hub_entry
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.devstack import StartError
+from devtools.devstack import StartError
 from hub.server import Hub
 
 from .conftest import GatewayProcess, LinkProcess, hub_entry, start_hub

@@ -115,7 +115,7 @@ def test_bad_priority_is_400(tenant_gateway):
 
 
 def test_serve_refuses_a_plain_key_in_config(tmp_path: Path):
-    from gateway.devstack import StartError
+    from devtools.devstack import StartError
 
     gw = GatewayProcess(tmp_path, {"tenants": [{"name": "x", "keys": ["rg_plaintext"]}]})
     with pytest.raises(StartError, match=r"tenants\[0\]\.keys\[0\]"):

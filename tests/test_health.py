@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.health import Breaker, BreakerPolicy, BreakerState
 from gateway.routing.forward import RetryBudget
+from railcore.breaker import Breaker, BreakerPolicy, BreakerState
 
 POLICY = BreakerPolicy(failures_to_eject=3, base_ejection_s=1.0, max_ejection_s=4.0, slow_start_s=10.0)
 

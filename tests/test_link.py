@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import gateway.link as link_module
-from gateway.link import DeliverySchedule, Link, LinkConfig, add_arguments, read_size
+import devtools.link as link_module
+from devtools.link import DeliverySchedule, Link, LinkConfig, add_arguments, read_size
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 5.0
@@ -406,7 +406,7 @@ async def test_the_cli_serves_until_signalled_and_exits_zero(echo_port: int, sto
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "gateway.link",
+        "devtools.link",
         *("--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{echo_port}", "--delay-ms", "5"),
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,

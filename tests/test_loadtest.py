@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.protocol.codec import HEADER_LENGTH, DecodeLimits, decode_request
 from loadtests import payloads, shapes, stats, summary
 from loadtests.run import LOCUSTFILE, ROOT, locust_command, locust_env
 from loadtests.settings import SettingsError, read_settings
+from railcore.protocol.codec import HEADER_LENGTH, DecodeLimits, decode_request
 
 from .conftest import GatewayProcess, hub_entry
 

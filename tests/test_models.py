@@ -12,8 +12,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from hub.repository import read_repository
 from models.spec import IR_VERSION, OPSET
+from railcore.repository import read_repository
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,11 +13,11 @@ import pytest
 import schemathesis
 from aiohttp import web
 
-from gateway.catalog import ModelInfo, TensorMeta
 from gateway.config import PRIORITIES, GatewayConfig, Local
 from gateway.openapi import REGION_PATTERN, example_request, openapi_document, openapi_route
-from gateway.protocol import DTYPES, DecodeLimits, decode_request
 from gateway.routing.policy import POLICIES
+from railcore.catalog import ModelInfo, TensorMeta
+from railcore.protocol import DTYPES, DecodeLimits, decode_request
 
 from .conftest import GatewayProcess
 

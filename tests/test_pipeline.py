@@ -10,11 +10,11 @@ import pytest
 
 from gateway.backends.local import LocalBackend
 from gateway.config import Batching, Limits, Local
-from gateway.errors import ClientGone, DeadlineExceeded
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
-from gateway.protocol.types import InferRequest, Tensor
 from gateway.routing.router import Router
+from railcore.errors import ClientGone, DeadlineExceeded
+from railcore.protocol.types import InferRequest, Tensor
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import tritonclient.http as triton_http
 import tritonclient.utils as triton_utils
 from tritonclient.http._utils import _get_inference_request
 
-from gateway.errors import BadRequest, PayloadTooLarge, RailgateError
-from gateway.protocol import (
+from railcore.errors import BadRequest, PayloadTooLarge, RailgateError
+from railcore.protocol import (
     DTYPES,
     DecodeLimits,
     Encoding,

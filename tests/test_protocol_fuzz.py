@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gateway.errors import BadRequest, PayloadTooLarge
-from gateway.protocol import (
+from railcore.errors import BadRequest, PayloadTooLarge
+from railcore.protocol import (
     DTYPES,
     DecodeLimits,
     Encoding,

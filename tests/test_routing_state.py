@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from gateway.backends import Backend
-from gateway.catalog import ModelInfo, TensorMeta
 from gateway.config import Health, HubSpec, ModelPrice, TariffWindow
-from gateway.errors import NoBackend
 from gateway.routing.policy import Route
 from gateway.routing.router import Router
 from gateway.routing.state import BackendState, batch_bucket
 from gateway.routing.tariff import price_now
+from railcore.catalog import ModelInfo, TensorMeta
+from railcore.errors import NoBackend
 
 INFO = ModelInfo("m", ("1",), "onnx", (TensorMeta("x", "FP32", (-1, 4)),), (TensorMeta("y", "FP32", (-1, 1)),), 64)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import TenantSpec
-from gateway.errors import Forbidden, Overloaded, Unauthorized
 from gateway.tenants import Tenants, TokenBucket, hash_key, key_matches, new_key
+from railcore.errors import Forbidden, Overloaded, Unauthorized
 
 
 class Clock:

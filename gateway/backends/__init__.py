@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from gateway.catalog import ModelInfo
+from railcore.catalog import ModelInfo
 
 
 class Backend(abc.ABC):

@@ -13,56 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from google.protobuf import json_format
 
 from gateway.backends import Backend
-from gateway.catalog import CONFIG_TYPE_TO_TRITON, ModelInfo, TensorMeta
 from gateway.config import Local
-from gateway.errors import DeadlineExceeded, HubFailed, ModelNotFound, NoBackend
-from hub.repository import RepositoryError, RepositoryModel, read_repository
+from railcore.catalog import ModelInfo
+from railcore.errors import DeadlineExceeded, HubFailed, ModelNotFound, NoBackend
+from railcore.onnx import bytes_elements, choose_providers, ort_strings
+from railcore.repository import RepositoryError, model_info, read_repository
 
 log = logging.getLogger("railgate.local")
-
-_PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-
-
-def choose_providers(pinned: tuple[str, ...] = ()) -> list[str]:
-    """Pinned providers if given, else the best this onnxruntime offers: TensorRT > CUDA > CPU."""
-    available = ort.get_available_providers()
-    if pinned:
-        missing = [p for p in pinned if p not in available]
-        if missing:
-            raise NoBackend(f"execution provider(s) {', '.join(missing)} not available; have {', '.join(available)}")
-        return list(pinned)
-    return [p for p in _PROVIDER_PREFERENCE if p in available] or ["CPUExecutionProvider"]
-
-
-def model_info(model: RepositoryModel) -> ModelInfo:
-    config = model.config
-    batch = (-1,) if config.max_batch_size > 0 else ()
-
-    def metas(tensors) -> tuple[TensorMeta, ...]:
-        return tuple(
-            TensorMeta(t.name, CONFIG_TYPE_TO_TRITON[model_config_type_name(t.data_type)], batch + tuple(t.dims))
-            for t in tensors
-        )
-
-    return ModelInfo(
-        name=model.name,
-        versions=model.versions,
-        platform=config.platform or config.backend,
-        inputs=metas(config.input),
-        outputs=metas(config.output),
-        max_batch_size=config.max_batch_size,
-        preferred_batch_sizes=tuple(config.dynamic_batching.preferred_batch_size),
-        config=json_format.MessageToDict(config, preserving_proto_field_name=True),
-    )
-
-
-def model_config_type_name(value: int) -> str:
-    from tritonclient.grpc import model_config_pb2
-
-    return model_config_pb2.DataType.Name(value)
 
 
 class LocalBackend(Backend):
@@ -122,7 +81,7 @@ class LocalBackend(Backend):
         self, model: str, version: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float
     ) -> dict[str, np.ndarray]:
         session = self._session(model, version)
-        feed = {k: _ort_strings(v) if v.dtype.kind == "O" else v for k, v in inputs.items()}
+        feed = {k: ort_strings(v) if v.dtype.kind == "O" else v for k, v in inputs.items()}
         run_options = ort.RunOptions()
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.pool, session.run, outputs, feed, run_options)
@@ -137,15 +96,4 @@ class LocalBackend(Backend):
             raise HubFailed(f"local onnxruntime failed on {model!r}: {exc}") from exc
         finally:
             self.inflight -= 1
-        return {n: _bytes_elements(r) if r.dtype.kind == "O" else r for n, r in zip(outputs, results, strict=True)}
-
-
-def _ort_strings(array: np.ndarray) -> np.ndarray:
-    """BYTES travel as ``bytes``; ONNX Runtime's string tensors want ``str``."""
-    flat = [b.decode("utf-8", "surrogateescape") if isinstance(b, bytes) else str(b) for b in array.flat]
-    return np.array(flat, dtype=object).reshape(array.shape)
-
-
-def _bytes_elements(array: np.ndarray) -> np.ndarray:
-    flat = [s.encode("utf-8", "surrogateescape") if isinstance(s, str) else s for s in array.flat]
-    return np.array(flat, dtype=object).reshape(array.shape)
+        return {n: bytes_elements(r) if r.dtype.kind == "O" else r for n, r in zip(outputs, results, strict=True)}

@@ -17,12 +17,12 @@ import aiohttp
 import numpy as np
 
 from gateway.backends import Backend
-from gateway.catalog import ModelInfo, TensorMeta
 from gateway.config import HubSpec
-from gateway.errors import BadRequest, DeadlineExceeded, HubFailed, RailgateError
-from gateway.protocol.binary import deserialize_bytes_tensor, serialize_bytes_tensor
-from gateway.protocol.codec import HEADER_LENGTH
-from gateway.protocol.types import numpy_dtype, triton_datatype
+from railcore.catalog import ModelInfo, build_model_info
+from railcore.errors import BadRequest, DeadlineExceeded, HubFailed, RailgateError
+from railcore.protocol.binary import decode_outputs, serialize_bytes_tensor
+from railcore.protocol.codec import HEADER_LENGTH
+from railcore.protocol.types import triton_datatype
 
 log = logging.getLogger("railgate.hub")
 
@@ -35,56 +35,6 @@ def _tensor_bytes(array: np.ndarray) -> bytes | memoryview:
     if array.dtype == object:
         return serialize_bytes_tensor(array)
     return memoryview(np.ascontiguousarray(array)).cast("B")  # type: ignore[arg-type]
-
-
-def build_model_info(metadata: dict[str, Any], config: dict[str, Any]) -> ModelInfo:
-    """ModelInfo from Triton's metadata and config replies (HTTP JSON or gRPC as_json alike)."""
-
-    def metas(key: str) -> tuple[TensorMeta, ...]:
-        return tuple(TensorMeta(t["name"], t["datatype"], tuple(int(d) for d in t["shape"])) for t in metadata[key])
-
-    batching = config.get("dynamic_batching") or {}
-    return ModelInfo(
-        name=metadata["name"],
-        versions=tuple(str(v) for v in metadata.get("versions") or ("1",)),
-        platform=metadata.get("platform", ""),
-        inputs=metas("inputs"),
-        outputs=metas("outputs"),
-        max_batch_size=int(config.get("max_batch_size", 0)),
-        preferred_batch_sizes=tuple(int(b) for b in batching.get("preferred_batch_size", ())),
-        config=config,
-    )
-
-
-def decode_outputs(raw: bytes, header_length: int | None, wanted: list[str]) -> dict[str, np.ndarray]:
-    """Parse a hub's infer reply (binary extension or plain JSON) into arrays, zero-copy."""
-    header = json.loads(raw[:header_length] if header_length is not None else raw)
-    offset = header_length or 0
-    view = memoryview(raw)
-    results: dict[str, np.ndarray] = {}
-    for out in header["outputs"]:
-        dtype = numpy_dtype(out["datatype"])
-        shape = tuple(int(d) for d in out["shape"])
-        count = int(np.prod(shape, dtype=np.int64))
-        size = (out.get("parameters") or {}).get("binary_data_size")
-        if size is not None:
-            chunk = view[offset : offset + size]
-            if len(chunk) != size:
-                raise ValueError(f"output {out['name']!r} runs past the end of the reply")
-            offset += size
-            if dtype.kind == "O":
-                array = deserialize_bytes_tensor(chunk, count)
-            else:
-                array = np.frombuffer(chunk, dtype=dtype, count=count)
-        elif dtype.kind == "O":
-            array = np.array([s.encode() if isinstance(s, str) else s for s in out["data"]], dtype=object)
-        else:
-            array = np.asarray(out["data"], dtype=dtype)
-        results[out["name"]] = array.reshape(shape)
-    missing = [n for n in wanted if n not in results]
-    if missing:
-        raise ValueError(f"reply lacks output(s) {', '.join(missing)}")
-    return results
 
 
 class TritonHttpBackend(Backend):

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway.config import Routing
-from gateway.errors import DeadlineExceeded, HubFailed, NoBackend
 from gateway.metrics import Metrics
 from gateway.routing.policy import Route
 from gateway.routing.router import Router, Selection
+from railcore.errors import DeadlineExceeded, HubFailed, NoBackend
 
 log = logging.getLogger("railgate.forward")
 

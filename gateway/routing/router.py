@@ -14,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.backends import Backend
-from gateway.catalog import ModelInfo
 from gateway.config import Health, Routing
-from gateway.errors import ModelNotFound, NoBackend
-from gateway.health import Breaker, BreakerPolicy, BreakerState
 from gateway.routing.policy import Route, choose
 from gateway.routing.state import BackendState, BackendView
+from railcore.breaker import Breaker, BreakerPolicy, BreakerState
+from railcore.catalog import ModelInfo
+from railcore.errors import ModelNotFound, NoBackend
 
 log = logging.getLogger("railgate.router")
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from gateway.errors import BadRequest, PayloadTooLarge
-from gateway.protocol.types import DTYPES
+from railcore.errors import BadRequest, PayloadTooLarge
+from railcore.protocol.types import DTYPES
 
 _VALUE_KINDS = {
     dict: "object",

@@ -1,8 +1,8 @@
 """The Open Inference Protocol (KServe v2) as Triton speaks it: value objects and the codecs for its three encodings."""
 
-from gateway.protocol.binary import deserialize_bytes_tensor, serialize_bytes_tensor
-from gateway.protocol.codec import DecodeLimits, decode_request, encode_error, encode_response
-from gateway.protocol.types import DTYPES, Encoding, InferRequest, InferResponse, RequestedOutput, Tensor
+from railcore.protocol.binary import deserialize_bytes_tensor, serialize_bytes_tensor
+from railcore.protocol.codec import DecodeLimits, decode_request, encode_error, encode_response
+from railcore.protocol.types import DTYPES, Encoding, InferRequest, InferResponse, RequestedOutput, Tensor
 
 __all__ = [
     "DTYPES",

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from gateway.errors import BadRequest, ModelNotFound
-from gateway.protocol.types import InferRequest
+from railcore.errors import BadRequest, ModelNotFound
+from railcore.protocol.types import InferRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +97,25 @@ class ModelInfo:
             if output.name not in known:
                 raise BadRequest(f"model {self.name!r} has no output {output.name!r}; outputs are {', '.join(known)}")
         return max(rows, 1)
+
+
+def build_model_info(metadata: dict[str, Any], config: dict[str, Any]) -> ModelInfo:
+    """ModelInfo from Triton's metadata and config replies (HTTP JSON or gRPC as_json alike)."""
+
+    def metas(key: str) -> tuple[TensorMeta, ...]:
+        return tuple(TensorMeta(t["name"], t["datatype"], tuple(int(d) for d in t["shape"])) for t in metadata[key])
+
+    batching = config.get("dynamic_batching") or {}
+    return ModelInfo(
+        name=metadata["name"],
+        versions=tuple(str(v) for v in metadata.get("versions") or ("1",)),
+        platform=metadata.get("platform", ""),
+        inputs=metas("inputs"),
+        outputs=metas("outputs"),
+        max_batch_size=int(config.get("max_batch_size", 0)),
+        preferred_batch_sizes=tuple(int(b) for b in batching.get("preferred_batch_size", ())),
+        config=config,
+    )
 
 
 def _check_utf8(name: str, data: np.ndarray) -> None:

@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from gateway.errors import RailgateError
-from gateway.protocol.codec import encode_error
-from gateway.protocol.msgpack_codec import is_msgpack
-from gateway.protocol.types import Encoding
+from railcore.errors import RailgateError
+from railcore.protocol.codec import encode_error
+from railcore.protocol.msgpack_codec import is_msgpack
+from railcore.protocol.types import Encoding
 
 log = logging.getLogger("railgate.http")
 

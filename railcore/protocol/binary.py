@@ -7,13 +7,14 @@ object arrays of ``bytes``.
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Sequence
 
 import numpy as np
 
-from gateway.errors import BadRequest, PayloadTooLarge
-from gateway.protocol.types import DTYPES
+from railcore.errors import BadRequest, PayloadTooLarge
+from railcore.protocol.types import DTYPES, numpy_dtype
 
 _LENGTH = struct.Struct("<I")
 
@@ -82,3 +83,34 @@ def tensor_bytes(arr: np.ndarray, datatype: str) -> bytes | memoryview:
     # ascontiguousarray is a no-op for the common case and fixes strides, byte order or width otherwise.
     flat = np.ascontiguousarray(arr, dtype=DTYPES[datatype]).reshape(-1)
     return flat.view(np.uint8).data
+
+
+def decode_outputs(raw: bytes, header_length: int | None, wanted: list[str]) -> dict[str, np.ndarray]:
+    """Parse a hub's infer reply (binary extension or plain JSON) into arrays, zero-copy."""
+    header = json.loads(raw[:header_length] if header_length is not None else raw)
+    offset = header_length or 0
+    view = memoryview(raw)
+    results: dict[str, np.ndarray] = {}
+    for out in header["outputs"]:
+        dtype = numpy_dtype(out["datatype"])
+        shape = tuple(int(d) for d in out["shape"])
+        count = int(np.prod(shape, dtype=np.int64))
+        size = (out.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            chunk = view[offset : offset + size]
+            if len(chunk) != size:
+                raise ValueError(f"output {out['name']!r} runs past the end of the reply")
+            offset += size
+            if dtype.kind == "O":
+                array = deserialize_bytes_tensor(chunk, count)
+            else:
+                array = np.frombuffer(chunk, dtype=dtype, count=count)
+        elif dtype.kind == "O":
+            array = np.array([s.encode() if isinstance(s, str) else s for s in out["data"]], dtype=object)
+        else:
+            array = np.asarray(out["data"], dtype=dtype)
+        results[out["name"]] = array.reshape(shape)
+    missing = [n for n in wanted if n not in results]
+    if missing:
+        raise ValueError(f"reply lacks output(s) {', '.join(missing)}")
+    return results

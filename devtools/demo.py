@@ -18,7 +18,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from gateway.devstack import DevStack, HubPlan, StartError
+from devtools.devstack import DevStack, HubPlan, StartError
 
 REQUESTS_PER_ENCODING = 150
 CONCURRENCY = 24

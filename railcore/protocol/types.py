@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.errors import BadRequest
+from railcore.errors import BadRequest
 
 # Triton datatype -> numpy dtype (little-endian, as the binary tensor extension sends them).
 DTYPES: dict[str, np.dtype] = {

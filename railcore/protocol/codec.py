@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from gateway.errors import BadRequest, PayloadTooLarge
-from gateway.protocol import binary, json_codec, msgpack_codec
-from gateway.protocol.json_codec import kind_of
-from gateway.protocol.types import DTYPES, Encoding, InferRequest, InferResponse, RequestedOutput, Tensor
+from railcore.errors import BadRequest, PayloadTooLarge
+from railcore.protocol import binary, json_codec, msgpack_codec
+from railcore.protocol.json_codec import kind_of
+from railcore.protocol.types import DTYPES, Encoding, InferRequest, InferResponse, RequestedOutput, Tensor
 
 JSON_CONTENT_TYPE = "application/json"
 BINARY_CONTENT_TYPE = "application/octet-stream"

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgpack
 
-from gateway.errors import BadRequest
+from railcore.errors import BadRequest
 
 CONTENT_TYPES = ("application/msgpack", "application/x-msgpack")
 

@@ -1,0 +1,45 @@
+"""Latency estimators: pure, with the sample's time passed in."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class PeakEwma:
+    """An EWMA that jumps straight to a worse sample and decays towards better ones.
+
+    Peak-sensitive (as Finagle's and Linkerd's load balancers): a hub that turns slow is avoided at
+    once; one that recovers earns its traffic back over a few samples. ``spread`` tracks the mean
+    absolute deviation, for a p95-like bound (value + 2 * spread).
+    """
+
+    alpha: float = 0.2
+    value: float | None = None
+    spread: float = 0.0
+    at: float = 0.0  # when the last sample came
+
+    def update(self, sample: float, now: float = 0.0) -> float:
+        self.at = now
+        if self.value is None:
+            self.value = sample
+            return sample
+        self.spread += self.alpha * (abs(sample - self.value) - self.spread)
+        if sample > self.value:
+            self.value = sample
+        else:
+            self.value += self.alpha * (sample - self.value)
+        return self.value
+
+    @property
+    def p95(self) -> float | None:
+        return None if self.value is None else self.value + 2 * self.spread
+
+    def decayed(self, now: float, decay_s: float) -> float | None:
+        """The value, fading towards zero while no sample comes (as Finagle's peak EWMA): a backend
+        that was once slow and then left alone looks better and better until it is tried again,
+        so one bad moment cannot keep it out of rotation for good."""
+        if self.value is None or decay_s <= 0 or now <= self.at:
+            return self.value
+        return self.value * math.exp(-(now - self.at) / decay_s)
