@@ -162,13 +162,16 @@ def test_concurrent_requests_are_batched_and_split_back_exactly(gateway: Gateway
 def _batch_size_sum_count(gateway: GatewayProcess) -> tuple[float, float]:
     import urllib.request
 
+    from prometheus_client.parser import text_string_to_metric_families
+
     text = urllib.request.urlopen(f"{gateway.url}/metrics", timeout=5).read().decode()
     total = count = 0.0
-    for line in text.splitlines():
-        if line.startswith("railgate_batch_size_sum{") and 'model="digits"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-        if line.startswith("railgate_batch_size_count{") and 'model="digits"' in line:
-            count += float(line.rsplit(" ", 1)[1])
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("model") == "digits" and sample.name == "railgate_batch_size_sum":
+                total += sample.value
+            if sample.labels.get("model") == "digits" and sample.name == "railgate_batch_size_count":
+                count += sample.value
     return total, count
 
 
