@@ -27,11 +27,12 @@ from aiohttp import web
 _CHUNK = 1 << 20
 
 
-def add_routes(app: web.Application, repository: Path, exportable: tuple[str, ...]) -> None:
-    """Serve the artifacts of the ``exportable`` models of ``repository`` under ``/v1/models/{model}/``."""
+def add_routes(app: web.Application, repository: Path, exportable: tuple[str, ...], prefix: str = "/v1/models") -> None:
+    """Serve the artifacts of the ``exportable`` models of ``repository`` under ``{prefix}/{model}/``
+    (``prefix=""`` for a sub-app mounted at ``/v1/models/``)."""
     artifacts = _Artifacts(Path(repository), frozenset(exportable))
-    app.router.add_get("/v1/models/{model}/artifact", artifacts.model_file)
-    app.router.add_get("/v1/models/{model}/config.pbtxt", artifacts.config_file)
+    app.router.add_get(prefix + "/{model}/artifact", artifacts.model_file)
+    app.router.add_get(prefix + "/{model}/config.pbtxt", artifacts.config_file)
 
 
 class _NotServed(Exception):

@@ -15,14 +15,16 @@ from pathlib import Path
 
 def _models_build(args: argparse.Namespace) -> int:
     try:
-        from models.build import BuildError, build_repository
+        tool = _dev_tool("models.build", "models build")
     except ImportError as exc:  # scikit-learn / skl2onnx live in the dev extra
         print(f"railgate models build: {exc.name} is missing: pip install 'railgate[dev]'", file=sys.stderr)
         return 1
+    if tool is None:
+        return 1
     names = tuple(n for n in args.models.split(",") if n)
     try:
-        manifest = build_repository(args.repository, names) if names else build_repository(args.repository)
-    except BuildError as exc:
+        manifest = tool.build_repository(args.repository, names) if names else tool.build_repository(args.repository)
+    except tool.BuildError as exc:
         print(f"railgate models build: {exc}", file=sys.stderr)
         return 1
     for name, entry in manifest["models"].items():
@@ -51,7 +53,7 @@ def _hub(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway.server import run
+    from gateway.serving import run
 
     return run(args)
 
@@ -105,10 +107,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         hub_cli.add_arguments(hub)
     hub.set_defaults(func=_hub)
 
-    from gateway import server
+    from gateway import serving
 
     serve = commands.add_parser("serve", help="run the gateway (KServe v2 HTTP API)")
-    server.add_arguments(serve)
+    serving.add_arguments(serve)
     serve.set_defaults(func=_serve)
 
     from edge import server as edge_server

@@ -30,7 +30,7 @@ from railcore.protocol.codec import (
 from railcore.protocol.types import DTYPES
 
 OPENAPI_VERSION = "3.0.3"
-# One region name, as server.py accepts it in X-Allowed-Regions (tests/test_openapi.py keeps the two equal).
+# One region name, as gateway/call.py accepts it in X-Allowed-Regions (tests/test_openapi.py keeps the two equal).
 REGION_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
 _JSON = "application/json"
 _TEXT = "text/plain"

@@ -1,7 +1,7 @@
 """Tenants: API keys (salted hashes, constant-time compare), rate limits, daily quotas, usage.
 
-Pure apart from the clock it is given. The server's auth middleware calls ``Tenants.authenticate``
-and ``admit``; the pipeline never sees a key.
+Pure apart from the clock it is given. The inference service (service.py) calls ``authenticate``,
+``check_model``, ``admit`` and ``record``; the pipeline never sees a key.
 
 A key is ``rg_`` + 32 random bytes (urlsafe base64). The config stores only
 ``sha256$<salt hex>$<digest hex>`` of it: a leaked config file does not leak keys. Keys carry 256
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.config import TenantSpec
-from railcore.errors import Forbidden, Overloaded, Unauthorized
+from railcore.errors import Forbidden, QuotaExceeded, RateLimited, Unauthorized
 
 
 def new_key() -> str:
@@ -146,14 +146,14 @@ class Tenants:
             usage.day, usage.inferences_today = day, 0
         if spec.daily_quota and usage.inferences_today + rows > spec.daily_quota:
             retry = int((day + 1) * 86_400 - now) + 1
-            raise Overloaded(
+            raise QuotaExceeded(
                 f"tenant {tenant.name!r} used its daily quota of {spec.daily_quota} inferences",
                 headers={"Retry-After": str(retry)},
             )
         if spec.rate_per_s:
             wait = tenant.bucket.take(now)
             if wait > 0:
-                raise Overloaded(
+                raise RateLimited(
                     f"tenant {tenant.name!r} is over its rate of {spec.rate_per_s:g} requests/s",
                     headers={"Retry-After": str(max(1, int(wait + 0.999)))},
                 )

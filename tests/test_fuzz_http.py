@@ -214,7 +214,7 @@ OPERATIONS = [f"{m.upper()} {p}" for p, item in openapi_document()["paths"].item
 
 def skip_unless_served(gateway: GatewayProcess, operation: str) -> None:
     if operation == "GET /openapi.json" and fetch_status(gateway.url + "/openapi.json") == 404:
-        pytest.skip("GET /openapi.json is not registered in gateway.server.create_app yet")
+        pytest.skip("GET /openapi.json is not registered in gateway.fronts.http.create_app yet")
 
 
 def fetch_status(url: str) -> int:

@@ -111,7 +111,7 @@ def test_every_error_response_is_the_error_object():
 
 
 def test_document_covers_every_route_the_app_registers():
-    from gateway.server import create_app
+    from gateway.fronts.http import create_app
 
     app = create_app(GatewayConfig(local=Local(enabled=False)))
     served = {(route.method, route.resource.canonical) for route in app.router.routes() if route.resource is not None}
@@ -119,18 +119,18 @@ def test_document_covers_every_route_the_app_registers():
     # aiohttp adds HEAD to every GET route; the document names the GET.
     missing = {(m, p) for m, p in served if (m, p) not in documented and not (m == "HEAD" and ("GET", p) in documented)}
     assert not missing, f"routes the app serves that the document lacks: {sorted(missing)}"
-    # Until gateway.server registers GET /openapi.json, it is the one documented route the app may lack.
+    # Until gateway.fronts.http registers GET /openapi.json, it is the one documented route the app may lack.
     phantom = documented - served - {("GET", "/openapi.json")}
     assert not phantom, f"the document describes routes the app does not serve: {sorted(phantom)}"
 
 
 def test_headers_offer_exactly_what_the_server_accepts():
-    from gateway import server
+    from gateway import call
 
     parameters = openapi_document()["components"]["parameters"]
     assert parameters["policy"]["schema"]["enum"] == list(POLICIES)
     assert parameters["priority"]["schema"]["enum"] == list(PRIORITIES)
-    assert server._REGION.pattern == f"^{REGION_PATTERN}$"
+    assert call.REGION.pattern == f"^{REGION_PATTERN}$"
     datatype = openapi_document()["components"]["schemas"]["InferRequest"]["properties"]["inputs"]["items"]
     assert datatype["properties"]["datatype"]["enum"] == list(DTYPES)
 
@@ -176,7 +176,9 @@ def test_the_running_gateway_serves_its_document(gateway: GatewayProcess):
             document = json.loads(reply.read())
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
-            pytest.skip("GET /openapi.json is not registered in gateway.server.create_app yet (see gateway/openapi.py)")
+            pytest.skip(
+                "GET /openapi.json is not registered in gateway.fronts.http.create_app yet (see gateway/openapi.py)"
+            )
         raise
     validate(document)
     request = urllib.request.Request(f"{gateway.url}/v2/repository/index", method="POST")

@@ -1,0 +1,131 @@
+"""What a front extracted from one inference call, and the pure parsing of each value.
+
+A front (HTTP, gRPC, ...) copies the caller's metadata into a ``Call`` as sent: the values stay
+strings, because *when* each one is checked is part of the contract. The inference service parses
+them at their own step of admission (the key before the model, the route before the body, the
+budget after it), so an unauthenticated caller learns nothing about its headers and every front
+refuses the same request with the same error. The parsers below are pure functions of a string and
+the config, testable without a server; ``call_from_metadata`` reads any case-insensitive mapping
+(aiohttp's headers) or one whose keys are already lower-case (gRPC metadata).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config import PRIORITIES, Deadlines, Priority
+from gateway.routing.policy import POLICIES, Policy
+from railcore.errors import BadRequest
+
+# The metadata keys, lower-case as gRPC requires; HTTP headers match them case-insensitively.
+AUTHORIZATION = "authorization"
+LATENCY_BUDGET = "x-latency-budget-ms"
+ROUTE_POLICY = "x-route-policy"
+ALLOWED_REGIONS = "x-allowed-regions"
+PRIORITY = "x-priority"
+
+# One region name in X-Allowed-Regions (gateway/openapi.py documents the same pattern).
+REGION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# By value, for one dict lookup per call instead of a scan and an Enum() call.
+_POLICY = {str(p): p for p in POLICIES}
+_PRIORITY = {str(p): p for p in PRIORITIES}
+
+
+def _never_gone() -> bool:
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One inference call's metadata, as the caller sent it (None: not sent)."""
+
+    arrived: float  # event-loop time the call arrived; the latency budget counts from here
+    gone: Callable[[], bool] = _never_gone  # whether the caller went away (its batch then skips it)
+    authorization: str | None = None
+    budget_ms: str | None = None
+    policy: str | None = None
+    regions: str | None = None
+    priority: str | None = None
+    body_bytes: int | None = None  # the size the caller declared before sending the body, if any
+    trace: object | None = None  # trace context, opaque to the service
+
+
+def call_from_metadata(
+    metadata: Mapping[str, str],
+    *,
+    arrived: float,
+    gone: Callable[[], bool] = _never_gone,
+    body_bytes: int | None = None,
+    trace: object | None = None,
+) -> Call:
+    """A ``Call`` from HTTP headers or gRPC metadata (the keys above, case-insensitive for HTTP)."""
+    get = metadata.get
+    return Call(
+        arrived,
+        gone,
+        get(AUTHORIZATION),
+        get(LATENCY_BUDGET),
+        get(ROUTE_POLICY),
+        get(ALLOWED_REGIONS),
+        get(PRIORITY),
+        body_bytes,
+        trace,
+    )
+
+
+def budget_s(header: str | None, timeout_us: Any, deadlines: Deadlines) -> float:
+    """The call's latency budget in seconds: the tighter of the header (ms) and the v2 ``timeout``
+    parameter (us), capped at ``deadlines.max_budget_ms``; the default budget when neither is sent."""
+    budget = deadlines.default_budget_ms / 1000
+    if header is not None:
+        try:
+            value = float(header)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0:
+            raise BadRequest(f"X-Latency-Budget-Ms must be a non-negative number of milliseconds, got {header!r}")
+        budget = value / 1000
+    if timeout_us is not None:
+        number = isinstance(timeout_us, int | float) and not isinstance(timeout_us, bool)
+        if not number or (isinstance(timeout_us, float) and math.isnan(timeout_us)) or timeout_us < 0:
+            shown = repr(timeout_us)[:40]
+            raise BadRequest(f"parameter 'timeout' must be a non-negative number of microseconds, got {shown}")
+        # Capped before dividing: a 400-digit integer is a valid JSON number but no float.
+        timeout_s = min(timeout_us, deadlines.max_budget_ms * 1000) / 1e6
+        budget = min(budget, timeout_s) if header is not None else timeout_s
+    return min(budget, deadlines.max_budget_ms / 1000)
+
+
+def route_policy(header: str | None, default: str) -> Policy:
+    """The routing policy the call asks for (``X-Route-Policy``), else ``default``."""
+    text = (default if header is None else header).strip()
+    policy = _POLICY.get(text)
+    if policy is None:
+        raise BadRequest(f"X-Route-Policy {text!r} is not a policy; valid: {', '.join(POLICIES)}")
+    return policy
+
+
+def allowed_regions(header: str | None) -> frozenset[str] | None:
+    """The regions the call allows (``X-Allowed-Regions``, comma-separated); None: any."""
+    if header is None:
+        return None
+    asked = [r.strip() for r in header.split(",")]
+    bad = [r for r in asked if not REGION.match(r)]
+    if bad:
+        raise BadRequest(
+            f"X-Allowed-Regions must be a comma-separated list of region names, got {header!r} (bad: {bad[0]!r})"
+        )
+    return frozenset(asked)
+
+
+def priority(header: str | None, default: str) -> Priority:
+    """The call's admission priority (``X-Priority``), else ``default`` (the tenant's)."""
+    text = (default if header is None else header).strip().lower()
+    value = _PRIORITY.get(text)
+    if value is None:
+        raise BadRequest(f"X-Priority {text!r} is not a priority; valid: {', '.join(PRIORITIES)}")
+    return value

@@ -1,0 +1,57 @@
+"""The admin API: an aiohttp sub-app mounted at ``/admin/``, behind its own key check.
+
+    POST   /admin/reload              re-read the config file's hub table
+    POST   /admin/hubs/{hub}/drain    take a hub out of rotation (its batches in flight finish)
+    DELETE /admin/hubs/{hub}/drain    put it back
+
+Once tenants or admin keys are configured, every path under /admin/ (unknown ones included) needs
+an admin key: the check is this sub-app's middleware, so no admin route can be added without it.
+Errors become replies in the parent app's error middleware, which wraps this one.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.config import ConfigError
+from gateway.gateway import Gateway
+from railcore.errors import BadRequest, ModelNotFound
+
+_GATEWAY: web.AppKey[Gateway] = web.AppKey("admin_gateway", Gateway)
+
+
+def admin_app(gateway: Gateway) -> web.Application:
+    app = web.Application(middlewares=[_admin_key])
+    app[_GATEWAY] = gateway
+    app.router.add_post("/reload", reload_hubs)
+    app.router.add_post("/hubs/{hub}/drain", drain_hub)
+    app.router.add_delete("/hubs/{hub}/drain", drain_hub)
+    return app
+
+
+@web.middleware
+async def _admin_key(request: web.Request, handler) -> web.StreamResponse:
+    tenants = request.app[_GATEWAY].tenants
+    if tenants.admin_enabled:
+        tenants.authenticate_admin(request.headers.get("Authorization"))
+    return await handler(request)
+
+
+async def reload_hubs(request: web.Request) -> web.Response:
+    try:
+        changes = await request.app[_GATEWAY].reload()
+    except (ConfigError, ValueError) as exc:
+        raise BadRequest(f"reload refused, the hub table is unchanged: {exc}") from exc
+    return web.json_response(changes)
+
+
+async def drain_hub(request: web.Request) -> web.Response:
+    gateway = request.app[_GATEWAY]
+    name = request.match_info["hub"]
+    draining = request.method == "POST"
+    try:
+        backend = gateway.drain(name) if draining else gateway.undrain(name)
+    except KeyError:
+        hubs = ", ".join(b.name for b in gateway.backends if b.kind == "hub") or "none"
+        raise ModelNotFound(f"no hub named {name!r}; hubs: {hubs}") from None
+    return web.json_response({"hub": name, "draining": draining, "inflight": backend.inflight})

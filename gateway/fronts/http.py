@@ -1,0 +1,228 @@
+"""The HTTP front: the aiohttp app, its KServe v2 routes, and the operations routes beside them.
+
+The inference handler is read body -> decode -> ``InferenceService`` -> encode; every other
+handler reads the gateway. Errors are mapped to ``{"error": ...}`` once, by the error middleware,
+which wraps the sub-apps too: ``/admin/`` (fronts/admin.py) and the model artifacts under
+``/v1/models/`` (gateway/artifacts.py), each behind its own key check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway import artifacts
+from gateway.call import call_from_metadata
+from gateway.config import GatewayConfig
+from gateway.fronts.admin import admin_app
+from gateway.gateway import Gateway
+from gateway.openapi import openapi_route
+from gateway.service import InferenceService
+from railcore.catalog import ModelInfo
+from railcore.errors import BadRequest, ModelNotFound, RailgateError, RequestTimeout
+from railcore.protocol.codec import HEADER_LENGTH, DecodeLimits, decode_request, encode_response
+from railcore.web import errors_middleware
+
+VERSION = "0.1.0"
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "msgpack_tensor_data", "latency_budget"]
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
+
+
+@dataclass(frozen=True, slots=True)
+class _InferFront:
+    """What the inference handler needs, looked up once per request."""
+
+    service: InferenceService
+    decode_limits: DecodeLimits
+    body_timeout_s: float
+
+
+_INFER: web.AppKey[_InferFront] = web.AppKey("infer_front", _InferFront)
+
+
+def create_app(config: GatewayConfig, config_path: Path | None = None) -> web.Application:
+    """The gateway's aiohttp app; the gateway starts and closes with it."""
+    app = web.Application(middlewares=[errors_middleware("gateway", _count_failed_inference)],
+                          client_max_size=config.limits.max_body_bytes)  # fmt: skip
+    gateway = Gateway(config, config_path)
+    app[GATEWAY] = gateway
+    limits = config.limits
+    decode_limits = DecodeLimits(
+        max_inputs=limits.max_inputs, max_elements=limits.max_elements, max_bytes_element=limits.max_bytes_element
+    )
+    app[_INFER] = _InferFront(gateway.service, decode_limits, limits.body_timeout_s)
+
+    async def start(app: web.Application) -> None:
+        await gateway.start()
+
+    async def stop(app: web.Application) -> None:
+        await gateway.close()
+
+    async def close_connections_while_draining(request: web.Request, response: web.StreamResponse) -> None:
+        if gateway.draining:  # clients stop reusing connections before the listener goes
+            response.force_close()
+            response.headers["Connection"] = "close"  # headers are already computed when this hook runs
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+    app.on_response_prepare.append(close_connections_while_draining)
+    r = app.router
+    r.add_get("/v2", server_metadata)
+    r.add_get("/v2/health/live", live)
+    r.add_get("/v2/health/ready", ready)
+    r.add_post("/v2/repository/index", repository_index)
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        r.add_get(prefix, model_metadata)
+        r.add_get(prefix + "/ready", model_ready)
+        r.add_get(prefix + "/config", model_config)
+        r.add_post(prefix + "/infer", infer)
+    r.add_get("/metrics", metrics)
+    r.add_get("/openapi.json", openapi_route(lambda: gateway.router.catalog))
+    r.add_get("/status", status)
+    r.add_get("/v1/usage", usage)
+    app.add_subapp("/v1/models/", _artifacts_app(config, gateway))
+    app.add_subapp("/admin/", admin_app(gateway))
+    return app
+
+
+def _count_failed_inference(request: web.Request, exc: RailgateError) -> None:
+    if request.path.endswith("/infer"):
+        request.config_dict[GATEWAY].service.record_failure(request.match_info.get("model", ""), exc)
+
+
+# -- inference ------------------------------------------------------------------------------------
+
+
+async def infer(request: web.Request) -> web.Response:
+    front = request.app[_INFER]
+    transport = request.transport
+    call = call_from_metadata(
+        request.headers,
+        arrived=asyncio.get_running_loop().time(),
+        gone=lambda: transport is None or transport.is_closing(),
+        body_bytes=request.content_length,
+    )
+    ticket = front.service.admit(call, request.match_info["model"], request.match_info.get("version", ""))
+    try:
+        async with asyncio.timeout(front.body_timeout_s):
+            body = await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {front.body_timeout_s:g} s") from None
+    decoded = decode_request(
+        body,
+        content_type=request.content_type,
+        header_length=header_length(request.headers),
+        model=ticket.info.name,
+        version=ticket.version,
+        limits=front.decode_limits,
+    )
+    served = await front.service.infer(ticket, decoded)
+    chunks, headers = encode_response(served.response, decoded)
+    headers.update(served.headers)
+    return web.Response(body=chunks[0] if len(chunks) == 1 else b"".join(chunks), headers=headers)
+
+
+def header_length(headers: Mapping[str, str]) -> int | None:
+    """``Inference-Header-Content-Length`` (Triton's binary extension): the JSON header's byte length."""
+    raw = headers.get(HEADER_LENGTH)
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()):  # str.isdigit alone takes '²' and Arabic-Indic digits
+        raise BadRequest(f"{HEADER_LENGTH} must be a non-negative integer, got {raw[:40]!r}")
+    return int(raw)
+
+
+# -- server and model endpoints ----------------------------------------------------------------
+
+
+async def server_metadata(request: web.Request) -> web.Response:
+    return web.json_response({"name": "railgate", "version": VERSION, "extensions": EXTENSIONS})
+
+
+async def live(request: web.Request) -> web.Response:
+    return web.Response(status=200)
+
+
+async def ready(request: web.Request) -> web.Response:
+    return web.Response(status=200 if request.app[GATEWAY].ready() else 503)
+
+
+def _model(request: web.Request) -> tuple[Gateway, ModelInfo, str]:
+    gateway = request.app[GATEWAY]
+    info = gateway.router.model(request.match_info["model"])
+    version = request.match_info.get("version", "")
+    info.check_version(version)
+    return gateway, info, version
+
+
+async def model_metadata(request: web.Request) -> web.Response:
+    _, info, version = _model(request)
+    return web.json_response(info.metadata(version))
+
+
+async def model_ready(request: web.Request) -> web.Response:
+    gateway, info, _ = _model(request)
+    return web.Response(status=200 if gateway.router.ready(info.name) else 503)
+
+
+async def model_config(request: web.Request) -> web.Response:
+    _, info, _ = _model(request)
+    return web.json_response(info.config)
+
+
+async def repository_index(request: web.Request) -> web.Response:
+    router = request.app[GATEWAY].router
+    return web.json_response(
+        [
+            {"name": m.name, "version": v, "state": "READY" if router.ready(m.name) else "UNAVAILABLE"}
+            for m in router.catalog.values()
+            for v in m.versions
+        ]
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[GATEWAY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+# -- operations -------------------------------------------------------------------------------
+
+
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[GATEWAY].status())
+
+
+async def usage(request: web.Request) -> web.Response:
+    """Usage and spend per tenant: all of them for an admin key, a tenant's own for its key."""
+    tenants = request.app[GATEWAY].tenants
+    if not tenants.enabled:
+        raise ModelNotFound("no tenants are configured")
+    authorization = request.headers.get("Authorization")
+    try:
+        tenants.authenticate_admin(authorization)
+        return web.json_response(tenants.usage())
+    except RailgateError:
+        tenant = tenants.authenticate(authorization)
+        return web.json_response(tenants.usage(only=tenant.name))
+
+
+def _artifacts_app(config: GatewayConfig, gateway: Gateway) -> web.Application:
+    """Model files for edge devices, under ``/v1/models/``: a tenant's key is needed once tenants are
+    configured, on every path there (mounted even when nothing is exportable, so that holds)."""
+
+    @web.middleware
+    async def tenant_key(request: web.Request, handler) -> web.StreamResponse:
+        if gateway.tenants.enabled:
+            gateway.tenants.authenticate(request.headers.get("Authorization"))
+        return await handler(request)
+
+    app = web.Application(middlewares=[tenant_key])
+    if config.artifacts.exportable:
+        repository = Path(config.artifacts.repository or config.local.repository)
+        artifacts.add_routes(app, repository, config.artifacts.exportable, prefix="")
+    return app

@@ -1,0 +1,175 @@
+"""``railgate serve``: arguments, the ``--workers N`` supervisor, signals and the graceful drain.
+
+One worker runs the app on aiohttp's public runner API (``AppRunner``, ``TCPSite``,
+``runner.addresses``). SIGTERM or SIGINT starts the drain; SIGHUP re-reads the hub table. With
+``--workers N`` this process only supervises: N workers share the port (SO_REUSEPORT), each
+receives the signals and drains the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gateway.config import ConfigError, GatewayConfig, Listen, load_config
+from railcore.errors import RailgateError
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from gateway.gateway import Gateway
+
+log = logging.getLogger("railgate.server")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None, help="YAML config (default: local backend only)")
+    parser.add_argument("--host", default=None, help="overrides listen.host")
+    parser.add_argument("--port", type=int, default=None, help="overrides listen.port")
+    parser.add_argument("--repository", default=None, help="overrides local.repository")
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+
+
+def resolve_config(args: argparse.Namespace) -> GatewayConfig:
+    """The config file's settings with the command line's overrides."""
+    config = load_config(args.config)
+    listen = Listen(args.host or config.listen.host, args.port if args.port is not None else config.listen.port)
+    local = config.local
+    if args.repository:
+        local = dataclasses.replace(local, repository=args.repository)
+    return dataclasses.replace(config, listen=listen, local=local)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvloop
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        config = resolve_config(args)
+    except ConfigError as exc:
+        print(f"railgate serve: {exc}", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        return _run_workers(args, config)
+    from gateway.fronts.http import create_app  # here, so that building the CLI's parser stays light
+
+    app = create_app(config, args.config)
+    try:
+        uvloop.run(serve(app, config.listen, config.shutdown_grace_s, config.drain_s, reuse_port=args.reuse_port))
+    except RailgateError as exc:
+        print(f"railgate serve: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(
+            f"railgate serve: cannot listen on {config.listen.host}:{config.listen.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _free_port(host: str) -> int:
+    """A port nobody listens on now, for workers asked to share port 0."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _run_workers(args: argparse.Namespace, config: GatewayConfig) -> int:
+    """N ``railgate serve`` processes on one port (SO_REUSEPORT: the kernel spreads connections).
+    Signals are passed on; each worker drains the same way; the exit status is the worst one."""
+    port = config.listen.port or _free_port(config.listen.host)
+    argv = [sys.executable, "-m", "gateway.cli", "serve", "--workers", "1", "--reuse-port"]
+    argv += ["--host", config.listen.host, "--port", str(port), "--log-level", args.log_level]
+    if args.config:
+        argv += ["--config", str(args.config)]
+    if args.repository:
+        argv += ["--repository", args.repository]
+    workers = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(args.workers)]
+
+    def forward(sig: int, _frame: object) -> None:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    banners = [w.stdout.readline() for w in workers if w.stdout is not None]
+    if not all("railgate serving" in b for b in banners):
+        forward(signal.SIGTERM, None)
+        return max(w.wait() for w in workers) or 1
+    print(f"railgate serving http://{config.listen.host}:{port} workers={args.workers}", flush=True)
+    return max(w.wait() for w in workers)
+
+
+async def serve(app: web.Application, listen: Listen, grace_s: float, drain_s: float, reuse_port: bool = False) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT, then drain: print the banner once listening."""
+    from aiohttp import web
+
+    from gateway.fronts.http import GATEWAY
+
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=grace_s)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, listen.host, listen.port, backlog=1024, reuse_port=reuse_port or None)
+        await site.start()
+        port = runner.addresses[0][1] if runner.addresses else listen.port
+        gateway = app[GATEWAY]
+        models = ",".join(sorted(gateway.router.catalog)) or "none"
+        backends = ",".join(f"{b.name}({'up' if b.healthy else 'down'})" for b in gateway.backends)
+        print(f"railgate serving http://{listen.host}:{port} models={models} backends={backends}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        reloads: set[asyncio.Task[None]] = set()
+        if gateway.config_path is not None:
+            loop.add_signal_handler(signal.SIGHUP, lambda: _spawn_reload(gateway, reloads))
+        await stop.wait()
+        for task in reloads:
+            task.cancel()
+        await drain(gateway, grace_s, drain_s)
+    finally:
+        await runner.cleanup()
+    log.info("event=stopped")
+
+
+async def drain(gateway: Gateway, grace_s: float, drain_s: float) -> None:
+    """Graceful drain: readiness fails at once; every accepted request (queued or in flight) is
+    answered within ``grace_s``; the caller then closes the listener and the backends.
+
+    For ``drain_s`` the listener stays open while every reply says "Connection: close", so clients
+    with pooled connections move off them instead of racing a closing socket. Then new requests
+    are refused (503, Retry-After) rather than reset, until the accepted ones are answered.
+    """
+    gateway.draining = True
+    log.info("event=draining active=%d grace_s=%.0f", gateway.pipeline.active, grace_s)
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(min(drain_s, grace_s))  # the drain window itself
+    gateway.service.refusing = True
+    give_up = loop.time() + grace_s
+    while gateway.pipeline.active and loop.time() < give_up:  # noqa: ASYNC110 - a counter, no event
+        await asyncio.sleep(0.02)
+
+
+def _spawn_reload(gateway: Gateway, tasks: set[asyncio.Task[None]]) -> None:
+    async def reload() -> None:
+        try:
+            changes = await gateway.reload()
+            log.info("event=sighup_reload changes=%s", changes)
+        except (ConfigError, ValueError) as exc:
+            log.error("event=reload_refused error=%s", exc)
+
+    task = asyncio.get_running_loop().create_task(reload())
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
