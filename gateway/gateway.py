@@ -10,9 +10,9 @@ object only; nothing here knows HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
-import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -129,9 +129,9 @@ class Gateway:
 
     async def _close_when_idle(self, backend: Backend) -> None:
         # In-flight batches end by their deadlines at the latest, so this wait is bounded too.
-        give_up = time.monotonic() + self.config.deadlines.max_budget_ms / 1000
-        while backend.inflight > 0 and time.monotonic() < give_up:  # noqa: ASYNC110 - a counter, no event
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.deadlines.max_budget_ms / 1000):
+                await backend.wait_idle()
         self.router.remove(backend.name)
         await backend.close()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -154,12 +155,11 @@ async def drain(gateway: Gateway, grace_s: float, drain_s: float) -> None:
     """
     gateway.draining = True
     log.info("event=draining active=%d grace_s=%.0f", gateway.pipeline.active, grace_s)
-    loop = asyncio.get_running_loop()
     await asyncio.sleep(min(drain_s, grace_s))  # the drain window itself
     gateway.service.refusing = True
-    give_up = loop.time() + grace_s
-    while gateway.pipeline.active and loop.time() < give_up:  # noqa: ASYNC110 - a counter, no event
-        await asyncio.sleep(0.02)
+    with contextlib.suppress(TimeoutError):  # past the grace period the listener closes regardless
+        async with asyncio.timeout(grace_s):
+            await gateway.pipeline.wait_idle()
 
 
 def _spawn_reload(gateway: Gateway, tasks: set[asyncio.Task[None]]) -> None:
