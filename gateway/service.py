@@ -30,7 +30,9 @@ from railcore.errors import DeadlineExceeded, Draining, Forbidden, PayloadTooLar
 from railcore.protocol.types import InferRequest, InferResponse, Tensor
 
 
-@dataclass(frozen=True, slots=True)
+# Ticket and Served are built on every call and never changed, but not frozen: a frozen dataclass's
+# __init__ sets each field through object.__setattr__, about four times the cost of a plain one.
+@dataclass(slots=True)
 class Ticket:
     """An admitted call: who it is for, what it runs, and how it is routed; the body is still unread."""
 
@@ -42,7 +44,7 @@ class Ticket:
     tenant: Tenant | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Served:
     """The answer to one call and the reply headers that describe it (backend, batch, timings)."""
 
