@@ -7,6 +7,7 @@ else in the gateway reads files or the environment for settings.
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,17 @@ from railcore.settings import ConfigError, build_section, read_yaml
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 _KEY_HASH = re.compile(r"^sha256\$[0-9a-f]{32}\$[0-9a-f]{64}$")
-PRIORITIES = ("high", "normal", "low")
+
+
+class Priority(enum.StrEnum):
+    """A request's admission priority (``X-Priority``): lower priorities are shed first."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+PRIORITIES: tuple[Priority, ...] = tuple(Priority)
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,10 @@ class Metrics:
             "railgate_hub_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open", ["backend"], registry=r
         )
         self.ejections = Counter("railgate_hub_ejections", "Hubs ejected by outlier detection", ["backend"], registry=r)
+        self.hub_failures = Counter(
+            "railgate_hub_failures", "Failed batches by backend and cause (unreachable, protocol, error, timeout, "
+            "rejected: the request's fault, never counted against the hub)", ["backend", "cause"], registry=r,
+        )  # fmt: skip
         self.selections = Counter(
             "railgate_route_selections", "Batches sent, by backend, policy and reason", ["backend", "policy", "reason"],
             registry=r,

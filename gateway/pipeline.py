@@ -3,6 +3,10 @@
 This is the asyncio shell around the pure ``BatchQueue`` policy and the router. Each batch key
 has a lane: a queue, a runner task that applies the flush decision, and the count of its batches in
 flight. Every task here is owned by the pipeline and cancelled or awaited in ``close``.
+
+Deadlines and flush timers are on the event loop's clock (asyncio's timers run on it). Queue time is
+measured on ``clock``, the router's by default: high resolution, where uvloop's ``loop.time()``
+moves in 1 ms steps, and virtual when the router's is.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gateway.config import Admission, Batching, Limits, Routing
+from gateway.config import Admission, Batching, Limits, Priority, Routing
 from gateway.metrics import Metrics
 from gateway.routing.forward import Batch, Forwarder
 from gateway.routing.policy import Route
@@ -23,7 +27,16 @@ from gateway.routing.router import Router
 from gateway.routing.state import batch_bucket
 from railcore.batching import BatchPolicy, BatchQueue, Flush, Pending
 from railcore.catalog import ModelInfo
-from railcore.errors import ClientGone, DeadlineExceeded, HubFailed, NoBackend, Overloaded, RailgateError
+from railcore.errors import (
+    ClientGone,
+    DeadlineExceeded,
+    Draining,
+    HubFailed,
+    PredictedMiss,
+    QueueFull,
+    RailgateError,
+    Shedding,
+)
 from railcore.protocol.types import InferRequest
 
 log = logging.getLogger("railgate.pipeline")
@@ -59,14 +72,28 @@ class Admitted:
     request: InferRequest
     future: asyncio.Future[BatchResult]
     gone: Callable[[], bool]  # the client went away
+    queued_at: float  # on the pipeline's measuring clock, for queue time
 
     def abandoned(self) -> bool:
         return self.future.done() or self.gone()
 
 
+@dataclass(frozen=True, slots=True)
+class LaneKey:
+    """The batch key: requests share a batch only if all four agree."""
+
+    model: str
+    version: str
+    route: Route  # policy and residency
+    budget_class: int  # index into BUDGET_CLASSES_S
+
+    def _index(self) -> tuple[str, str, Route, int]:
+        return (self.model, self.version, self.route, self.budget_class)
+
+
 @dataclass(slots=True)
 class Lane:
-    key: tuple[str, str, Route, int]  # the batch key: model, version, routing constraints, budget class
+    key: LaneKey
     info: ModelInfo
     queue: BatchQueue[Admitted]
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
@@ -86,15 +113,28 @@ class Pipeline:
         metrics: Metrics,
         routing: Routing | None = None,
         admission: Admission | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.router = router
         self.batching = batching
         self.limits = limits
         self.metrics = metrics
-        self.admission = admission or Admission()
+        self.admission = a = admission or Admission()
+        self.clock = clock or router.clock  # durations; deadlines are on the loop's clock
         self.active = 0  # requests admitted and not yet answered (the retry budget's base)
-        self.forwarder = Forwarder(router, routing or router.config, metrics, lambda: self.active)
-        self.lanes: dict[tuple[str, str, Route, int], Lane] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.forwarder = Forwarder(router, routing or router.config, metrics, lambda: self.active, self.clock)
+        self.lanes: dict[LaneKey, Lane] = {}
+        # The per-request lookup, by the same four values: a tuple is built and hashed several times
+        # faster than a frozen dataclass, and every request looks its lane up.
+        self._lane_index: dict[tuple[str, str, Route, int], Lane] = {}
+        # Admitted requests at which each priority is shed (high only when the gateway is full).
+        self._shed_at = {
+            Priority.LOW: a.shed_low_at * a.max_active_requests,
+            Priority.NORMAL: a.shed_normal_at * a.max_active_requests,
+            Priority.HIGH: float(a.max_active_requests),
+        }
         self._dispatches: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -110,18 +150,19 @@ class Pipeline:
         )
 
     def _lane(self, info: ModelInfo, version: str, route: Route, budget_class: int) -> Lane:
-        key = (info.name, version, route, budget_class)
-        lane = self.lanes.get(key)
+        lane = self._lane_index.get((info.name, version, route, budget_class))
         if lane is None or lane.info is not info:  # first use, or the catalog changed
-            if lane is not None and lane.runner is not None:
-                lane.runner.cancel()
+            old = lane
+            if old is not None and old.runner is not None:
+                old.runner.cancel()
+            key = LaneKey(info.name, version, route, budget_class)
             lane = Lane(key, info, BatchQueue(self._policy(info)))
             lane.runner = asyncio.get_running_loop().create_task(self._run(lane), name=f"lane-{info.name}")
-            if key in self.lanes:
+            if old is not None:
                 # Requests still queued on the old lane move over, in order.
-                for pending in self.lanes[key].queue.take(len(self.lanes[key].queue)):
+                for pending in old.queue.take(len(old.queue)):
                     lane.queue.push(pending.item, pending.rows, pending.deadline, pending.enqueued)
-            self.lanes[key] = lane
+            self.lanes[key] = self._lane_index[key._index()] = lane
         return lane
 
     async def submit(
@@ -132,24 +173,26 @@ class Pipeline:
         deadline: float,
         gone: Callable[[], bool],
         route: Route = DEFAULT_ROUTE,
-        priority: str = "normal",
+        priority: Priority = Priority.NORMAL,
     ) -> BatchResult:
         """Queue a validated request; return its share of the batch it ran in."""
         if self._closing:
-            raise NoBackend("gateway is shutting down")
+            raise Draining("gateway is shutting down")
         loop = asyncio.get_running_loop()
         self._admit(priority)
         lane = self._lane(info, request.version, route, budget_class(deadline - loop.time()))
         if len(lane.queue) >= self.limits.max_queued_requests:
-            raise Overloaded(
+            raise QueueFull(
                 f"queue for model {info.name!r} is full ({len(lane.queue)} requests)", headers={"Retry-After": "1"}
             )
         if self.admission.refuse_predicted_misses:
             self._refuse_predicted_miss(lane, rows, deadline - loop.time())
-        admitted = Admitted(request, loop.create_future(), gone)
+        admitted = Admitted(request, loop.create_future(), gone, self.clock())
         lane.queue.push(admitted, rows, deadline, loop.time())
         self.metrics.queue_depth.labels(info.name).inc()
         lane.wakeup.set()
+        if not self.active:
+            self._idle.clear()
         self.active += 1
         try:
             async with asyncio.timeout_at(deadline):
@@ -158,18 +201,21 @@ class Pipeline:
             raise DeadlineExceeded(f"latency budget ran out for model {info.name!r}") from None
         finally:
             self.active -= 1
+            if not self.active:
+                self._idle.set()
             if not admitted.future.done():
                 admitted.future.cancel()  # the runner drops it before its batch is sent
 
-    def _admit(self, priority: str) -> None:
+    async def wait_idle(self) -> None:
+        """Return once no accepted request is in progress (the drain awaits this)."""
+        await self._idle.wait()
+
+    def _admit(self, priority: Priority) -> None:
         """Refuse at once when the gateway is full; lower priorities are shed first."""
-        a = self.admission
-        limit = {"low": a.shed_low_at, "normal": a.shed_normal_at}.get(priority, 1.0) * a.max_active_requests
-        if self.active >= limit:
+        if self.active >= self._shed_at.get(priority, self._shed_at[Priority.HIGH]):
             self.metrics.shed.labels(priority).inc()
-            raise Overloaded(
+            raise Shedding(
                 f"gateway is at capacity ({self.active} requests in progress); {priority} priority is shed first",
-                status=503,
                 headers={"Retry-After": "1"},
             )
 
@@ -182,10 +228,9 @@ class Pipeline:
         waiting = batches_ahead * service / max(self.batching.max_inflight_batches, 1)
         if waiting + service > budget_s and batches_ahead > 0:
             self.metrics.shed.labels("predicted_miss").inc()
-            raise Overloaded(
+            raise PredictedMiss(
                 f"predicted wait {1000 * waiting:.0f} ms plus service {1000 * service:.0f} ms exceeds the "
                 f"budget of {1000 * budget_s:.0f} ms for model {lane.info.name!r}",
-                status=503,
                 headers={"Retry-After": "1"},
             )
 
@@ -223,7 +268,7 @@ class Pipeline:
         bucket = batch_bucket(max(lane.queue.rows, 1))
         cached = lane.estimates.get(bucket)
         if cached is None:
-            model, _, route, _ = lane.key
+            model, route = lane.key.model, lane.key.route
             estimates = [self.router.predicted_s(b, model, bucket) for b in self.router.candidates(model, route)]
             known = [e for e in estimates if e is not None]
             cached = lane.estimates[bucket] = min(known) if known else 0.0
@@ -235,18 +280,17 @@ class Pipeline:
             pending.item.future.set_exception(error)
 
     async def _dispatch(self, lane: Lane, batch: list[Pending[Admitted]]) -> None:
-        loop = asyncio.get_running_loop()
         info = lane.info
-        start = loop.time()
+        start = self.clock()
         rows = sum(p.rows for p in batch)
-        model, version, route, _ = lane.key
+        key = lane.key
         try:
             inputs = await self._gather(batch)
             forwarded = await self.forwarder.forward(
                 Batch(
-                    model,
-                    version,
-                    route,
+                    key.model,
+                    key.version,
+                    key.route,
                     inputs,
                     _union_outputs(info, batch),
                     rows if info.max_batch_size else 0,
@@ -264,10 +308,9 @@ class Pipeline:
                     share = forwarded.outputs
                 offset += pending.rows
                 if not pending.item.future.done():
-                    self.metrics.queue_wait.labels(info.name).observe(start - pending.enqueued)
-                    result = BatchResult(
-                        share, forwarded.backend, rows, forwarded.reason, start - pending.enqueued, forwarded.backend_s
-                    )
+                    queue_s = start - pending.item.queued_at
+                    self.metrics.queue_wait.labels(info.name).observe(queue_s)
+                    result = BatchResult(share, forwarded.backend, rows, forwarded.reason, queue_s, forwarded.backend_s)
                     pending.item.future.set_result(result)
         except RailgateError as exc:
             for pending in batch:
@@ -306,7 +349,7 @@ class Pipeline:
             if lane.runner is not None:
                 lane.runner.cancel()
             for pending in lane.queue.take(len(lane.queue)):
-                self._fail(pending, NoBackend("gateway is shutting down"))
+                self._fail(pending, Draining("gateway is shutting down"))
         runners = [lane.runner for lane in self.lanes.values() if lane.runner is not None]
         await asyncio.gather(*runners, return_exceptions=True)
         if self._dispatches:

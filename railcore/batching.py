@@ -16,6 +16,7 @@ A batch is flushed when
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -45,10 +46,20 @@ class Pending(Generic[T]):
     enqueued: float
 
 
+class FlushReason(enum.StrEnum):
+    """Why a batch was sent (the ``reason`` label of ``railgate_batches``)."""
+
+    FULL = "full"
+    IDLE = "idle"
+    PREFERRED = "preferred"
+    SLACK = "slack"
+    DELAY = "delay"
+
+
 @dataclass(frozen=True, slots=True)
 class Flush:
     count: int  # the first ``count`` queued requests form the batch
-    reason: str  # full | idle | preferred | slack | delay
+    reason: FlushReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,16 +129,16 @@ class BatchQueue(Generic[T]):
             return Wait(None)
         policy = self.policy
         if self.rows >= policy.max_batch_size:
-            return Flush(self._fitting(policy.max_batch_size), "full")
+            return Flush(self._fitting(policy.max_batch_size), FlushReason.FULL)
         if inflight < policy.max_inflight_batches:
-            return Flush(len(self._queue), "idle")
+            return Flush(len(self._queue), FlushReason.IDLE)
         preferred = policy.preferred_flush_rows
         if preferred is not None and self.rows >= preferred:
-            return Flush(self._fitting(preferred), "preferred")
+            return Flush(self._fitting(preferred), FlushReason.PREFERRED)
         slack_at = self._earliest_deadline - service_s
         if now >= slack_at:
-            return Flush(len(self._queue), "slack")
+            return Flush(len(self._queue), FlushReason.SLACK)
         delay_at = self._queue[0].enqueued + policy.max_queue_delay_s
         if now >= delay_at:
-            return Flush(len(self._queue), "delay")
+            return Flush(len(self._queue), FlushReason.DELAY)
         return Wait(min(slack_at, delay_at))

@@ -1,39 +1,74 @@
-"""The one error hierarchy. Each error knows its HTTP status; one middleware maps it to a reply.
+"""The one error hierarchy, by cause. Each error knows its HTTP status; one middleware maps it to a reply.
 
     RailgateError                 500  something we did not expect (a bug: logged with traceback)
     ├── BadRequest                400  malformed body, unknown datatype, shape/size mismatch, bad header
-    │   └── UnknownPolicy         400  (issue 4)
+    │   └── HubRejected           400  the hub refused the request (its 4xx): the request's fault, so no
+    │                                  failover and no mark against the hub
     ├── Unauthorized              401
     ├── Forbidden                 403
     ├── ModelNotFound             404  unknown model or version
     ├── RequestTimeout            408  the body did not arrive in time (slow clients)
     ├── PayloadTooLarge           413  body or tensor over the configured limit
-    ├── Overloaded                429  over a rate, quota or queue bound; 503 when the gateway is full
-                                       or a predicted wait exceeds the budget (carries Retry-After)
+    ├── Overloaded                     over a bound; carries Retry-After (raise a subclass)
+    │   ├── RateLimited           429  over a tenant's request rate
+    │   ├── QuotaExceeded         429  over a tenant's daily quota
+    │   ├── QueueFull             429  a model's queue holds ``max_queued_requests``
+    │   ├── Shedding              503  the gateway is at capacity (lower priorities are shed first)
+    │   ├── PredictedMiss         503  the predicted queue wait plus service exceeds the budget
+    │   └── Draining              503  the gateway is shutting down: retry on another instance
     ├── ClientGone                499  the client went away before its batch was sent (nobody reads it)
-    ├── HubFailed                 502  the hub answered with an error, garbage, or closed
+    ├── HubFailed                 502  a backend did not serve the batch (fails over; raise a subclass)
+    │   ├── HubUnreachable        502  connect refused, connection reset or closed mid-reply
+    │   ├── HubProtocolError      502  garbage, a short or missing output, an undecodable reply
+    │   └── HubError              502  the hub's own error (its 5xx), or the local runtime failing
     ├── NoBackend                 503  no healthy backend serves the model (within the constraints)
     └── DeadlineExceeded          504  the request's latency budget ran out
+
+4xx/429 say "you (or your tenant) did something"; 503 says "this gateway cannot now, try elsewhere".
+Foreign errors (aiohttp, gRPC, ONNX Runtime) are translated into these once, where they arise, in
+``gateway/backends/``; everything above that layer acts on the class. A hub failure also names its
+``cause`` (a ``Cause``), which the circuit breaker counts.
 
 Messages say what was wrong and what was expected: they go to the client as ``{"error": msg}``.
 """
 
 from __future__ import annotations
 
+import enum
+from typing import ClassVar
+
+
+class Cause(enum.StrEnum):
+    """Why a call to a backend did not succeed: what the breaker counts, and what metrics label."""
+
+    UNREACHABLE = "unreachable"  # connect refused, reset, closed: counts against the hub
+    PROTOCOL = "protocol"  # the hub answered something unreadable: counts against the hub
+    ERROR = "error"  # the hub's own error (5xx): counts against the hub
+    TIMEOUT = "timeout"  # no answer within the hub's own p95: counts against the hub
+    REJECTED = "rejected"  # the hub's 4xx: the request's fault, never counts against the hub
+
 
 class RailgateError(Exception):
     status = 500
 
+    # ``status=`` is kept only until the fronts raise ``Draining`` instead of ``Overloaded(status=503)``;
+    # new code raises the class whose status it means.
     def __init__(self, message: str, *, headers: dict[str, str] | None = None, status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
-        if status is not None:  # e.g. Overloaded as 503 when the whole gateway, not one client, is full
+        if status is not None:
             self.status = status
 
 
 class BadRequest(RailgateError):
     status = 400
+
+
+class HubRejected(BadRequest):
+    """The hub answered 4xx: the request, not the hub, is at fault."""
+
+    cause: ClassVar[Cause] = Cause.REJECTED
 
 
 class Unauthorized(RailgateError):
@@ -57,7 +92,33 @@ class PayloadTooLarge(RailgateError):
 
 
 class Overloaded(RailgateError):
+    """Over a bound. Raise the subclass that says which; the base answers 429 for old callers."""
+
     status = 429
+
+
+class RateLimited(Overloaded):
+    status = 429
+
+
+class QuotaExceeded(Overloaded):
+    status = 429
+
+
+class QueueFull(Overloaded):
+    status = 429
+
+
+class Shedding(Overloaded):
+    status = 503
+
+
+class PredictedMiss(Overloaded):
+    status = 503
+
+
+class Draining(Overloaded):
+    status = 503
 
 
 class ClientGone(RailgateError):
@@ -65,7 +126,22 @@ class ClientGone(RailgateError):
 
 
 class HubFailed(RailgateError):
+    """A backend did not serve the batch: the forwarder fails over, the breaker counts ``cause``."""
+
     status = 502
+    cause: ClassVar[Cause] = Cause.ERROR
+
+
+class HubUnreachable(HubFailed):
+    cause = Cause.UNREACHABLE
+
+
+class HubProtocolError(HubFailed):
+    cause = Cause.PROTOCOL
+
+
+class HubError(HubFailed):
+    cause = Cause.ERROR
 
 
 class NoBackend(RailgateError):

@@ -31,7 +31,7 @@ def test_after_the_backoff_one_trial_batch_goes_through() -> None:
     b.eject(0.0)
     assert b.share(0.99) == 0.0
     assert b.share(1.0) == 1.0 and b.state is BreakerState.HALF_OPEN
-    b.on_send()
+    b.on_send(1.0)
     assert b.share(1.0) == 0.0, "a second batch must wait for the trial's outcome"
 
 
@@ -54,7 +54,7 @@ def test_successful_trial_closes_and_the_hub_ramps_up_slowly() -> None:
     b = Breaker(POLICY)
     b.eject(0.0)
     b.share(1.0)
-    b.on_send()
+    b.on_send(1.0)
     assert b.on_success(1.5)
     assert b.state is BreakerState.CLOSED
     assert b.share(1.5) == pytest.approx(0.1)

@@ -13,8 +13,9 @@ from gateway.routing.policy import Route
 from gateway.routing.router import Router
 from gateway.routing.state import BackendState, batch_bucket
 from gateway.routing.tariff import price_now
+from railcore.breaker import BreakerState
 from railcore.catalog import ModelInfo, TensorMeta
-from railcore.errors import NoBackend
+from railcore.errors import Cause, NoBackend
 
 INFO = ModelInfo("m", ("1",), "onnx", (TensorMeta("x", "FP32", (-1, 4)),), (TensorMeta("y", "FP32", (-1, 1)),), 64)
 
@@ -78,6 +79,34 @@ def test_failures_eject_a_hub_and_the_router_stops_choosing_it() -> None:
     assert all(router.choose("m", 1.0, Route()).backend is b for _ in range(20))
     clock.now = 1.0  # the 1 s ejection is over: half-open, one trial batch
     assert {x.name for x in router.candidates("m")} == {"a", "b"}
+
+
+def test_batches_already_sent_to_a_dead_hub_eject_it_once() -> None:
+    clock = FakeClock()
+    a, b = StaticBackend("a", price=1.0), StaticBackend("b", price=2.0)
+    router = router_with(a, b, clock=clock)
+    sent = [router.choose("m", 1.0, Route("cheapest")) for _ in range(10)]
+    assert {s.backend.name for s in sent} == {"a"}
+    for selection in sent:
+        router.report(a, "m", 1, 0.01, ok=False, ticket=selection.ticket, cause=Cause.UNREACHABLE)
+    breaker = router.breakers["a"]
+    assert breaker.ejections == 1 and breaker.open_until == pytest.approx(1.0), "the back-off did not grow"
+    assert breaker.failures_by_cause == {Cause.UNREACHABLE: 10}
+
+
+def test_a_released_trial_lets_the_next_batch_try_the_hub_again() -> None:
+    clock = FakeClock()
+    a, b = StaticBackend("a", price=1.0), StaticBackend("b", price=2.0)
+    router = router_with(a, b, clock=clock)
+    router.report(a, "m", 1, 0.01, ok=False)
+    router.report(a, "m", 1, 0.01, ok=False)
+    clock.now = 1.0
+    trial = router.choose("m", 1.0, Route("cheapest"))
+    assert trial.backend is a and trial.ticket is not None and trial.ticket.trial
+    assert [x.name for x in router.candidates("m")] == ["b"], "one trial at a time"
+    router.release(a, trial.ticket, Cause.REJECTED)
+    assert {x.name for x in router.candidates("m")} == {"a", "b"}
+    assert router.breakers["a"].state is BreakerState.HALF_OPEN
 
 
 def test_draining_hub_gets_no_new_batches() -> None:

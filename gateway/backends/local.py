@@ -2,30 +2,45 @@
 
 Sessions run in a thread pool: ONNX Runtime releases the GIL, so the event loop keeps serving while
 a batch computes. A run that outlives its deadline is told to stop (``RunOptions.terminate``).
+ONNX Runtime's failures become ``HubError`` here, once (``_ort_errors``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from gateway.backends import Backend
+from gateway.backends import Backend, BackendKind
 from gateway.config import Local
 from railcore.catalog import ModelInfo
-from railcore.errors import DeadlineExceeded, HubFailed, ModelNotFound, NoBackend
+from railcore.errors import DeadlineExceeded, HubError, ModelNotFound, NoBackend
 from railcore.onnx import bytes_elements, choose_providers, ort_strings
 from railcore.repository import RepositoryError, model_info, read_repository
 
 log = logging.getLogger("railgate.local")
 
 
+@contextlib.contextmanager
+def _ort_errors(model: str, run_options: ort.RunOptions) -> Iterator[None]:
+    """ONNX Runtime's failures during one run, as ours; a run past its deadline is told to stop."""
+    try:
+        yield
+    except TimeoutError:
+        run_options.terminate = True  # stop the run in its thread; its result is not wanted
+        raise DeadlineExceeded(f"deadline passed while {model!r} ran locally") from None
+    except Exception as exc:
+        raise HubError(f"local onnxruntime failed on {model!r}: {exc}") from exc
+
+
 class LocalBackend(Backend):
-    kind = "local"
+    kind = BackendKind.LOCAL
 
     def __init__(self, config: Local) -> None:
         # The gateway's own machine: wherever the gateway is, so no residency rule excludes it.
@@ -87,13 +102,9 @@ class LocalBackend(Backend):
         future = loop.run_in_executor(self.pool, session.run, outputs, feed, run_options)
         self.inflight += 1
         try:
-            async with asyncio.timeout_at(deadline):
-                results = await asyncio.shield(future)
-        except TimeoutError:
-            run_options.terminate = True  # stop the run in its thread; its result is not wanted
-            raise DeadlineExceeded(f"deadline passed while {model!r} ran locally") from None
-        except Exception as exc:
-            raise HubFailed(f"local onnxruntime failed on {model!r}: {exc}") from exc
+            with _ort_errors(model, run_options):
+                async with asyncio.timeout_at(deadline):
+                    results = await asyncio.shield(future)
         finally:
             self.inflight -= 1
         return {n: bytes_elements(r) if r.dtype.kind == "O" else r for n, r in zip(outputs, results, strict=True)}

@@ -3,23 +3,38 @@
 Tensors always travel to the hub as raw bytes, never as JSON numbers. Each hub has one pooled,
 keep-alive connection set. The remaining budget goes to Triton as its ``timeout`` parameter and
 the call itself never outlives the batch's deadline.
+
+Each protocol's failures are translated here, once, by cause (``_http_errors``, ``_http_status``,
+``_decoded``; ``_grpc_errors``): the transport failing is ``HubUnreachable``, a reply we cannot
+read is ``HubProtocolError``, the hub's 5xx is ``HubError``, its 4xx ``HubRejected`` (the
+request's fault), and the deadline passing ``DeadlineExceeded``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.backends import Backend
+from gateway.backends import Backend, BackendKind
 from gateway.config import HubSpec
 from railcore.catalog import ModelInfo, build_model_info
-from railcore.errors import BadRequest, DeadlineExceeded, HubFailed, RailgateError
+from railcore.errors import (
+    DeadlineExceeded,
+    HubError,
+    HubProtocolError,
+    HubRejected,
+    HubUnreachable,
+    RailgateError,
+)
 from railcore.protocol.binary import decode_outputs, serialize_bytes_tensor
 from railcore.protocol.codec import HEADER_LENGTH
 from railcore.protocol.types import triton_datatype
@@ -37,8 +52,37 @@ def _tensor_bytes(array: np.ndarray) -> bytes | memoryview:
     return memoryview(np.ascontiguousarray(array)).cast("B")  # type: ignore[arg-type]
 
 
+@contextlib.contextmanager
+def _http_errors(hub: str, model: str) -> Iterator[None]:
+    """aiohttp's and the socket's failures during one infer call, as ours."""
+    try:
+        yield
+    except TimeoutError:
+        raise DeadlineExceeded(f"hub {hub} did not answer {model!r} before the deadline") from None
+    except aiohttp.ClientResponseError as exc:  # the hub sent something that is not HTTP
+        raise HubProtocolError(f"hub {hub} failed: {exc.__class__.__name__}: {exc}") from exc
+    except (aiohttp.ClientError, OSError) as exc:  # refused, reset, closed mid-reply
+        raise HubUnreachable(f"hub {hub} failed: {exc.__class__.__name__}: {exc}") from exc
+
+
+def _http_status(hub: str, status: int, raw: bytes) -> None:
+    """The hub's HTTP status, as ours: 4xx is the request's fault, any other non-200 the hub's."""
+    if 400 <= status < 500:  # the request's fault, not the hub's: no failover, no mark against it
+        raise HubRejected(f"hub {hub} refused the request ({status}): {_error_text(raw)}")
+    if status != 200:
+        raise HubError(f"hub {hub} answered {status}: {_error_text(raw)}")
+
+
+def _decoded(hub: str, raw: bytes, length: str | None, outputs: list[str]) -> dict[str, np.ndarray]:
+    """The reply's tensors; a reply that does not parse, or lacks an output, is the hub's protocol error."""
+    try:
+        return decode_outputs(raw, int(length) if length is not None else None, outputs)
+    except (ValueError, KeyError, TypeError, RailgateError) as exc:
+        raise HubProtocolError(f"hub {hub} sent an unreadable reply: {exc}") from exc
+
+
 class TritonHttpBackend(Backend):
-    kind = "hub"
+    kind = BackendKind.HUB
 
     def __init__(self, spec: HubSpec) -> None:
         super().__init__(spec.name, spec.region, spec.price_per_1k, spec.carbon_g_per_kwh, spec.max_inflight)
@@ -66,7 +110,7 @@ class TritonHttpBackend(Backend):
         async with asyncio.timeout(timeout_s), self.session.request(method, url) as reply:
             body = await reply.read()
             if reply.status != 200:
-                raise HubFailed(f"hub {self.name}: {method} {path} answered {reply.status}: {body[:200]!r}")
+                raise HubError(f"hub {self.name}: {method} {path} answered {reply.status}: {body[:200]!r}")
             return json.loads(body)
 
     async def discover(self) -> dict[str, ModelInfo]:
@@ -103,11 +147,7 @@ class TritonHttpBackend(Backend):
         assert self.session is not None
         async with asyncio.timeout(2.0), self.session.get(self.spec.metrics_url) as reply:
             text = await reply.text()
-        return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("nv_inference_pending_request_count{")
-        )
+        return _pending_requests(text)
 
     async def infer(
         self, model: str, version: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float
@@ -136,26 +176,27 @@ class TritonHttpBackend(Backend):
         headers = {HEADER_LENGTH: str(len(head)), "Content-Type": "application/octet-stream"}
         self.inflight += 1
         try:
-            async with asyncio.timeout_at(deadline):
-                async with self.session.post(
-                    f"{_model_path(model, version)}/infer", data=body, headers=headers
-                ) as reply:
-                    raw = await reply.read()
-                    status, length = reply.status, reply.headers.get(HEADER_LENGTH)
-        except TimeoutError:
-            raise DeadlineExceeded(f"hub {self.name} did not answer {model!r} before the deadline") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise HubFailed(f"hub {self.name} failed: {exc.__class__.__name__}: {exc}") from exc
+            with _http_errors(self.name, model):
+                async with asyncio.timeout_at(deadline):
+                    async with self.session.post(
+                        f"{_model_path(model, version)}/infer", data=body, headers=headers
+                    ) as reply:
+                        raw = await reply.read()
+                        status, length = reply.status, reply.headers.get(HEADER_LENGTH)
         finally:
             self.inflight -= 1
-        if 400 <= status < 500:  # the request's fault, not the hub's: no failover, no mark against it
-            raise BadRequest(f"hub {self.name} refused the request ({status}): {_error_text(raw)}")
-        if status != 200:
-            raise HubFailed(f"hub {self.name} answered {status}: {_error_text(raw)}")
-        try:
-            return decode_outputs(raw, int(length) if length is not None else None, outputs)
-        except (ValueError, KeyError, TypeError, RailgateError) as exc:
-            raise HubFailed(f"hub {self.name} sent an unreadable reply: {exc}") from exc
+        _http_status(self.name, status, raw)
+        return _decoded(self.name, raw, length, outputs)
+
+
+def _pending_requests(text: str) -> float:
+    """Requests queued at the hub: ``nv_inference_pending_request_count`` summed over its models."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "nv_inference_pending_request_count"
+        for sample in family.samples
+    )
 
 
 def _statistics(model_stats: list[dict[str, Any]]) -> dict[str, tuple[float, float, float]]:
@@ -181,7 +222,7 @@ def _error_text(raw: bytes) -> str:
 class TritonGrpcBackend(Backend):
     """The same hub over gRPC (``protocol: grpc``): Triton can cancel a gRPC request mid-flight."""
 
-    kind = "hub"
+    kind = BackendKind.HUB
 
     def __init__(self, spec: HubSpec) -> None:
         super().__init__(spec.name, spec.region, spec.price_per_1k, spec.carbon_g_per_kwh, spec.max_inflight)
@@ -229,7 +270,6 @@ class TritonGrpcBackend(Backend):
         self, model: str, version: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float
     ) -> dict[str, np.ndarray]:
         import tritonclient.grpc as grpcclient
-        from tritonclient.utils import InferenceServerException
 
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
@@ -243,17 +283,47 @@ class TritonGrpcBackend(Backend):
         requested = [grpcclient.InferRequestedOutput(n) for n in outputs]
         self.inflight += 1
         try:
-            async with asyncio.timeout_at(deadline):
-                result = await self.client.infer(
-                    model, tensors, model_version=version, outputs=requested, client_timeout=remaining
-                )
-        except TimeoutError:
-            raise DeadlineExceeded(f"hub {self.name} did not answer {model!r} before the deadline") from None
-        except InferenceServerException as exc:
-            raise HubFailed(f"hub {self.name} failed: {exc.message()}") from exc
+            with _grpc_errors(self.name, model):
+                async with asyncio.timeout_at(deadline):
+                    result = await self.client.infer(
+                        model, tensors, model_version=version, outputs=requested, client_timeout=remaining
+                    )
         finally:
             self.inflight -= 1
-        return {n: result.as_numpy(n) for n in outputs}
+        arrays = {n: result.as_numpy(n) for n in outputs}
+        missing = [n for n, a in arrays.items() if a is None]
+        if missing:
+            raise HubProtocolError(
+                f"hub {self.name} sent an unreadable reply: reply lacks output(s) {', '.join(missing)}"
+            )
+        return arrays
+
+
+# gRPC status codes that say the request, not the hub, is wrong (as an HTTP 4xx would).
+_GRPC_REJECTED = frozenset(
+    {"INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "FAILED_PRECONDITION", "OUT_OF_RANGE",
+     "PERMISSION_DENIED", "UNAUTHENTICATED"}
+)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _grpc_errors(hub: str, model: str) -> Iterator[None]:
+    """tritonclient's gRPC failures during one infer call, as ours, by status code."""
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        yield
+    except TimeoutError:
+        raise DeadlineExceeded(f"hub {hub} did not answer {model!r} before the deadline") from None
+    except InferenceServerException as exc:
+        code = str(exc.status() or "").removeprefix("StatusCode.")
+        if code == "DEADLINE_EXCEEDED":
+            raise DeadlineExceeded(f"hub {hub} did not answer {model!r} before the deadline") from None
+        if code in _GRPC_REJECTED:
+            raise HubRejected(f"hub {hub} refused the request ({code}): {exc.message()}") from exc
+        if code == "UNAVAILABLE":
+            raise HubUnreachable(f"hub {hub} failed: {exc.message()}") from exc
+        raise HubError(f"hub {hub} failed: {exc.message()}") from exc
 
 
 def hub_backend(spec: HubSpec) -> Backend:

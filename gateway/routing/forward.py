@@ -7,23 +7,35 @@ predicted p95 is also sent to the next-best backend; the first answer wins and t
 cancelled. Over gRPC Triton cancels the loser's work; over HTTP closing the connection cannot stop
 a request Triton already queued, so the loser's compute is wasted. Hedges spend the same budget as
 retries. The deadline shrinks across retries and hedges and never resets.
+
+What a failure means is its class (railcore.errors, translated once in gateway/backends/): a
+``HubFailed`` (unreachable, protocol error, the hub's 5xx) counts against the hub and fails over; a
+timeout counts only past the hub's own p95; ``HubRejected`` (the hub's 4xx) is the request's fault:
+no failover, no mark. Every call settles its breaker ticket, whatever happens to it (cancelled as a
+hedge loser included), so a half-open trial always resolves.
+
+Deadlines are on the event loop's clock (asyncio's timers run on it). Durations (the backend's
+time, EWMA samples, the p95 comparison) are measured on ``clock``, the router's by default: a
+high-resolution monotonic clock, where uvloop's ``loop.time()`` moves in 1 ms steps.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from gateway.backends import BackendKind, require_rows
 from gateway.config import Routing
 from gateway.metrics import Metrics
 from gateway.routing.policy import Route
 from gateway.routing.router import Router, Selection
-from railcore.errors import DeadlineExceeded, HubFailed, NoBackend
+from railcore.errors import Cause, DeadlineExceeded, HubFailed, HubRejected, NoBackend
 
 log = logging.getLogger("railgate.forward")
 
@@ -73,11 +85,19 @@ class Batch:
 
 
 class Forwarder:
-    def __init__(self, router: Router, config: Routing, metrics: Metrics, active: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        router: Router,
+        config: Routing,
+        metrics: Metrics,
+        active: Callable[[], int],
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.router = router
         self.config = config
         self.metrics = metrics
         self.active = active
+        self.clock = clock or router.clock  # durations; deadlines are on the loop's clock
         self.budget = RetryBudget(config.retry_ratio, config.min_retry_concurrency)
 
     async def forward(self, batch: Batch) -> Forwarded:
@@ -100,7 +120,7 @@ class Forwarder:
                     raise
                 tried.add(selection.backend.name)
                 if failure is not None:
-                    selection = Selection(selection.backend, f"failover: {selection.reason}", selection.predicted_s)
+                    selection = dataclasses.replace(selection, reason=f"failover: {selection.reason}")
                 try:
                     return await self._attempt(batch, selection, tried)
                 except HubFailed as exc:
@@ -136,7 +156,9 @@ class Forwarder:
                     return await primary
                 tried.add(second.backend.name)
                 self.metrics.hedges.labels(second.backend.name).inc()
-                hedge = loop.create_task(self._call(batch, Selection(second.backend, f"hedge: {second.reason}", None)))
+                hedge = loop.create_task(
+                    self._call(batch, dataclasses.replace(second, reason=f"hedge: {second.reason}", predicted_s=None))
+                )
                 return await _first_success(primary, hedge)
             finally:
                 self.budget.release()
@@ -147,49 +169,62 @@ class Forwarder:
                     await primary
 
     def _hedge_delay(self, selection: Selection, batch: Batch) -> float | None:
-        if not self.config.hedge or selection.backend.kind != "hub":
+        if not self.config.hedge or selection.backend.kind != BackendKind.HUB:
             return None
         state = self.router.state[selection.backend.name].models.get(batch.model)
         p95 = state.total.p95 if state else None
         return None if p95 is None else p95 * self.config.hedge_factor
 
     async def _call(self, batch: Batch, selection: Selection) -> Forwarded:
-        backend = selection.backend
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+        backend, ticket = selection.backend, selection.ticket
+        start = self.clock()
         rows = max(batch.rows, 1)
+        settled = False  # whether the breaker ticket has been settled; if not, it is released
         self.metrics.inflight.labels(backend.name).inc()
         try:
             outputs = await backend.infer(batch.model, batch.version, batch.inputs, batch.outputs, batch.deadline)
             if batch.rows:
-                short = [k for k, v in outputs.items() if v.ndim == 0 or v.shape[0] != batch.rows]
-                if short:
-                    raise HubFailed(f"{backend.name} returned output {short[0]!r} without {batch.rows} rows")
+                require_rows(backend.name, outputs, batch.rows)
         except HubFailed as exc:
-            self.router.report(backend, batch.model, rows, loop.time() - start, ok=False)
+            settled = True
+            self._failed(batch, selection, rows, self.clock() - start, exc.cause)
             exc.headers.setdefault("X-Served-By", backend.name)
             exc.headers.setdefault("X-Route-Reason", selection.reason)
+            raise
+        except HubRejected:
+            settled = True  # the request's fault: no mark against the hub, and no failover
+            self.router.release(backend, ticket, Cause.REJECTED)
+            self.metrics.hub_failures.labels(backend.name, Cause.REJECTED).inc()
             raise
         except DeadlineExceeded as exc:
             exc.headers.setdefault("X-Served-By", backend.name)
             exc.headers.setdefault("X-Route-Reason", selection.reason)
             # A timeout counts against the hub only if it had longer than its own predicted p95:
             # a budget tighter than the backbone is the request's problem, not the hub's.
+            elapsed = self.clock() - start
             state = self.router.state[backend.name].models.get(batch.model)
             p95 = state.total.p95 if state else None
-            if p95 is None or loop.time() - start > p95:
-                self.router.report(backend, batch.model, rows, loop.time() - start, ok=False)
+            if p95 is None or elapsed > p95:
+                settled = True
+                self._failed(batch, selection, rows, elapsed, Cause.TIMEOUT)
             raise
         finally:
             self.metrics.inflight.labels(backend.name).dec()
-        elapsed = loop.time() - start
-        self.router.report(backend, batch.model, rows, elapsed, ok=True)
+            if not settled:  # cancelled (a hedge loser), cut by its own budget, or unexpected
+                self.router.release(backend, ticket)
+        elapsed = self.clock() - start
+        self.router.report(backend, batch.model, rows, elapsed, ok=True, ticket=ticket)
         self.metrics.backend_latency.labels(backend.name, batch.model).observe(elapsed)
         self.metrics.batch_size.labels(backend.name, batch.model).observe(rows)
         if selection.predicted_s:
             self.metrics.prediction_ratio.labels(backend.name).observe(elapsed / selection.predicted_s)
         self.metrics.selections.labels(backend.name, batch.route.policy, selection.reason).inc()
         return Forwarded(backend.name, selection.reason, outputs, elapsed)
+
+    def _failed(self, batch: Batch, selection: Selection, rows: int, elapsed: float, cause: Cause) -> None:
+        backend = selection.backend
+        self.router.report(backend, batch.model, rows, elapsed, ok=False, ticket=selection.ticket, cause=cause)
+        self.metrics.hub_failures.labels(backend.name, cause).inc()
 
 
 async def _first_success(*tasks: asyncio.Task[Forwarded]) -> Forwarded:

@@ -11,13 +11,27 @@ batches) seeing the same table do not herd onto one hub.
 
 from __future__ import annotations
 
+import enum
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.backends import BackendKind
 from gateway.routing.state import BackendView
 
-POLICIES = ("nearest", "cheapest", "balanced", "greenest", "round_robin", "least_loaded")
+
+class Policy(enum.StrEnum):
+    """How a batch's hub is chosen (the ``X-Route-Policy`` header and ``routing.default_policy``)."""
+
+    NEAREST = "nearest"
+    CHEAPEST = "cheapest"
+    BALANCED = "balanced"
+    GREENEST = "greenest"
+    ROUND_ROBIN = "round_robin"
+    LEAST_LOADED = "least_loaded"
+
+
+POLICIES: tuple[Policy, ...] = tuple(Policy)
 # Scores within this fraction of the best (or this many seconds, for latencies) count as a tie.
 NEAR_TIE_FRACTION = 0.05
 NEAR_TIE_ABS_S = 0.0005
@@ -27,7 +41,7 @@ NEAR_TIE_ABS_S = 0.0005
 class Route:
     """A request's routing constraints; part of its batch key, so batches never mix them."""
 
-    policy: str = "nearest"
+    policy: Policy = Policy.NEAREST
     regions: frozenset[str] | None = None  # allowed regions (residency); None: anywhere
 
     def allows(self, region: str) -> bool:
@@ -65,6 +79,61 @@ def _pick(views: list[BackendView], score: Callable[[BackendView], float], rng: 
     return a if _load(a) < _load(b) else b
 
 
+@dataclass(frozen=True, slots=True)
+class _Table:
+    """What one choice sees: the hubs, those whose prediction fits the budget, and the tie-breakers."""
+
+    hubs: list[BackendView]
+    fitting: list[BackendView]
+    rng: random.Random
+    turn: int
+    balance_weight: float
+
+
+def _round_robin(t: _Table) -> Decision:
+    ordered = sorted(t.hubs, key=lambda h: h.name)
+    return Decision(ordered[t.turn % len(ordered)], "round_robin: next in turn")
+
+
+def _least_loaded(t: _Table) -> Decision:
+    return Decision(_pick(t.hubs, _load, t.rng), "least_loaded: fewest batches in flight per capacity")
+
+
+def _nearest(t: _Table) -> Decision:
+    return Decision(_pick(t.hubs, _latency, t.rng), "nearest: lowest predicted latency")
+
+
+def _cheapest(t: _Table) -> Decision:
+    return Decision(_pick(t.fitting, lambda h: h.price_per_1k, t.rng), "cheapest: lowest price within budget")
+
+
+def _greenest(t: _Table) -> Decision:
+    return Decision(_pick(t.fitting, lambda h: h.carbon_g_per_kwh, t.rng), "greenest: lowest carbon within budget")
+
+
+def _balanced(t: _Table) -> Decision:
+    max_price = max(h.price_per_1k for h in t.fitting) or 1.0
+    max_latency = max(_latency(h) for h in t.fitting) or 1.0
+    w = t.balance_weight
+
+    def score(h: BackendView) -> float:
+        return w * h.price_per_1k / max_price + (1 - w) * _latency(h) / max_latency
+
+    return Decision(_pick(t.fitting, score, t.rng), "balanced: price and latency weighed within budget")
+
+
+# Each policy's rule, and whether it chooses among the hubs that fit the budget (when none fits,
+# such a policy takes the fastest hub instead).
+_RULES: dict[str, tuple[Callable[[_Table], Decision], bool]] = {
+    Policy.ROUND_ROBIN: (_round_robin, False),
+    Policy.LEAST_LOADED: (_least_loaded, False),
+    Policy.NEAREST: (_nearest, False),
+    Policy.CHEAPEST: (_cheapest, True),
+    Policy.GREENEST: (_greenest, True),
+    Policy.BALANCED: (_balanced, True),
+}
+
+
 def choose(
     candidates: list[BackendView],
     budget_s: float,
@@ -76,33 +145,18 @@ def choose(
     """Pick the backend for one batch. ``turn`` counts batches, for round_robin."""
     if not candidates:
         raise ValueError("no candidates")
-    hubs = [c for c in candidates if c.kind == "hub"]
-    local = next((c for c in candidates if c.kind == "local"), None)
+    hubs = [c for c in candidates if c.kind == BackendKind.HUB]
+    local = next((c for c in candidates if c.kind == BackendKind.LOCAL), None)
     if not hubs:
         assert local is not None
         return Decision(local, "local: no hub can serve")
     fitting = [h for h in hubs if _fits(h, budget_s)]
     if not fitting and local is not None and _fits(local, budget_s):
         return Decision(local, "local: no hub fits the budget")
-    if policy == "round_robin":
-        ordered = sorted(hubs, key=lambda h: h.name)
-        return Decision(ordered[turn % len(ordered)], "round_robin: next in turn")
-    if policy == "least_loaded":
-        return Decision(_pick(hubs, _load, rng), "least_loaded: fewest batches in flight per capacity")
-    if policy == "nearest":
-        return Decision(_pick(hubs, _latency, rng), "nearest: lowest predicted latency")
-    if not fitting:
+    try:
+        rule, within_budget = _RULES[policy]
+    except KeyError:
+        raise ValueError(f"unknown policy {policy!r}") from None
+    if within_budget and not fitting:
         return Decision(_pick(hubs, _latency, rng), f"{policy}: no hub fits the budget, fastest")
-    if policy == "cheapest":
-        return Decision(_pick(fitting, lambda h: h.price_per_1k, rng), "cheapest: lowest price within budget")
-    if policy == "greenest":
-        return Decision(_pick(fitting, lambda h: h.carbon_g_per_kwh, rng), "greenest: lowest carbon within budget")
-    if policy == "balanced":
-        max_price = max(h.price_per_1k for h in fitting) or 1.0
-        max_latency = max(_latency(h) for h in fitting) or 1.0
-
-        def score(h: BackendView) -> float:
-            return balance_weight * h.price_per_1k / max_price + (1 - balance_weight) * _latency(h) / max_latency
-
-        return Decision(_pick(fitting, score, rng), "balanced: price and latency weighed within budget")
-    raise ValueError(f"unknown policy {policy!r}")
+    return rule(_Table(hubs, fitting, rng, turn, balance_weight))

@@ -1,7 +1,13 @@
 """The router: which backends serve which model, their live state, and who gets the next batch.
 
-Pure apart from the clock it is given: the gateway passes ``time.monotonic`` and the routing
-simulator in bench/ passes a virtual clock, and both run this very code.
+Pure apart from the clock it is given: the gateway passes ``time.monotonic`` (nanosecond
+resolution) and the routing simulator in bench/ passes a virtual clock, and both run this very
+code. The clock timestamps latency samples and breaker events; the forwarder and the pipeline
+measure durations on it too, so one injected clock makes a whole run virtual.
+
+Each chosen batch carries its breaker ``Ticket`` in its ``Selection``; whoever sends it settles it
+with ``report`` (success or failure, by cause) or ``release`` (an outcome that says nothing about
+the hub), so a half-open trial always resolves.
 """
 
 from __future__ import annotations
@@ -13,13 +19,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.backends import Backend
+from gateway.backends import Backend, BackendKind
 from gateway.config import Health, Routing
 from gateway.routing.policy import Route, choose
 from gateway.routing.state import BackendState, BackendView
-from railcore.breaker import Breaker, BreakerPolicy, BreakerState
+from railcore.breaker import Breaker, BreakerPolicy, BreakerState, Ticket
 from railcore.catalog import ModelInfo
-from railcore.errors import ModelNotFound, NoBackend
+from railcore.errors import Cause, ModelNotFound, NoBackend
 
 log = logging.getLogger("railgate.router")
 
@@ -31,6 +37,7 @@ class Selection:
     backend: Backend
     reason: str
     predicted_s: float | None
+    ticket: Ticket | None = None  # the breaker's pass for this batch: settle it with report or release
 
 
 class Router:
@@ -61,7 +68,7 @@ class Router:
         self._serving: dict[str, list[Backend]] = {}
         self._turn = 0
         self.recent: deque[dict[str, object]] = deque(maxlen=20)
-        self.on_state_change: Callable[[str, str], None] = lambda backend, state: None
+        self.on_state_change: Callable[[str, BreakerState], None] = lambda backend, state: None
         for backend in backends:
             self.add(backend)
 
@@ -140,7 +147,7 @@ class Router:
             for b in self._serving.get(model, ())
             if b.name not in exclude
             and self.usable(b, now)
-            and (route is None or b.kind == "local" or route.allows(b.region))
+            and (route is None or b.kind == BackendKind.LOCAL or route.allows(b.region))
         ]
 
     def predicted_s(self, backend: Backend, model: str, rows: int = 1) -> float | None:
@@ -191,31 +198,51 @@ class Router:
         )
         backend = next(b for b in candidates if b.name == decision.backend.name)
         self.state[backend.name].selections += 1
-        self.breakers[backend.name].on_send()
+        ticket = self.breakers[backend.name].on_send(now)
         self.recent.append(
             {"model": model, "backend": backend.name, "policy": route.policy, "reason": decision.reason, "rows": rows}
         )
-        return Selection(backend, decision.reason, decision.backend.predicted_s)
+        return Selection(backend, decision.reason, decision.backend.predicted_s, ticket)
 
     # -- outcomes --------------------------------------------------------------------------------
 
-    def report(self, backend: Backend, model: str, rows: int, seconds: float, ok: bool) -> None:
-        """Record a batch's outcome: latency EWMAs, error rate, and the breaker."""
+    def report(
+        self,
+        backend: Backend,
+        model: str,
+        rows: int,
+        seconds: float,
+        ok: bool,
+        *,
+        ticket: Ticket | None = None,
+        cause: Cause = Cause.ERROR,
+    ) -> None:
+        """Record a batch's outcome: latency EWMAs, error rate, and the breaker (a failure by ``cause``).
+
+        ``ticket``: the one ``choose`` gave the batch; without one the call counts as sent now."""
         now = self.clock()
         self.state[backend.name].record(model, rows, seconds, ok, now)
         breaker = self.breakers[backend.name]
         if ok:
-            if breaker.on_success(now):
+            if breaker.on_success(now, ticket):
                 log.info("event=hub_restored hub=%s", backend.name)
-                self.on_state_change(backend.name, BreakerState.CLOSED.value)
-        elif breaker.on_failure(now):
+                self.on_state_change(backend.name, BreakerState.CLOSED)
+        elif breaker.on_failure(now, ticket, cause):
             log.warning(
-                "event=hub_ejected hub=%s for_s=%.1f ejections=%d",
+                "event=hub_ejected hub=%s cause=%s for_s=%.1f ejections=%d",
                 backend.name,
-                breaker.open_until - now,
+                cause,
+                breaker.backoff_s,
                 breaker.ejections,
             )
-            self.on_state_change(backend.name, BreakerState.OPEN.value)
+            self.on_state_change(backend.name, BreakerState.OPEN)
+
+    def release(self, backend: Backend, ticket: Ticket | None, cause: Cause | None = None) -> None:
+        """A batch ended saying nothing about the hub (cancelled, the hub's 4xx, cut by its own
+        budget): its half-open trial slot, if it held it, is free again."""
+        breaker = self.breakers.get(backend.name)
+        if breaker is not None:
+            breaker.release(ticket, cause)
 
     def observe_rtt(self, backend: Backend, seconds: float) -> None:
         self.state[backend.name].rtt.update(seconds, self.clock())

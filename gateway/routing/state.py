@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gateway.backends import BackendKind
 from railcore.estimators import PeakEwma
 
 
@@ -88,7 +89,7 @@ class BackendView:
     """A snapshot of one candidate backend, as a routing policy sees it."""
 
     name: str
-    kind: str  # hub | local
+    kind: BackendKind
     predicted_s: float | None  # None: never measured for this model
     inflight: int = 0
     capacity: int = 1  # batches it takes at once (max_inflight)
