@@ -1,0 +1,91 @@
+"""The simulator's report: a Markdown table, the targets, and a cost-vs-SLO plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.sim.run import BASELINES
+
+Row = dict[str, object]
+
+
+def markdown(results: list[Row]) -> str:
+    lines = [
+        "| policy | SLO attainment | cost / 1k | cost / clairvoyant | p50 ms | p99 ms | errors+late | lost "
+        "| residency breaches | wall s | requests/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['policy']} | {100 * r['slo_attainment']:.3f}% | {r['cost_per_1k']:.5f} | "  # type: ignore[operator]
+            f"{_f(r['cost_ratio'], '.3f')} | {_f(r['p50_ms'])} | {_f(r['p99_ms'])} | {r['errors_or_late']} | "
+            f"{r['lost']} | {r['residency_breaches']} | {r['wall_s']} | {_f(r['requests_per_s'], '.0f')} |"
+        )
+    return "\n".join(lines)
+
+
+def _f(value: object, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def targets(results: list[Row]) -> str:
+    by = {r["policy"]: r for r in results}
+    lines = []
+    if "cheapest" in by and "cheapest-only" in by:
+        c, base = by["cheapest"], by["cheapest-only"]
+        slo = c["slo_attainment"] >= 0.995  # type: ignore[operator]
+        ratio = c["cost_per_1k"] / base["cost_per_1k"]  # type: ignore[operator]
+        lines.append(f"- cheapest SLO attainment {100 * c['slo_attainment']:.3f}% (target >= 99.5%): "  # type: ignore[operator]
+                     f"{'met' if slo else 'MISSED'}")  # fmt: skip
+        lines.append(f"- cheapest cost / cheapest-only cost = {ratio:.3f} (target <= 1.10): "
+                     f"{'met' if ratio <= 1.10 else 'MISSED'}")  # fmt: skip
+    if "nearest" in by:
+        n = by["nearest"]
+        hub_p99: dict[str, float] = n["hub_p99_ms"]  # type: ignore[assignment]
+        share: dict[str, float] = n["hub_share"]  # type: ignore[assignment]
+        busy = [h for h in hub_p99 if share.get(h, 0) >= 0.01]
+        if busy and n["unrestricted_p99_ms"] is not None:
+            best = min(busy, key=lambda h: hub_p99[h])
+            ratio = n["unrestricted_p99_ms"] / hub_p99[best]  # type: ignore[operator]
+            lines.append(f"- nearest p99 (requests without residency) {n['unrestricted_p99_ms']:.1f} ms vs best "
+                         f"hub's own p99 ({best}) {hub_p99[best]:.1f} ms = "
+                         f"{ratio:.3f} (target <= 1.05): {'met' if ratio <= 1.05 else 'MISSED'}")  # fmt: skip
+    policies = [r for r in results if r["policy"] != "clairvoyant"]
+    breaches = sum(r["residency_breaches"] for r in policies if r["policy"] not in BASELINES)  # type: ignore[misc]
+    lost = sum(r["lost"] for r in policies)  # type: ignore[misc]
+    lines.append(
+        f"- residency breaches by railgate policies: {breaches} (target 0): {'met' if breaches == 0 else 'MISSED'}"
+    )
+    lines.append(f"- requests lost, all runs: {lost} (target 0): {'met' if lost == 0 else 'MISSED'}")
+    if "clairvoyant" in by:
+        below = [r["policy"] for r in policies if r["cost_ratio"] is not None and r["cost_ratio"] < 1]  # type: ignore[operator]
+        beyond = sum(r["beyond_oracle"] for r in policies)  # type: ignore[misc]
+        lines.append(
+            f"- policies below the clairvoyant's cost: {', '.join(map(str, below)) or 'none'}; requests answered in "
+            f"time that no hub could have answered: {beyond} (target: none and 0)"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: list[Row], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in results:
+        cost, slo = float(r["cost_per_1k"]), 100 * float(r["slo_attainment"])  # type: ignore[arg-type]
+        star = r["policy"] == "clairvoyant"
+        ax.scatter(cost, slo, s=90 if star else 60, marker="*" if star else "o")
+        ratio = f" ({r['cost_ratio']:.2f}x)" if r["cost_ratio"] is not None else ""
+        ax.annotate(f"{r['policy']}{ratio}", (cost, slo))
+    ax.set_xlabel("cost per 1,000 inferences answered in time (x: over the clairvoyant's for the same requests)")
+    ax.set_ylabel("SLO attainment (%)")
+    ax.set_title("Routing policies: cost vs SLO attainment (simulated)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
