@@ -1,26 +1,24 @@
-"""The circuit breaker for the link to the gateway. Pure: a clock is injected, no I/O, no threads.
+"""The circuit breaker for the link to the gateway: the core ``railcore.breaker.Breaker`` with a clock.
 
-    CLOSED --(failure_threshold consecutive failures)--> OPEN --(back-off over: one trial)--> HALF_OPEN
-    HALF_OPEN --(trial succeeds)--> CLOSED        HALF_OPEN --(trial fails)--> OPEN, back-off doubled (capped)
-
-Any success closes the circuit and resets the back-off. A trial that never reports (its caller
-vanished) does not wedge the breaker: after another back-off a new trial is allowed. The caller
-serialises access (the runtime holds a lock around it).
+The state machine is the gateway's own (consecutive failures open the circuit; after a back-off one
+trial call goes through; its success closes the circuit and resets the back-off, its failure opens
+it for twice as long, capped). This shell adds what the device needs: a clock, and the answer in
+the offload decision's terms (``Link``). No slow start: a device has one gateway and nothing to
+share it with. A trial that never reports (its caller vanished, or its thread gave up on it) does
+not wedge the circuit: after another back-off a new trial is allowed. The caller serialises access
+(the runtime holds a lock around it).
 """
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Callable
 
 from edge.offload import Link
+from railcore.breaker import Breaker, BreakerPolicy, BreakerState, Ticket
+from railcore.errors import Cause
 
-
-class CircuitState(enum.Enum):
-    CLOSED = 0
-    HALF_OPEN = 1
-    OPEN = 2
+CircuitState = BreakerState  # CLOSED, HALF_OPEN, OPEN
 
 
 class CircuitBreaker:
@@ -31,50 +29,47 @@ class CircuitBreaker:
         max_backoff_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.failure_threshold = failure_threshold
-        self.base_backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
         self.clock = clock
-        self.state = CircuitState.CLOSED
-        self.failures = 0  # consecutive
-        self.backoff_s = backoff_s
-        self.retry_at = 0.0  # OPEN: when a trial may go; HALF_OPEN: when the trial is presumed lost
-        self.opened = 0  # times the circuit opened (for logs and tests)
+        self.breaker = Breaker(BreakerPolicy(failure_threshold, backoff_s, max_backoff_s, slow_start_s=0.0))
+
+    @property
+    def state(self) -> BreakerState:
+        return self.breaker.state
+
+    @property
+    def opened(self) -> int:
+        """Times the circuit opened (for logs and tests)."""
+        return self.breaker.ejections
+
+    @property
+    def backoff_s(self) -> float:
+        """The current back-off: how long the circuit stays open after its last opening."""
+        return self.breaker.backoff_s
+
+    def retry_in_s(self) -> float:
+        """Seconds until a call may next go up (0 when one may go now)."""
+        return max(self.breaker.retry_at() - self.clock(), 0.0)
 
     def peek(self) -> Link:
         """What a call would get now, without claiming anything."""
-        if self.state is CircuitState.CLOSED:
+        state = self.breaker.state_at(self.clock())
+        if state is BreakerState.CLOSED:
             return Link.UP
-        return Link.TRIAL if self.clock() >= self.retry_at else Link.DOWN
+        return Link.TRIAL if state is BreakerState.HALF_OPEN and not self.breaker.trial_in_flight else Link.DOWN
 
-    def admit(self) -> bool:
-        """Claim the right to call the gateway now. In OPEN/HALF_OPEN, at most one caller per back-off wins."""
-        if self.state is CircuitState.CLOSED:
-            return True
-        now = self.clock()
-        if now < self.retry_at:
-            return False
-        self.state = CircuitState.HALF_OPEN
-        self.retry_at = now + self.backoff_s
-        return True
+    def admit(self) -> Ticket | None:
+        """Claim the right to call the gateway now: a ticket to settle the call with, or None. In
+        OPEN/HALF_OPEN, at most one caller per back-off wins."""
+        return self.breaker.admit(self.clock())
 
-    def record_success(self) -> None:
-        self.state = CircuitState.CLOSED
-        self.failures = 0
-        self.backoff_s = self.base_backoff_s
+    def record_success(self, ticket: Ticket | None = None) -> None:
+        self.breaker.on_success(self.clock(), ticket)
 
-    def record_failure(self) -> None:
-        now = self.clock()
-        if self.state is CircuitState.HALF_OPEN:
-            self.backoff_s = min(self.backoff_s * 2, self.max_backoff_s)
-            self._open(now)
-        elif self.state is CircuitState.CLOSED:
-            self.failures += 1
-            if self.failures >= self.failure_threshold:
-                self._open(now)
-        # OPEN: a late failure of a call admitted before the circuit opened changes nothing.
+    def record_failure(self, ticket: Ticket | None = None, cause: Cause = Cause.ERROR) -> None:
+        """A failed call; one sent before the circuit last opened changes nothing but the counts."""
+        self.breaker.on_failure(self.clock(), ticket, cause)
 
-    def _open(self, now: float) -> None:
-        self.state = CircuitState.OPEN
-        self.retry_at = now + self.backoff_s
-        self.opened += 1
+    def release(self, ticket: Ticket | None, cause: Cause | None = None) -> None:
+        """A call that says nothing of the gateway's health (refused as this device's or request's
+        fault, or never sent): its trial slot, if it held it, is free again."""
+        self.breaker.release(ticket, cause)

@@ -6,6 +6,10 @@ outcome of talking to it goes back here: a reply feeds the predictor (the gatewa
 it. The periodic probe keeps the round-trip estimate fresh when no call goes up and is the half-open
 trial when one is due, so no firmware call has to be the one that finds out whether the backbone is back.
 
+Every call up carries the breaker ticket ``admit`` gave it and settles it: a reply closes the circuit,
+a failure counts against it by cause, and an outcome that says nothing of the gateway's health (a 401,
+403 or 404, or a call never sent) releases it, so a half-open trial always resolves.
+
 The breaker and predictor are touched from callers' threads and the event loop alike: one lock.
 """
 
@@ -24,7 +28,9 @@ from edge.metrics import EdgeMetrics
 from edge.offload import Link
 from edge.predict import RemotePredictor
 from edge.remote import GatewayClient, GatewayRejected, RemoteFailed, RemoteReply
+from railcore.breaker import Ticket
 from railcore.catalog import ModelInfo
+from railcore.errors import Cause
 
 log = logging.getLogger("railgate.edge.link")
 
@@ -54,47 +60,64 @@ class GatewayLink:
         return STATES[self.circuit.state]
 
     def retry_in_s(self) -> float:
-        return max(self.circuit.retry_at - time.monotonic(), 0.0)
+        return self.circuit.retry_in_s()
 
     def view(self, model: str) -> tuple[Link, float | None, float | None]:
         """What the decision needs: the link's state, the predicted remote ms for ``model``, the round trip ms."""
         with self._lock:
             return self.circuit.peek(), self.predictor.predict(model, time.monotonic()), self.predictor.rtt.value
 
-    def admit(self) -> bool:
-        """Claim the right to send a call now (in half-open: the single trial)."""
+    def admit(self) -> Ticket | None:
+        """Claim the right to send a call now (in half-open: the single trial): the call's ticket, or None."""
         with self._lock:
             return self.circuit.admit()
 
+    def release(self, ticket: Ticket | None) -> None:
+        """The admitted call was not sent after all: its trial slot, if it held it, is free again."""
+        with self._lock:
+            self.circuit.release(ticket)
+
     async def infer(
-        self, model: str, version: str, inputs: dict[str, np.ndarray], timeout_s: float, headers: dict[str, str] | None
+        self,
+        model: str,
+        version: str,
+        inputs: dict[str, np.ndarray],
+        timeout_s: float,
+        headers: dict[str, str] | None,
+        ticket: Ticket | None = None,
     ) -> RemoteReply:
-        """One call, accounted for. Raises RemoteFailed (already counted) or GatewayRejected."""
+        """One call, accounted for with ``ticket``. Raises RemoteFailed (already counted) or GatewayRejected."""
         try:
             reply = await self.client.infer(model, version, inputs, timeout_s, headers)
         except RemoteFailed as exc:
-            self.failed(model, exc, timeout_s)
+            self.failed(model, exc, timeout_s, ticket)
             raise
         except GatewayRejected:
-            self._succeeded(None)  # the gateway answered: the link is fine, the request was not
+            self._succeeded(None, ticket)  # the gateway answered: the link is fine, the request was not
             raise
-        self._succeeded((model, reply))
+        except BaseException:  # cancelled (e.g. its caller's thread gave up on it): says nothing yet
+            self.release(ticket)
+            raise
+        self._succeeded((model, reply), ticket)
         return reply
 
-    def failed(self, model: str, exc: RemoteFailed, timeout_s: float) -> None:
-        """Count a failed or cut call against the circuit; a cut one also tells the predictor it was slow."""
+    def failed(self, model: str, exc: RemoteFailed, timeout_s: float, ticket: Ticket | None = None) -> None:
+        """Count a failed or cut call against the circuit, by cause (a refusal that says nothing of the
+        gateway's health only frees its ticket); a cut one also tells the predictor it was slow."""
         with self._lock:
             before = self.circuit.state
             if exc.counts:
-                self.circuit.record_failure()
+                self.circuit.record_failure(ticket, exc.cause)
+            else:
+                self.circuit.release(ticket, exc.cause)
             if exc.timeout:
                 self.predictor.observe_cut(model, timeout_s * 1000, time.monotonic())
         self._changed(before)
 
-    def _succeeded(self, sample: tuple[str, RemoteReply] | None) -> None:
+    def _succeeded(self, sample: tuple[str, RemoteReply] | None, ticket: Ticket | None = None) -> None:
         with self._lock:
             before = self.circuit.state
-            self.circuit.record_success()
+            self.circuit.record_success(ticket)
             if sample is not None:
                 model, reply = sample
                 self.predictor.observe(model, reply.total_ms, reply.queue_ms, reply.backend_ms, time.monotonic())
@@ -104,16 +127,20 @@ class GatewayLink:
     async def probe(self) -> None:
         """An RTT sample when the link is up; the half-open trial when one is due; nothing while open."""
         with self._lock:
-            link = self.circuit.peek()
-            if link is Link.DOWN or (link is Link.TRIAL and not self.circuit.admit()):
+            ticket = self.circuit.admit()
+            if ticket is None:
                 return
-        rtt_ms = await self.client.probe(min(max(self.probe_interval_s, 0.2), 2.0))
+        try:
+            rtt_ms = await self.client.probe(min(max(self.probe_interval_s, 0.2), 2.0))
+        except BaseException:
+            self.release(ticket)
+            raise
         with self._lock:
             before = self.circuit.state
             if rtt_ms is None:
-                self.circuit.record_failure()
+                self.circuit.record_failure(ticket, Cause.UNREACHABLE)
             else:
-                self.circuit.record_success()
+                self.circuit.record_success(ticket)
                 self.predictor.observe_rtt(rtt_ms)
         self._changed(before)
 
@@ -132,7 +159,7 @@ class GatewayLink:
         after = self.circuit.state
         if after is before:
             return
-        self.metrics.circuit.set(after.value)
+        self.metrics.circuit.set(after.gauge)
         if after is CircuitState.OPEN:
             log.warning("event=gateway_circuit_open gateway=%s retry_in_s=%.1f", self.url, self.circuit.backoff_s)
         elif after is CircuitState.CLOSED:

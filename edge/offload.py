@@ -35,9 +35,17 @@ class Link(enum.Enum):
     NONE = "none"  # no gateway configured
 
 
+class OffloadTarget(enum.StrEnum):
+    """Where a call runs (the ``path`` label of the edge's metrics)."""
+
+    LOCAL = "local"  # on the device
+    REMOTE = "remote"  # up to the gateway
+    NONE = "none"  # nowhere can run it: the caller gets ModelUnavailable
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
-    where: str  # local | remote | none (nowhere can run it: the caller gets ModelUnavailable)
+    where: OffloadTarget
     reason: str
 
 
@@ -59,7 +67,7 @@ REASONS = (
     "remote_timeout",
 )
 
-LOCAL, REMOTE, NONE = "local", "remote", "none"
+LOCAL, REMOTE, NONE = OffloadTarget.LOCAL, OffloadTarget.REMOTE, OffloadTarget.NONE
 
 
 def decide(

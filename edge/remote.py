@@ -19,19 +19,27 @@ import aiohttp
 import numpy as np
 
 from railcore.catalog import ModelInfo, build_model_info
-from railcore.errors import RailgateError
+from railcore.errors import Cause, RailgateError
 from railcore.protocol.binary import decode_outputs, serialize_bytes_tensor
 from railcore.protocol.codec import HEADER_LENGTH
 from railcore.protocol.types import triton_datatype
 
 
 class RemoteFailed(Exception):
-    """The gateway did not serve the call. ``counts``: whether it is evidence the gateway is unwell."""
+    """The gateway did not serve the call, and why (``cause``): whether it timed out, and whether it is
+    evidence the gateway is unwell (a ``REJECTED`` call, 401/403/404, is not)."""
 
-    def __init__(self, message: str, *, timeout: bool = False, counts: bool = True) -> None:
+    def __init__(self, message: str, cause: Cause = Cause.ERROR) -> None:
         super().__init__(message)
-        self.timeout = timeout
-        self.counts = counts
+        self.cause = cause
+
+    @property
+    def timeout(self) -> bool:
+        return self.cause is Cause.TIMEOUT
+
+    @property
+    def counts(self) -> bool:
+        return self.cause is not Cause.REJECTED
 
 
 class GatewayRejected(RailgateError):
@@ -136,14 +144,14 @@ class GatewayClient:
                 async with self.session.post(path, data=b"".join([head, *blobs]), headers=request_headers) as reply:
                     raw = await reply.read()
         except TimeoutError:
-            raise RemoteFailed(f"did not answer {model!r} within {timeout_s * 1000:.1f} ms", timeout=True) from None
+            raise RemoteFailed(f"did not answer {model!r} within {timeout_s * 1000:.1f} ms", Cause.TIMEOUT) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise RemoteFailed(f"gateway unreachable: {exc.__class__.__name__}: {exc}") from exc
+            raise RemoteFailed(f"gateway unreachable: {exc.__class__.__name__}: {exc}", Cause.UNREACHABLE) from exc
         total_ms = (time.perf_counter() - started) * 1000
         if reply.status in (401, 403, 404):
             # The gateway will not serve this device or model (key, tenant, catalogue): no sign of ill health,
             # and the call can still run locally.
-            raise RemoteFailed(f"gateway answered {reply.status}: {_error_text(raw)}", counts=False)
+            raise RemoteFailed(f"gateway answered {reply.status}: {_error_text(raw)}", Cause.REJECTED)
         if 400 <= reply.status < 500 and reply.status != 429:
             raise GatewayRejected(reply.status, f"gateway: {_error_text(raw)}")
         if reply.status != 200:
@@ -152,7 +160,7 @@ class GatewayClient:
         try:
             outputs = decode_outputs(raw, int(length) if length is not None else None, [])
         except (ValueError, KeyError, TypeError, RailgateError) as exc:
-            raise RemoteFailed(f"gateway sent an unreadable reply: {exc}") from exc
+            raise RemoteFailed(f"gateway sent an unreadable reply: {exc}", Cause.PROTOCOL) from exc
         return RemoteReply(
             outputs=outputs,
             served_by=reply.headers.get("X-Served-By", "gateway"),
@@ -190,7 +198,9 @@ class GatewayClient:
             async with asyncio.timeout(timeout_s):
                 metadata, config = await asyncio.gather(get(f"/v2/models/{model}"), get(f"/v2/models/{model}/config"))
         except TimeoutError:
-            raise RemoteFailed(f"gateway did not send metadata of {model!r} within {timeout_s:.1f} s") from None
+            raise RemoteFailed(
+                f"gateway did not send metadata of {model!r} within {timeout_s:.1f} s", Cause.TIMEOUT
+            ) from None
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            raise RemoteFailed(f"gateway unreachable: {exc.__class__.__name__}: {exc}") from exc
+            raise RemoteFailed(f"gateway unreachable: {exc.__class__.__name__}: {exc}", Cause.UNREACHABLE) from exc
         return build_model_info(metadata, config)

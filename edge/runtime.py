@@ -43,8 +43,9 @@ from edge.offload import LOCAL, NONE, REMOTE, Decision, Link, decide
 from edge.remote import GatewayRejected, RemoteFailed, RemoteReply
 from edge.store import ModelStore, VerifiedModel
 from edge.sync import SyncOutcome, sync_models
+from railcore.breaker import Ticket
 from railcore.catalog import ModelInfo
-from railcore.errors import BadRequest, DeadlineExceeded, ModelNotFound, RailgateError
+from railcore.errors import BadRequest, Cause, DeadlineExceeded, ModelNotFound, RailgateError
 from railcore.onnx import choose_providers
 
 log = logging.getLogger("railgate.edge")
@@ -76,6 +77,7 @@ class _Plan:
     deadline: float  # time.monotonic()
     budget_s: float
     local_ms: float | None
+    ticket: Ticket | None = None  # the circuit's pass for a remote call: settled by the link, or released
 
 
 class EdgeRuntime:
@@ -271,13 +273,16 @@ class EdgeRuntime:
             prefer_local=self.config.prefer_local,
         )  # fmt: skip
         decision = choose(link=state)
-        if decision.where == REMOTE and self.link is not None and not self.link.admit():
-            # Another call took the half-open trial first: decide this one as if the circuit were open.
-            decision = choose(link=Link.DOWN)
+        ticket = None
+        if decision.where == REMOTE and self.link is not None:
+            ticket = self.link.admit()
+            if ticket is None:
+                # Another call took the half-open trial first: decide this one as if the circuit were open.
+                decision = choose(link=Link.DOWN)
         self.metrics.decision(model, decision.where, decision.reason)
         if decision.where == NONE:
             raise self._unavailable(model, policy)
-        return _Plan(decision, lane, feed, rows, now + budget_ms / 1000, budget_ms / 1000, local_ms)
+        return _Plan(decision, lane, feed, rows, now + budget_ms / 1000, budget_ms / 1000, local_ms, ticket)
 
     def _remote_window(self, model: str, plan: _Plan) -> float | None:
         """Seconds a remote call may take: what leaves room for a local run after it (None: no room left)."""
@@ -288,6 +293,8 @@ class EdgeRuntime:
         timeout_s = plan.deadline - time.monotonic() - reserve_s
         if timeout_s > 0:
             return timeout_s
+        assert self.link is not None
+        self.link.release(plan.ticket)  # the call is not sent: a trial it held may go to another
         if plan.lane is None:
             raise DeadlineExceeded(f"budget spent before {model!r} could be sent to the gateway")
         return None
@@ -304,7 +311,7 @@ class EdgeRuntime:
         """The gateway's reply and the decision's reason, or (None, fallback cause) when the call runs locally."""
         assert self.link is not None
         try:
-            reply = await self.link.infer(model, version, dict(inputs), timeout_s, headers)
+            reply = await self.link.infer(model, version, dict(inputs), timeout_s, headers, plan.ticket)
         except RemoteFailed as exc:
             return None, self._fall_back(model, plan, exc)
         return reply, plan.decision.reason
@@ -330,8 +337,8 @@ class EdgeRuntime:
             if not future.cancel():  # it finished meanwhile: take its answer
                 return future.result()
         assert self.link is not None
-        cut = RemoteFailed(f"did not answer {model!r} within {timeout_s * 1000:.1f} ms", timeout=True)
-        self.link.failed(model, cut, timeout_s)
+        cut = RemoteFailed(f"did not answer {model!r} within {timeout_s * 1000:.1f} ms", Cause.TIMEOUT)
+        self.link.failed(model, cut, timeout_s, plan.ticket)
         return None, self._fall_back(model, plan, cut)
 
     def _fall_back(self, model: str, plan: _Plan, exc: RemoteFailed) -> str:

@@ -10,6 +10,7 @@ from edge.circuit import CircuitBreaker, CircuitState
 from edge.config import parse_edge_config
 from edge.offload import LOCAL, NONE, REASONS, REMOTE, Decision, Link, decide
 from edge.predict import LocalPredictor, RemotePredictor
+from railcore.errors import Cause
 from railcore.settings import ConfigError
 
 
@@ -137,6 +138,31 @@ def test_a_late_failure_while_open_does_not_extend_the_backoff() -> None:
     breaker.record_failure()  # a call admitted before the circuit opened
     clock.advance(0.1)
     assert breaker.admit()
+
+
+def test_a_trial_refused_as_the_devices_fault_frees_the_trial_at_once() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=1, backoff_s=1.0, clock=clock)
+    breaker.record_failure()
+    clock.advance(1.0)
+    trial = breaker.admit()
+    assert trial and breaker.peek() is Link.DOWN
+    breaker.release(trial, Cause.REJECTED)  # e.g. a 403: nothing said about the gateway's health
+    assert breaker.peek() is Link.TRIAL and breaker.state is CircuitState.HALF_OPEN
+    assert breaker.admit()
+
+
+def test_a_failure_of_a_call_admitted_before_the_circuit_opened_does_not_reopen_it() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=1, backoff_s=1.0, clock=clock)
+    early = breaker.admit()
+    breaker.record_failure(breaker.admit())
+    clock.advance(1.0)
+    trial = breaker.admit()
+    breaker.record_failure(early)  # reported late, during the trial
+    assert breaker.state is CircuitState.HALF_OPEN and breaker.opened == 1
+    breaker.record_success(trial)
+    assert breaker.peek() is Link.UP and breaker.retry_in_s() == 0.0
 
 
 def test_local_predictor_scales_unmeasured_batch_sizes_from_the_nearest_measured() -> None:
