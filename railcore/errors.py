@@ -49,16 +49,12 @@ class Cause(enum.StrEnum):
 
 
 class RailgateError(Exception):
-    status = 500
+    status = 500  # each class has its own: raise the one whose status you mean
 
-    # ``status=`` is kept only until the fronts raise ``Draining`` instead of ``Overloaded(status=503)``;
-    # new code raises the class whose status it means.
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None, status: int | None = None) -> None:
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
-        if status is not None:
-            self.status = status
 
 
 class BadRequest(RailgateError):
@@ -92,7 +88,7 @@ class PayloadTooLarge(RailgateError):
 
 
 class Overloaded(RailgateError):
-    """Over a bound. Raise the subclass that says which; the base answers 429 for old callers."""
+    """Over a bound, answered with Retry-After: raise the subclass that says which bound."""
 
     status = 429
 
