@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from edge.offload import OffloadPolicy
 from railcore.settings import ConfigError, build_section, read_yaml
 
-POLICIES = ("auto", "local", "remote")
+POLICIES: tuple[OffloadPolicy, ...] = tuple(OffloadPolicy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +62,7 @@ class EdgeConfig:
     gateway_api_key: str | None = None  # sent as "Authorization: Bearer <key>" when the gateway has tenants
     repository: str = "models/repository"  # the device's local copy of the model repository
     models: tuple[str, ...] = ()  # models to hold locally and sync; empty: every model in the repository
-    policy: str = "auto"  # auto | local | remote (default for calls that name none)
+    policy: str = OffloadPolicy.AUTO  # auto | local | remote (default for calls that name none)
     budget_ms: float = 100.0  # default latency budget for calls that carry none
     # Weight that makes local preferred when both fit: local runs when local_ms <= prefer_local * remote_ms.
     # 0 offloads whenever the gateway fits the budget; 1 picks the faster; large keeps work on the device.

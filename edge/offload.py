@@ -35,6 +35,14 @@ class Link(enum.Enum):
     NONE = "none"  # no gateway configured
 
 
+class OffloadPolicy(enum.StrEnum):
+    """Which way a call may go (``policy`` in the config, per call, ``X-Offload-Policy``)."""
+
+    AUTO = "auto"  # the decision below
+    LOCAL = "local"  # never offload
+    REMOTE = "remote"  # offload whenever the circuit lets a call through
+
+
 class OffloadTarget(enum.StrEnum):
     """Where a call runs (the ``path`` label of the edge's metrics)."""
 
@@ -88,16 +96,16 @@ def decide(
     """
     reachable = link in (Link.UP, Link.TRIAL)
     if local_ms is None:
-        if reachable and policy != "local":
+        if reachable and policy != OffloadPolicy.LOCAL:
             return Decision(REMOTE, "not_local")
         return Decision(NONE, "unavailable")
-    if policy == "local":
+    if policy == OffloadPolicy.LOCAL:
         return Decision(LOCAL, "policy_local")
     if link is Link.NONE:
         return Decision(LOCAL, "no_gateway")
     if link is Link.DOWN:
         return Decision(LOCAL, "circuit_open")
-    if policy == "remote":
+    if policy == OffloadPolicy.REMOTE:
         return Decision(REMOTE, "policy_remote")
     if link is Link.TRIAL:
         return Decision(REMOTE, "circuit_trial")

@@ -39,7 +39,7 @@ from edge.errors import EdgeError, ModelRefused, ModelUnavailable
 from edge.link import GatewayLink
 from edge.local import LocalModels
 from edge.metrics import EdgeMetrics
-from edge.offload import LOCAL, NONE, REMOTE, Decision, Link, decide
+from edge.offload import LOCAL, NONE, REMOTE, Decision, Link, OffloadPolicy, decide
 from edge.remote import GatewayRejected, RemoteFailed, RemoteReply
 from edge.store import ModelStore, VerifiedModel
 from edge.sync import SyncOutcome, sync_models
@@ -372,7 +372,7 @@ class EdgeRuntime:
         why = self._refused.get(model)
         error = ModelRefused if why else ModelUnavailable
         base = f"model {model!r} cannot run on this device ({why})" if why else f"model {model!r} is not on this device"
-        if policy == "local":
+        if policy == OffloadPolicy.LOCAL:
             return error(f"{base}, and policy 'local' keeps it off the gateway")
         if self.link is None:
             return error(f"{base}, and no gateway is configured (gateway_url)")
