@@ -43,6 +43,7 @@ class Oracle:
             "policy": "clairvoyant",
             "requests": n,
             "wall_s": round(self.wall_s, 2),
+            "cpu_s": round(self.wall_s, 2),
             "requests_per_s": None,
             "slo_attainment": served / n if n else 0.0,
             "errors_or_late": n - served,
