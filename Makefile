@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 REPO := models/repository
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint fmt bench bench-edge sim chaos fuzz loadtest loadtest-ui models venv clean
+.PHONY: demo test lint imports fmt bench bench-edge sim chaos fuzz loadtest loadtest-ui models venv clean
 
 demo: $(STAMP) $(REPO)/manifest.json
 	$(PY) -m gateway.cli demo --repository $(REPO)
@@ -17,6 +17,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy railcore gateway edge hub models devtools
+
+# The import graph between packages, read from the source; fails if the product imports dev tooling,
+# the core imports gateway or edge, or edge imports gateway.
+imports: $(STAMP)
+	$(PY) -m devtools.imports
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format .

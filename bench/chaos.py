@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import signal
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,10 +22,10 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-from devtools.devstack import Service, gateway_service, link_service
-from hub.server import Hub, HubConfig, free_port
+from devtools.devstack import DevStack, python_module
+from devtools.procs import ROOT, Child
 
-REPOSITORY = Path("models/repository")
+REPOSITORY = ROOT / "models" / "repository"
 BODY = json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [1.0] * 64}]}).encode()
 BUDGET_MS = 1000
 SLACK_S = 0.3  # a loaded 2-core machine schedules late; an answer within this of the deadline is on time
@@ -122,54 +121,29 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-class Stack:
-    """A hub (behind a link), optional faulty hub, and a gateway; closed in reverse order."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.hubs: list[Hub] = []
-        self.services: list[Service] = []
-
-    def hub(self, name: str) -> Hub:
-        hub = Hub(HubConfig(REPOSITORY, free_port(), name=name)).start()
-        self.hubs.append(hub)
-        return hub
-
-    def link(self, port: int, delay_ms: float) -> int:
-        service, link_port = link_service(port, delay_ms)
-        self.services.append(service.start())
-        return link_port
-
-    def faulty(self, upstream: int, mode: str, after_calls: int) -> int:
-        port = free_port()
-        args = ["--upstream", str(upstream), "--mode", mode, "--port", str(port), "--after-calls", str(after_calls)]
-        self.services.append(Service(args, "faulty hub listening", f"faulty-{mode}", module="bench.faults").start())
-        return port
-
-    def gateway(self, config: dict) -> tuple[Service, str]:
-        service, port = gateway_service(config, self.workdir)
-        self.services.append(service.start())
-        return service, f"http://127.0.0.1:{port}"
-
-    def close(self) -> None:
-        for service in reversed(self.services):
-            service.stop()
-        for hub in self.hubs:
-            hub.stop()
+def faulty_hub(stack: DevStack, upstream: int, mode: str, after_calls: int) -> int:
+    """``bench.faults`` in front of port ``upstream``, owned by ``stack``; the port it listens on."""
+    args = python_module(
+        "bench.faults", "--upstream", str(upstream), "--mode", mode, "--port", "0", "--after-calls", str(after_calls)
+    )
+    child = stack.child(Child(args, f"faulty-{mode}", ready_line=r"faulty hub listening 127\.0\.0\.1:(\d+)"))
+    assert child.ready_match is not None
+    return int(child.ready_match.group(1))
 
 
-def scenario_overload(stack: Stack, seconds: float) -> Tally:
+def scenario_overload(stack: DevStack, seconds: float) -> Tally:
     """5x the admitted capacity for ``seconds``: the rest refused fast, RSS bounded, instant recovery."""
     tally = Tally("overload 5x capacity")
     hub = stack.hub("west-1")
-    port = stack.link(hub.config.http_port, 20)
-    gateway, url = stack.gateway(
+    link = stack.link(hub.config.http_port, 20)
+    gateway = stack.gateway(
         {
-            "hubs": [{"name": "west-1", "url": f"http://127.0.0.1:{port}"}],
+            "hubs": [{"name": "west-1", "url": link.url}],
             "local": {"enabled": False},
             "admission": {"max_active_requests": 64},
         }
     )
+    url = gateway.url
     rss: list[float] = []
 
     async def run() -> None:
@@ -194,20 +168,21 @@ def scenario_overload(stack: Stack, seconds: float) -> Tally:
     return tally
 
 
-def scenario_sigterm(stack: Stack, seconds: float) -> Tally:
+def scenario_sigterm(stack: DevStack, seconds: float) -> Tally:
     tally = Tally("SIGTERM under load")
     hub = stack.hub("west-1")
-    port = stack.link(hub.config.http_port, 20)
-    gateway, url = stack.gateway({"hubs": [{"name": "west-1", "url": f"http://127.0.0.1:{port}"}],
-                                  "local": {"enabled": False}})  # fmt: skip
+    link = stack.link(hub.config.http_port, 20)
+    gateway = stack.gateway({"hubs": [{"name": "west-1", "url": link.url}], "local": {"enabled": False}})
+    url = gateway.url
 
     async def run() -> None:
         load = asyncio.ensure_future(drive(url, tally, concurrency=32, seconds=seconds + 30))
         await asyncio.sleep(seconds / 2)  # steady load first: the scenario's timeline
-        assert gateway.process is not None
+        process = gateway.child.process
+        assert process is not None
         tally.shutdown_at = time.monotonic()
-        gateway.process.send_signal(signal.SIGTERM)
-        code = await asyncio.get_running_loop().run_in_executor(None, gateway.process.wait, 40)
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.get_running_loop().run_in_executor(None, process.wait, 40)
         if code != 0:
             tally.notes.append(f"exit status {code}")
         await load
@@ -217,13 +192,13 @@ def scenario_sigterm(stack: Stack, seconds: float) -> Tally:
     return tally
 
 
-def _faulty_scenario(mode: str, what: str, hedge: bool = False) -> Callable[[Stack, float], Tally]:
-    def scenario(stack: Stack, seconds: float) -> Tally:
+def _faulty_scenario(mode: str, what: str, hedge: bool = False) -> Callable[[DevStack, float], Tally]:
+    def scenario(stack: DevStack, seconds: float) -> Tally:
         tally = Tally(what)
         bad, good = stack.hub("bad-real"), stack.hub("good")
         # Warm-up (one batch per batch size per model) and a few hundred real batches go through
         # first: the hub fails mid-run, after the gateway has learnt to trust and prefer it.
-        faulty_port = stack.faulty(bad.config.http_port, mode, after_calls=300)
+        faulty_port = faulty_hub(stack, bad.config.http_port, mode, after_calls=300)
         config = {
             "hubs": [
                 {"name": "bad", "url": f"http://127.0.0.1:{faulty_port}", "price_per_1k": 0.001},
@@ -232,14 +207,14 @@ def _faulty_scenario(mode: str, what: str, hedge: bool = False) -> Callable[[Sta
             "local": {"enabled": False},
             "routing": {"default_policy": "cheapest", "hedge": hedge},
         }
-        _, url = stack.gateway(config)
+        url = stack.gateway(config).url
         asyncio.run(drive(url, tally, concurrency=16, seconds=seconds))
         return tally
 
     return scenario
 
 
-SCENARIOS: dict[str, Callable[[Stack, float], Tally]] = {
+SCENARIOS: dict[str, Callable[[DevStack, float], Tally]] = {
     "overload": scenario_overload,
     "sigterm": scenario_sigterm,
     "blackhole": _faulty_scenario("blackhole", "hub accepts, never answers"),
@@ -253,11 +228,8 @@ SCENARIOS: dict[str, Callable[[Stack, float], Tally]] = {
 def run_scenarios(names: list[str], seconds: float) -> list[dict[str, object]]:
     rows = []
     for name in names:
-        stack = Stack(Path(tempfile.mkdtemp(prefix=f"railgate-chaos-{name}-")))
-        try:
+        with DevStack(REPOSITORY) as stack:
             rows.append(SCENARIOS[name](stack, seconds).row())
-        finally:
-            stack.close()
     return rows
 
 

@@ -23,8 +23,6 @@ import logging
 import os
 import platform
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,12 +39,10 @@ import onnxruntime as ort
 import yaml
 
 from bench.stats import percentile, spread
-from devtools.devstack import next_line
+from devtools.procs import ROOT, Child, free_port
 from edge import EdgeRuntime, parse_edge_config
 from edge.engine import session_options
-from hub.server import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 REPOSITORY = ROOT / "models" / "repository"
 MODEL = "digits"
 TARGET_ADDED_P50_US = 50.0
@@ -151,19 +147,10 @@ def edge_server(workdir: Path, *, unix: Path | None = None):
     config.write_text(yaml.safe_dump({"repository": str(REPOSITORY), "models": [MODEL]}))
     args = [sys.executable, "-m", "edge.server", "--config", str(config), "--log-level", "WARNING"]
     args += ["--unix", str(unix)] if unix else ["--port", str(free_port())]
-    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        banner = next_line(process, 60)
-        if "railgate edge serving" not in banner:
-            raise RuntimeError(f"railgate edge did not start: {banner.strip()!r}")
-        yield banner.split()[3]  # http://127.0.0.1:PORT or unix:PATH
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    # The banner's 4th word: http://127.0.0.1:PORT or unix:PATH
+    with Child(args, "railgate edge", ready_line=r"railgate edge serving (\S+)").start(60) as edge:
+        assert edge.ready_match is not None
+        yield edge.ready_match.group(1)
 
 
 async def _http_runs(where: str, encoding: str, iterations: int, runs: int) -> list[dict[str, float]]:

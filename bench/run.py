@@ -28,7 +28,7 @@ from typing import Any
 
 from bench.report import markdown, write_report
 from bench.scenarios import SECTIONS, Bench, Plan
-from bench.stack import ROOT, HubService, StartError, nginx_binary, nginx_version
+from devtools.devstack import ROOT, StartError, nginx_binary, nginx_version, start_hub
 
 PACKAGES = ("aiohttp", "uvloop", "numpy", "msgpack", "tritonclient", "nvidia-pytriton", "onnxruntime", "matplotlib")
 
@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         say(f"starting a real Triton hub ({plan.model}) ...")
         t0 = time.monotonic()
-        hub = stack.enter_context(HubService(args.repository, (plan.model,)))
-        say(f"hub ready at {hub.url} in {time.monotonic() - t0:.1f} s")
+        hub = stack.enter_context(start_hub(args.repository, "bench", models=(plan.model,)))
+        say(f"hub ready at {hub.http_url} in {time.monotonic() - t0:.1f} s")
         bench = Bench(plan, hub, workdir, nginx, say)
         for name in args.only:
             section: dict[str, Any] = {"cases": []}

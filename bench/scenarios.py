@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from bench.load import ENCODINGS, LoadSpec, Watch
 from bench.sequential import sequential_tritonclient
-from bench.stack import ROOT, GatewayService, HubService, LinkService, NginxService, batch_counters, die_with_parent
+from devtools import procs
+from devtools.devstack import Gateway, Hub, Link, Nginx, StartError
 
 RUN_FIGURES = (
     "ok",
@@ -83,7 +86,7 @@ class Bench:
     """What every scenario shares: the plan, the hub, a scratch folder, nginx (if installed), a printer."""
 
     plan: Plan
-    hub: HubService
+    hub: Hub
     workdir: Path
     nginx: str | None
     say: Callable[[str], None] = print
@@ -103,24 +106,10 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
         args += ["--requests", str(spec.requests), "--warmup-requests", str(spec.warmup_requests)]
     for w in spec.watch:
         args += ["--watch-group" if w.group else "--watch", f"{w.name}={w.pid}"]
-    proc = subprocess.Popen(
-        args,
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        preexec_fn=die_with_parent if sys.platform == "linux" else None,  # single-threaded parent: safe
-    )
-    try:
-        out, err = proc.communicate(timeout=spec.max_s + 30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench.load exited with {proc.returncode}: {err.decode(errors='replace')[-500:]}")
-    return json.loads(out)
+    done = procs.run(args, timeout_s=spec.max_s + 30)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.load exited with {done.returncode}: {done.stderr[-500:]}")
+    return json.loads(done.stdout)
 
 
 def run_record(result: dict[str, Any]) -> dict[str, Any]:
@@ -129,6 +118,44 @@ def run_record(result: dict[str, Any]) -> dict[str, Any]:
     summary = result["summary"]
     record.update({k: summary[k] for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms")})
     return record
+
+
+def gateway_config(hub_url: str) -> dict[str, Any]:
+    """The gateway's config: one hub, the local backend off (the hub serves everything), defaults otherwise."""
+    return {"hubs": [{"name": "hub", "url": hub_url}], "local": {"enabled": False}}
+
+
+def start_gateway(b: Bench, hub_url: str) -> Gateway:
+    """A gateway in front of ``hub_url``, up and serving the plan's model (StartError if not)."""
+    gateway = Gateway(b.workdir, gateway_config(hub_url)).start(90)
+    if b.plan.model not in gateway.models:
+        gateway.stop()
+        raise StartError(gateway.child.name, f"does not serve {b.plan.model!r}", f"models={','.join(gateway.models)}")
+    return gateway
+
+
+def batch_totals(text: str) -> dict[str, float]:
+    """Batches, rows and flush reasons from the gateway's Prometheus text (summed over labels)."""
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in ("railgate_batch_size_count", "railgate_batch_size_sum"):
+                key = "batches" if sample.name.endswith("count") else "rows"
+            elif sample.name == "railgate_batches_total":
+                key = f"flush_{sample.labels.get('reason', '?')}"
+            else:
+                continue
+            totals[key] = totals.get(key, 0.0) + sample.value
+    return totals
+
+
+def batch_counters(gateway_url: str) -> dict[str, float]:
+    """The gateway's batch counters now (empty if /metrics cannot be read)."""
+    try:
+        with urllib.request.urlopen(f"{gateway_url}/metrics", timeout=5) as reply:
+            return batch_totals(reply.read().decode())
+    except (OSError, ValueError):
+        return {}
 
 
 def gateway_run(gateway_url: str, spec: LoadSpec) -> dict[str, Any]:
@@ -165,12 +192,12 @@ def overhead(b: Bench, section: dict[str, Any]) -> None:
     plan = b.plan
     section.update(skipped=[], cases=[])
     with contextlib.ExitStack() as stack:
-        gateway = stack.enter_context(GatewayService("gateway", b.hub.url, b.workdir, plan.model))
+        gateway = stack.enter_context(start_gateway(b, b.hub.http_url))
         section["gateway_config"] = gateway.config
-        hub_watch = Watch("hub", b.hub.pgid, group=True)
-        paths = {"direct": (b.hub.url, ()), "gateway": (gateway.url, (Watch("gateway", gateway.pid),))}
+        hub_watch = Watch("hub", b.hub.pid, group=True)
+        paths = {"direct": (b.hub.http_url, ()), "gateway": (gateway.url, (Watch("gateway", gateway.pid),))}
         if b.nginx:
-            nginx = stack.enter_context(NginxService("nginx", b.nginx, b.hub.port, b.workdir))
+            nginx = stack.enter_context(Nginx("nginx", b.nginx, b.hub.config.http_port, b.workdir))
             paths["nginx"] = (nginx.url, (Watch("nginx", nginx.pid, group=True),))
         else:
             section["skipped"].append("nginx: not installed on this machine; the nginx rows are left out")
@@ -213,13 +240,13 @@ def batching(b: Bench, section: dict[str, Any]) -> None:
     plan = b.plan
     section.update(skipped=[], cases=[], link_delay_ms=plan.link_delay_ms)
     with contextlib.ExitStack() as stack:
-        link = stack.enter_context(LinkService("link", b.hub.port, plan.link_delay_ms, b.workdir))
-        gateway = stack.enter_context(GatewayService("gateway-link", link.url, b.workdir, plan.model))
+        link = stack.enter_context(Link(b.hub.config.http_port, plan.link_delay_ms))
+        gateway = stack.enter_context(start_gateway(b, link.url))
         section["gateway_config"] = gateway.config
-        base = (Watch("hub", b.hub.pgid, group=True), Watch("link", link.pid))
+        base = (Watch("hub", b.hub.pid, group=True), Watch("link", link.pid))
         paths = {"direct": (link.url, ()), "gateway": (gateway.url, (Watch("gateway", gateway.pid),))}
         if b.nginx:
-            nginx = stack.enter_context(NginxService("nginx-link", b.nginx, link.port, b.workdir))
+            nginx = stack.enter_context(Nginx("nginx-link", b.nginx, link.port, b.workdir))
             paths["nginx"] = (nginx.url, (Watch("nginx", nginx.pid, group=True),))
         else:
             section["skipped"].append("nginx: not installed on this machine; the nginx row is left out")
@@ -248,9 +275,9 @@ def cost(b: Bench, section: dict[str, Any]) -> None:
     """Requests per gateway CPU-second at saturation, for each encoding (gateway straight to the hub)."""
     plan = b.plan
     section.update(skipped=[], cases=[])
-    with GatewayService("gateway-cost", b.hub.url, b.workdir, plan.model) as gateway:
+    with start_gateway(b, b.hub.http_url) as gateway:
         section["gateway_config"] = gateway.config
-        watch = (Watch("gateway", gateway.pid), Watch("hub", b.hub.pgid, group=True))
+        watch = (Watch("gateway", gateway.pid), Watch("hub", b.hub.pid, group=True))
         for run in range(plan.runs):
             b.say(f"cost run {run + 1}/{plan.runs} (concurrency {plan.cost_concurrency})")
             for encoding in ENCODINGS:

@@ -17,6 +17,7 @@ import time
 from collections import defaultdict
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.devstack import DevStack, HubPlan, StartError
 
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     print("starting 2 real Triton hubs behind `railgate link` (10 ms and 25 ms each way) and the gateway ...")
     t0 = time.monotonic()
     try:
-        stack = DevStack(args.repository, plans, {"local": {"enabled": True}}).start()
+        stack = DevStack.backbone(args.repository, plans, {"local": {"enabled": True}})
     except StartError as exc:
         print(f"railgate demo: {exc}")
         return 1
@@ -135,17 +136,13 @@ async def _print_backend_summary(url: str) -> None:
         text = await reply.text()
     batches: dict[str, float] = defaultdict(float)
     rows: dict[str, float] = defaultdict(float)
-    for line in text.splitlines():
-        if line.startswith("railgate_batch_size_count{"):
-            batches[_label(line, "backend")] += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("railgate_batch_size_sum{"):
-            rows[_label(line, "backend")] += float(line.rsplit(" ", 1)[1])
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "railgate_batch_size_count":
+                batches[sample.labels["backend"]] += sample.value
+            elif sample.name == "railgate_batch_size_sum":
+                rows[sample.labels["backend"]] += sample.value
     print(f"\n{'backend':12s} {'batches':>8s} {'rows':>8s} {'mean batch':>10s}")
     for backend in sorted(batches):
         mean = rows[backend] / batches[backend] if batches[backend] else 0.0
         print(f"{backend:12s} {batches[backend]:8.0f} {rows[backend]:8.0f} {mean:10.2f}")
-
-
-def _label(line: str, key: str) -> str:
-    start = line.index(f'{key}="') + len(key) + 2
-    return line[start : line.index('"', start)]

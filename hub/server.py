@@ -1,33 +1,41 @@
 """Start and stop a real Triton Inference Server (the tritonserver nvidia-pytriton bundles).
 
-``Hub`` owns one tritonserver process and the Python-backend stubs it spawns. They run in a
-process group of their own, so stopping the hub can never leave a stub behind.
+``Hub`` owns one tritonserver process and the Python-backend stubs it spawns, as a
+``devtools.procs.Child``: they run in a process group of their own (stopping the hub can never
+leave a stub behind) and die with the process that started them. What is Triton's own is here: the
+runtime copy of the repository, the backend folder, the library path the stub needs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
 import site
 import socket
-import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from subprocess import Popen
 
+from devtools.procs import Child, StartError, free_port, group_members
 from hub.repository import write_runtime_repository
-from railcore.repository import RepositoryError, read_repository
+from railcore.repository import RepositoryError, RepositoryModel, read_repository
+
+__all__ = ["Hub", "HubConfig", "HubError", "free_port", "group_members"]
 
 
-class HubError(Exception):
+class HubError(StartError):
     """The hub could not start (the message names the port, path or Triton's own error)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("hub", "did not start", message)
+
+    def __str__(self) -> str:
+        return self.output
 
 
 @dataclass(slots=True)
@@ -42,13 +50,6 @@ class HubConfig:
     intra_op_threads: int = 1
     ready_timeout_s: float = 180.0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (tests and the demo pick hub ports with it)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _check_port_free(host: str, port: int, what: str) -> None:
@@ -88,29 +89,12 @@ def _server_env(libs: Path) -> dict[str, str]:
     return env
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group ``pgid``."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            # Fields after the ')' that closes the command name: state, ppid, pgrp, ...
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if fields[0] != "Z" and int(fields[2]) == pgid:
-                members.append(int(stat.parent.name))
-    return members
-
-
-def _wait_group_gone(pgid: int, deadline: float) -> None:
-    while group_members(pgid) and time.monotonic() < deadline:
-        time.sleep(0.05)  # SIGKILL was sent; the kernel needs a moment to tear the processes down
-
-
 class Hub:
     """A running tritonserver over a model repository. Use as a context manager or start()/stop()."""
 
     def __init__(self, config: HubConfig) -> None:
         self.config = config
-        self.process: subprocess.Popen[bytes] | None = None
+        self.child: Child | None = None
         self.workdir: Path | None = None
         self.models: list[str] = []
         self.startup_s: float | None = None
@@ -118,6 +102,16 @@ class Hub:
     @property
     def http_url(self) -> str:
         return f"http://{self.config.host}:{self.config.http_port}"
+
+    @property
+    def process(self) -> Popen[str] | None:
+        """tritonserver's process while it runs (it leads the hub's process group)."""
+        return self.child.process if self.child is not None else None
+
+    @property
+    def pid(self) -> int:
+        assert self.child is not None, f"hub {self.config.name} is not running"
+        return self.child.pid
 
     @property
     def log_path(self) -> Path | None:
@@ -136,6 +130,30 @@ class Hub:
                 _check_port_free(cfg.host, port, what)
         binary, python_backend, libs = _pytriton_dirs()
         self.workdir = Path(tempfile.mkdtemp(prefix=f"railgate-hub-{cfg.name}-"))
+        try:
+            args = self._prepare(binary, python_backend, models)
+            self.child = Child(
+                args,
+                f"tritonserver {cfg.name}",
+                ready_url=f"{self.http_url}/v2/health/ready",
+                env=_server_env(libs),
+                log=self.log_path,
+            )
+            self.child.start(cfg.ready_timeout_s)
+        except StartError as exc:
+            error = exc if isinstance(exc, HubError) else HubError(f"tritonserver {exc.reason}: {self._log_error()}")
+            self.stop()
+            raise error from exc
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_s = time.monotonic() - t0
+        return self
+
+    def _prepare(self, binary: Path, python_backend: Path, models: list[RepositoryModel]) -> list[str]:
+        """The backend folder and runtime repository in the work dir; tritonserver's arguments."""
+        cfg = self.config
+        assert self.workdir is not None
         backends = self.workdir / "backends" / "python"
         backends.mkdir(parents=True)
         for item in python_backend.iterdir():
@@ -167,34 +185,7 @@ class Hub:
             args += [f"--metrics-address={cfg.host}", f"--metrics-port={cfg.metrics_port}", "--allow-metrics=true"]
         else:
             args += ["--allow-metrics=false"]
-        args += list(cfg.extra_args)
-        assert self.log_path is not None
-        log = open(self.log_path, "wb")  # noqa: SIM115 - the child owns it; closed after Popen
-        try:
-            self.process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, env=_server_env(libs), start_new_session=True
-            )
-        finally:
-            log.close()
-        try:
-            self._wait_ready(t0 + cfg.ready_timeout_s)
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_s = time.monotonic() - t0
-        return self
-
-    def _wait_ready(self, deadline: float) -> None:
-        assert self.process is not None
-        url = f"{self.http_url}/v2/health/ready"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise HubError(f"tritonserver exited with {self.process.returncode}: {self._log_error()}")
-            with contextlib.suppress(urllib.error.URLError, OSError), urllib.request.urlopen(url, timeout=1) as reply:
-                if reply.status == 200:
-                    return
-            time.sleep(0.1)  # polling a child process; there is no event to wait on
-        raise HubError(f"tritonserver not ready at {url} after {self.config.ready_timeout_s:.0f} s")
+        return args + list(cfg.extra_args)
 
     def _log_error(self) -> str:
         """The most telling line of Triton's log: the first error, or the last line."""
@@ -206,25 +197,27 @@ class Hub:
                 return line
         return lines[-1] if lines else "empty log"
 
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Signal tritonserver alone (SIGSTOP makes a hub that accepts and never answers)."""
+        if self.child is not None:
+            self.child.send_signal(sig)
+
+    def kill(self) -> None:
+        """SIGKILL tritonserver and its stubs at once (a crash, for fault tests); the work dir stays."""
+        if self.child is not None:
+            self.child.kill()
+
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM tritonserver, wait, then make sure nothing of its process group survives."""
-        proc, self.process = self.process, None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout_s)
-            # Stubs are in tritonserver's process group; take the group down whatever happened.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            _wait_group_gone(proc.pid, time.monotonic() + 5.0)
+        child, self.child = self.child, None
+        if child is not None:
+            child.stop(timeout_s)
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
 
     def __enter__(self) -> Hub:
-        return self.start()
+        return self if self.child is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from devtools import procs
 from loadtests import shapes, summary
 from loadtests.settings import SHAPE_NAMES, SettingsError, read_settings
 
@@ -174,7 +176,7 @@ def start_stack() -> Any:
         HubPlan("west-far", delay_ms=15, price_per_1k=0.012, carbon_g_per_kwh=30, protocol="grpc"),
     ]
     config = {"local": {"enabled": True}, "health": {"probe_interval_s": 1.0}}
-    return DevStack(repository, plans, config).start()
+    return DevStack.backbone(repository, plans, config)
 
 
 # -- main -------------------------------------------------------------------------------------------
@@ -255,31 +257,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_headless(cmd: list[str], env: dict[str, str], log: Path, run_s: float) -> int | None:
-    """locust's exit code, or None when it overran its bound and was killed."""
+    """locust's exit code, or None when it overran its bound and was stopped."""
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            return proc.wait(timeout=run_s + STOP_TIMEOUT_S + 60)
-        except KeyboardInterrupt:  # the terminal's Ctrl-C reached locust too: it stops and writes its CSVs
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                return proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
-        proc.kill()
-        proc.wait()
-        return None
+        proc = procs.spawn(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return _wait_locust(proc, run_s + STOP_TIMEOUT_S + 60, grace_s=15)
 
 
 def _run_ui(cmd: list[str], env: dict[str, str]) -> int | None:
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    return _wait_locust(procs.spawn(cmd, env=env), None, grace_s=30)
+
+
+def _wait_locust(proc: subprocess.Popen[bytes], timeout_s: float | None, grace_s: float) -> int | None:
+    """Wait for locust (at most ``timeout_s``); on Ctrl-C pass it on, so it stops and writes its reports."""
     try:
-        return proc.wait()
-    except KeyboardInterrupt:  # the terminal's Ctrl-C reached locust too: let it write its reports
-        try:
-            return proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
+        return proc.wait(timeout=timeout_s)
+    except KeyboardInterrupt:  # locust runs in a session of its own: the terminal's Ctrl-C reached only us
+        proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return proc.wait(timeout=grace_s)
+        return procs.terminate(proc, timeout_s=0)
+    except subprocess.TimeoutExpired:
+        procs.terminate(proc)
+        return None
+    finally:
+        procs.terminate(proc, timeout_s=0)  # nothing it started outlives it
 
 
 def _report(folder: Path, prefix: Path, meta: dict[str, Any], code: int | None) -> int:

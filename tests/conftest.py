@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from devtools.devstack import gateway_service, link_service
-from hub.server import Hub, HubConfig, free_port
+from devtools.devstack import Gateway, Hub, Link
+from devtools.devstack import start_hub as _start_hub
+from devtools.procs import Child
 
 ROOT = Path(__file__).resolve().parents[1]
 REPOSITORY = ROOT / "models" / "repository"
@@ -29,14 +30,8 @@ def manifest(repository: Path) -> dict:
 
 
 def start_hub(repository: Path, name: str, grpc: bool = False) -> Hub:
-    config = HubConfig(
-        repository=repository,
-        http_port=free_port(),
-        grpc_port=free_port() if grpc else None,
-        metrics_port=free_port(),
-        name=name,
-    )
-    return Hub(config).start()
+    """A real hub on free loopback ports, its metrics port open (HTTP always, gRPC if asked)."""
+    return _start_hub(repository, name, grpc=grpc, metrics=True)
 
 
 @pytest.fixture(scope="session")
@@ -47,26 +42,15 @@ def hub(repository: Path):
     h.stop()
 
 
-class GatewayProcess:
-    """``railgate serve`` in a subprocess on a free loopback port, with a config written for it."""
+class GatewayProcess(Gateway):
+    """``railgate serve`` as a child (``devtools.devstack.Gateway``) on a loopback port it picks.
 
-    def __init__(self, tmp: Path, config: dict | None, port: int | None = None) -> None:
-        self.service, self.port = gateway_service(config, tmp, port)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    ``service`` is its child process: ``args`` (extendable before ``start``), ``process``, ``output``.
+    """
 
     @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self, timeout_s: float = 60.0) -> GatewayProcess:
-        self.service.start(timeout_s)
-        return self
-
-    def stop(self) -> int | None:
-        return self.service.stop()
+    def service(self) -> Child:
+        return self.child
 
 
 def hub_entry(hub: Hub, name: str | None = None, grpc: bool = False, **extra) -> dict:
@@ -93,15 +77,5 @@ def gateway(hub: Hub, tmp_path_factory):
     g.stop()
 
 
-class LinkProcess:
-    """``railgate link`` in a subprocess: a backbone with ``delay_ms`` each way in front of a port."""
-
-    def __init__(self, upstream_port: int, delay_ms: float, jitter_ms: float = 0.0) -> None:
-        self.service, self.port = link_service(upstream_port, delay_ms, jitter_ms)
-
-    def __enter__(self) -> LinkProcess:
-        self.service.start(30)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.service.stop()
+LinkProcess = Link
+"""``railgate link`` as a child: a backbone with ``delay_ms`` each way in front of a port (a context manager)."""

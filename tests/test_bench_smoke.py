@@ -18,6 +18,7 @@ from bench import report
 from bench.load import HEADER_LENGTH, LoadSpec, Watch, encode_request, generate
 from bench.scenarios import Plan
 from bench.stats import latency_summary, percentile, spread
+from devtools import procs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -158,7 +159,7 @@ async def test_load_generator_cli_prints_one_json_document(tiny_server):
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.load", "--url", tiny_server, "--encoding", "msgpack",
         "--concurrency", "2", "--requests", "10", "--max-seconds", "20",
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, **procs.child_options(),
     )  # fmt: skip
     async with asyncio.timeout(30):
         out, err = await proc.communicate()

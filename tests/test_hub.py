@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import selectors
-import signal
 import socket
 import subprocess
 import sys
@@ -17,11 +15,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from hub.server import Hub, HubConfig, HubError, free_port, group_members
+from devtools import procs
+from devtools.procs import Child, free_port, group_members
+from hub.server import Hub, HubConfig, HubError
 
 from .conftest import start_hub
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def sample_inputs(name: str, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -114,8 +112,7 @@ def test_hub_refuses_a_port_in_use(repository: Path) -> None:
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "gateway.cli", "hub", *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return procs.run([sys.executable, "-m", "gateway.cli", "hub", *args], timeout_s=120)
 
 
 def _broken_repository(tmp_path: Path) -> Path:
@@ -153,20 +150,13 @@ def test_hub_cli_prints_ready_and_stops_cleanly_on_sigterm(repository: Path) -> 
     name = f"cli-{os.getpid()}"
     cmd = [sys.executable, "-m", "gateway.cli", "hub", "--repository", str(repository), "--models", "digits"]
     cmd += ["--http-port", str(free_port()), "--name", name]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        selector = selectors.DefaultSelector()
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        assert selector.select(timeout=120), "hub printed nothing within 120 s"
-        line = proc.stdout.readline()
+    with Child(cmd, "railgate hub", ready_line=r"hub \S+ ready .*").start(120) as cli:
+        assert cli.ready_match is not None
+        line = cli.ready_match.group(0)
         assert f"hub {name} ready" in line and "models=digits" in line
         assert _processes_mentioning(name), "tritonserver runs with the hub's work dir"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        assert cli.stop(timeout_s=60) == 0
         assert _processes_mentioning(name) == []
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
 
 
 def _processes_mentioning(text: str) -> list[int]:

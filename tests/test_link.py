@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import devtools.link as link_module
+from devtools import procs
 from devtools.link import DeliverySchedule, Link, LinkConfig, add_arguments, read_size
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -410,6 +411,7 @@ async def test_the_cli_serves_until_signalled_and_exits_zero(echo_port: int, sto
         *("--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{echo_port}", "--delay-ms", "5"),
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
+        **procs.child_options(),
     )
     try:
         assert process.stdout is not None

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from devtools import procs
 from loadtests import payloads, shapes, stats, summary
-from loadtests.run import LOCUSTFILE, ROOT, locust_command, locust_env
+from loadtests.run import LOCUSTFILE, locust_command, locust_env
 from loadtests.settings import SettingsError, read_settings
 from railcore.protocol.codec import HEADER_LENGTH, DecodeLimits, decode_request
 
@@ -176,9 +176,7 @@ def test_the_locustfile_exports_exactly_the_chosen_shape(shape: str, exported: l
         f"users, found = load_locustfile({str(LOCUSTFILE)!r})\n"
         "print(sorted(users), [type(s).__name__ for s in found])\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=locust_env(shape), capture_output=True, text=True, timeout=60, cwd=ROOT
-    )
+    done = procs.run([sys.executable, "-c", script], env=locust_env(shape), timeout_s=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"{['AppClient', 'EdgeDevice', 'TritonClientUser']} {exported}"
 
@@ -203,7 +201,7 @@ def locust_run(hub, tmp_path_factory) -> Path:
     prefix = tmp_path_factory.mktemp("locust") / "locust"
     try:
         cmd = locust_command(gateway.url, prefix, users=10, spawn_rate=10, run_time="5s")
-        done = subprocess.run(cmd, cwd=ROOT, env=locust_env(), capture_output=True, text=True, timeout=90)
+        done = procs.run(cmd, env=locust_env(), timeout_s=90)
     finally:
         gateway.stop()
     assert done.returncode in (0, 1), done.stdout[-3000:]  # 1: some request failed; judged below

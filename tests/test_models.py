@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,10 +11,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from devtools import procs
 from models.spec import IR_VERSION, OPSET
 from railcore.repository import read_repository
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -29,7 +27,8 @@ def _tree_digest(root: Path) -> dict[str, str]:
 def test_build_is_byte_for_byte_deterministic(tmp_path: Path, repository: Path) -> None:
     out = tmp_path / "repo"
     cmd = [sys.executable, "-m", "gateway.cli", "models", "build", "--repository", str(out)]
-    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
+    done = procs.run(cmd, timeout_s=300)
+    assert done.returncode == 0, done.stderr
     assert _tree_digest(out) == _tree_digest(repository)
 
 
@@ -83,7 +82,7 @@ def test_build_into_unwritable_path_names_it(tmp_path: Path) -> None:
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
     cmd = [sys.executable, "-m", "gateway.cli", "models", "build", "--repository", str(blocked / "repo")]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    result = procs.run(cmd, timeout_s=120)
     assert result.returncode != 0
     assert str(blocked / "repo") in result.stderr
     assert "Traceback" not in result.stderr
