@@ -17,7 +17,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from gateway.backends import Backend
+from gateway.backends import Backend, BackendKind
 from gateway.backends.local import LocalBackend
 from gateway.backends.triton import hub_backend
 from gateway.config import GatewayConfig, HubSpec, load_config
@@ -137,7 +137,7 @@ class Gateway:
 
     def drain(self, name: str) -> Backend:
         backend = self.router.backend(name)
-        if backend is None or backend.kind != "hub":
+        if backend is None or backend.kind != BackendKind.HUB:
             raise KeyError(name)
         self.router.draining.add(name)
         log.info("event=hub_draining hub=%s inflight=%d", name, backend.inflight)
@@ -145,7 +145,7 @@ class Gateway:
 
     def undrain(self, name: str) -> Backend:
         backend = self.router.backend(name)
-        if backend is None or backend.kind != "hub":
+        if backend is None or backend.kind != BackendKind.HUB:
             raise KeyError(name)
         self.router.draining.discard(name)
         log.info("event=hub_undrained hub=%s", name)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 
-from gateway.backends import Backend
+from gateway.backends import Backend, BackendKind
 from gateway.config import Health
 from gateway.metrics import Metrics
 from gateway.routing.router import Router
@@ -39,12 +39,12 @@ class Probes:
         health = self.health
         t0 = time.monotonic()
         healthy = await backend.probe(health.probe_timeout_s)
-        if healthy and backend.kind == "hub":
+        if healthy and backend.kind == BackendKind.HUB:
             self.router.observe_rtt(backend, time.monotonic() - t0)
         if healthy and not backend.healthy:
             try:
                 await asyncio.wait_for(backend.discover(), health.discover_timeout_s)
-                if health.warmup and backend.kind == "hub" and backend.name not in self._warmed:
+                if health.warmup and backend.kind == BackendKind.HUB and backend.name not in self._warmed:
                     await asyncio.wait_for(
                         warm_up(backend, self.router, health.discover_timeout_s), health.discover_timeout_s
                     )
@@ -72,7 +72,7 @@ class Probes:
         interval = self.health.probe_interval_s
         while True:
             await asyncio.sleep(interval)  # the probe period itself, not a synchronisation
-            hubs = [b for b in self.router.backends if b.kind == "hub"]
+            hubs = [b for b in self.router.backends if b.kind == BackendKind.HUB]
             changes = await asyncio.gather(*(self.refresh(b) for b in hubs), return_exceptions=True)
             if any(c is True for c in changes):
                 self.router.rebuild_catalog()
@@ -84,7 +84,7 @@ class Probes:
     async def statistics_forever(self) -> None:
         while True:
             await asyncio.sleep(self.health.stats_interval_s)  # the polling period
-            hubs = [b for b in self.router.backends if b.kind == "hub" and b.healthy]
+            hubs = [b for b in self.router.backends if b.kind == BackendKind.HUB and b.healthy]
             await asyncio.gather(*(self.read_statistics(b) for b in hubs), return_exceptions=True)
 
     async def read_statistics(self, backend: Backend) -> None:

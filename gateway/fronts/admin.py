@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.backends import BackendKind
 from gateway.config import ConfigError
 from gateway.gateway import Gateway
 from railcore.errors import BadRequest, ModelNotFound
@@ -52,6 +53,6 @@ async def drain_hub(request: web.Request) -> web.Response:
     try:
         backend = gateway.drain(name) if draining else gateway.undrain(name)
     except KeyError:
-        hubs = ", ".join(b.name for b in gateway.backends if b.kind == "hub") or "none"
+        hubs = ", ".join(b.name for b in gateway.backends if b.kind == BackendKind.HUB) or "none"
         raise ModelNotFound(f"no hub named {name!r}; hubs: {hubs}") from None
     return web.json_response({"hub": name, "draining": draining, "inflight": backend.inflight})
