@@ -139,7 +139,8 @@ class Breaker:
     # -- outcomes --------------------------------------------------------------------------------
 
     def on_success(self, now: float, ticket: Ticket | None = None) -> bool:
-        """Record a good call; True when this closed an open or half-open breaker."""
+        """Record a good call; True when this closed an open or half-open breaker. Whenever its
+        call was sent (``ticket``), an answer shows the hub serving now: any success closes."""
         self.consecutive_failures = 0
         self.ejections_in_a_row = 0
         if self.state is BreakerState.CLOSED:
