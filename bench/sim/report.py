@@ -86,16 +86,18 @@ def plot(results: list[Row], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for r in results:
-        cost, slo = float(r["cost_per_1k"]), 100 * float(r["slo_attainment"])  # type: ignore[arg-type]
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    # Misses on a log scale: the policies worth comparing miss 0.02-2 %, the baselines up to 90 %.
+    shown = sorted((r for r in results if r["cost_ratio"] is not None), key=lambda r: float(r["cost_ratio"]))  # type: ignore[arg-type]
+    for i, r in enumerate(shown):  # neighbours along x take turns above and below their point
+        ratio, missed = float(r["cost_ratio"]), 100 * (1 - float(r["slo_attainment"]))  # type: ignore[arg-type]
         star = r["policy"] == "clairvoyant"
-        ax.scatter(cost, slo, s=90 if star else 60, marker="*" if star else "o")
-        ratio = f" ({r['cost_ratio']:.2f}x)" if r["cost_ratio"] is not None else ""
-        ax.annotate(f"{r['policy']}{ratio}", (cost, slo))
-    ax.set_xlabel("cost per 1,000 inferences answered in time (x: over the clairvoyant's for the same requests)")
-    ax.set_ylabel("SLO attainment (%)")
-    ax.set_title("Routing policies: cost vs SLO attainment (simulated)")
+        ax.scatter(ratio, missed, s=120 if star else 60, marker="*" if star else "o", zorder=3)
+        ax.annotate(str(r["policy"]), (ratio, missed), xytext=(6, 8 if i % 2 else -12), textcoords="offset points")
+    ax.set_yscale("symlog", linthresh=0.01)
+    ax.set_xlabel("cost over the clairvoyant's, for the requests the policy answered in time")
+    ax.set_ylabel("requests not answered in time (%)")
+    ax.set_title("Routing policies: cost vs SLO misses (simulated, production pipeline)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
