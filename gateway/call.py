@@ -52,6 +52,7 @@ class Call:
     priority: str | None = None
     body_bytes: int | None = None  # the size the caller declared before sending the body, if any
     trace: object | None = None  # trace context, opaque to the service
+    transport_budget_s: float | None = None  # a deadline the transport carries (gRPC's); the tighter wins
 
 
 def call_from_metadata(
@@ -61,6 +62,7 @@ def call_from_metadata(
     gone: Callable[[], bool] = _never_gone,
     body_bytes: int | None = None,
     trace: object | None = None,
+    transport_budget_s: float | None = None,
 ) -> Call:
     """A ``Call`` from HTTP headers or gRPC metadata (the keys above, case-insensitive for HTTP)."""
     get = metadata.get
@@ -74,6 +76,7 @@ def call_from_metadata(
         get(PRIORITY),
         body_bytes,
         trace,
+        transport_budget_s,
     )
 
 

@@ -36,6 +36,7 @@ PRIORITIES: tuple[Priority, ...] = tuple(Priority)
 class Listen:
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int | None = None  # the KServe v2 gRPC API on this port (0: any free one); absent: off
 
 
 @dataclass(frozen=True, slots=True)

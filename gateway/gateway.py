@@ -27,6 +27,7 @@ from gateway.probes import Probes
 from gateway.reload import apply_reload, plan_reload
 from gateway.routing.router import Router
 from gateway.service import InferenceService
+from gateway.statistics import Statistics
 from gateway.status import render_status
 from gateway.tenants import Tenants
 
@@ -38,6 +39,7 @@ class Gateway:
         self.config = config
         self.config_path = config_path
         self.metrics = Metrics()
+        self.statistics = Statistics()
         self.local: LocalBackend | None = LocalBackend(config.local) if config.local.enabled else None
         backends: list[Backend] = [hub_backend(spec) for spec in config.hubs]
         if self.local is not None:
@@ -46,7 +48,13 @@ class Gateway:
         self.probes = Probes(self.router, self.metrics, config.health)
         self.router.on_state_change = self.probes.on_breaker_change
         self.pipeline = Pipeline(
-            self.router, config.batching, config.limits, self.metrics, config.routing, config.admission
+            self.router,
+            config.batching,
+            config.limits,
+            self.metrics,
+            config.routing,
+            config.admission,
+            statistics=self.statistics,
         )
         self.tenants = Tenants(config.tenants, config.admin_keys)
         self.service = InferenceService(
@@ -57,6 +65,7 @@ class Gateway:
             limits=config.limits,
             deadlines=config.deadlines,
             default_policy=config.routing.default_policy,
+            statistics=self.statistics,
         )
         self.draining = False  # set on SIGTERM: readiness fails while accepted requests finish
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -86,6 +95,11 @@ class Gateway:
 
     def status(self) -> dict[str, Any]:
         return render_status(self.router, self.config.routing.default_policy)
+
+    def statistics_for(self, model: str = "", version: str = "") -> dict[str, Any]:
+        """Triton's statistics extension reply for every served model, or one (already looked up)."""
+        versions = {name: info.versions for name, info in self.router.catalog.items()}
+        return self.statistics.render(versions, only=model, version=version)
 
     # -- hub table -------------------------------------------------------------------------------
 

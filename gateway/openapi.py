@@ -36,6 +36,19 @@ _JSON = "application/json"
 _TEXT = "text/plain"
 _RETRY_AFTER = {"schema": {"type": "integer", "minimum": 0}, "description": "Seconds to wait.", "required": False}
 _WWW_AUTHENTICATE = {"schema": {"type": "string"}, "description": "Bearer.", "required": False}
+# Triton's statistics schema: {"model_stats": [{name, version, inference_count, inference_stats, ...}]}.
+_STATISTICS = {
+    "description": "OK.",
+    "content": {
+        _JSON: {
+            "schema": {
+                "type": "object",
+                "required": ["model_stats"],
+                "properties": {"model_stats": {"type": "array", "items": {"type": "object"}}},
+            }
+        }
+    },
+}
 _USAGE_COUNTERS = ("requests", "inferences", "inferences_today", "daily_quota", "spend")
 
 # Status -> when the inference route answers it. Every one carries {"error": "..."}.
@@ -142,6 +155,18 @@ def _model_paths(first: ModelInfo | None) -> dict[str, Any]:
             ),
         }
         paths[prefix + "/infer"] = {"parameters": params, "post": _infer_operation(f"infer{suffix}", first)}
+        paths[prefix + "/stats"] = {
+            "parameters": params,
+            "get": _op(
+                f"statistics{suffix}",
+                "models",
+                "Triton's statistics extension for the model, from the gateway's view.",
+                {200: _STATISTICS, 404: unknown},
+            ),
+        }
+    paths["/v2/models/stats"] = {
+        "get": _op("statistics", "models", "Triton's statistics extension for every model.", {200: _STATISTICS})
+    }
     paths["/v2/repository/index"] = {
         "post": _op("repositoryIndex", "models", "The models and their state.", {200: _json_ref("RepositoryIndex")})
     }

@@ -25,6 +25,7 @@ from gateway.routing.forward import Batch, Forwarder
 from gateway.routing.policy import Route
 from gateway.routing.router import Router
 from gateway.routing.state import batch_bucket
+from gateway.statistics import Statistics
 from railcore.batching import BatchPolicy, BatchQueue, Flush, Pending
 from railcore.catalog import ModelInfo
 from railcore.errors import (
@@ -114,8 +115,10 @@ class Pipeline:
         routing: Routing | None = None,
         admission: Admission | None = None,
         clock: Callable[[], float] | None = None,
+        statistics: Statistics | None = None,
     ) -> None:
         self.router = router
+        self.statistics = statistics or Statistics()
         self.batching = batching
         self.limits = limits
         self.metrics = metrics
@@ -300,6 +303,7 @@ class Pipeline:
                     route_deadline=min(p.deadline for p in batch),
                 )
             )
+            self.statistics.executed(info.name, key.version or info.versions[-1], rows, forwarded.backend_s)
             offset = 0
             for pending in batch:
                 if info.max_batch_size:

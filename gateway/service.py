@@ -24,6 +24,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.routing.policy import Route
 from gateway.routing.router import Router
+from gateway.statistics import Statistics
 from gateway.tenants import Tenant, Tenants
 from railcore.catalog import ModelInfo
 from railcore.errors import DeadlineExceeded, Draining, Forbidden, PayloadTooLarge, RailgateError
@@ -65,8 +66,10 @@ class InferenceService:
         limits: Limits,
         deadlines: Deadlines,
         default_policy: str,
+        statistics: Statistics | None = None,
     ) -> None:
         self.router = router
+        self.statistics = statistics or Statistics()
         self.pipeline = pipeline
         self.tenants = tenants
         self.metrics = metrics
@@ -113,7 +116,10 @@ class InferenceService:
         the usage is billed to the tenant and the answer counted."""
         loop = asyncio.get_running_loop()
         call, info, tenant = ticket.call, ticket.info, ticket.tenant
-        deadline = call.arrived + calls.budget_s(call.budget_ms, request.parameters.get("timeout"), self.deadlines)
+        budget_s = calls.budget_s(call.budget_ms, request.parameters.get("timeout"), self.deadlines)
+        if call.transport_budget_s is not None:
+            budget_s = min(budget_s, call.transport_budget_s)
+        deadline = call.arrived + budget_s
         if loop.time() >= deadline:
             raise DeadlineExceeded("latency budget already spent on arrival; the request was not sent to a backend")
         rows = info.validate(request, text_bytes=self.limits.bytes_must_be_utf8)
@@ -128,7 +134,11 @@ class InferenceService:
         response = InferResponse(info.name, ticket.version or info.versions[-1], outputs, id=request.id)
         metrics = self.metrics
         metrics.requests.labels(info.name, "200", result.backend).inc()
-        metrics.latency.labels(info.name).observe(loop.time() - call.arrived)
+        elapsed = loop.time() - call.arrived
+        metrics.latency.labels(info.name).observe(elapsed)
+        self.statistics.answered(
+            response.model_name, response.model_version, rows, elapsed, result.queue_s, result.backend_s
+        )
         if tenant is not None:
             backend = self.router.backend(result.backend)
             price = self.router.price_now(backend, info.name) if backend is not None else 0.0
@@ -148,7 +158,10 @@ class InferenceService:
         """``admit`` then ``infer``, for a front whose request arrives whole (decoded with its model)."""
         return await self.infer(self.admit(call, request.model, request.version), request)
 
-    def record_failure(self, model: str, error: RailgateError) -> None:
+    def record_failure(self, model: str, error: RailgateError, call: Call | None = None) -> None:
         """Count a call that ended in ``error`` (the front calls this for its own errors too: body, decode)."""
         backend = error.headers.get("X-Served-By", "none")
         self.metrics.requests.labels(model, str(error.status), backend).inc()
+        info = self.router.catalog.get(model)
+        if info is not None and call is not None:  # only served models are counted, never a client's name
+            self.statistics.failed(info.name, info.versions[-1], asyncio.get_running_loop().time() - call.arrived)

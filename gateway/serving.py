@@ -26,6 +26,7 @@ from railcore.errors import RailgateError
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from gateway.fronts.grpc import GrpcServer
     from gateway.gateway import Gateway
 
 log = logging.getLogger("railgate.server")
@@ -35,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None, help="YAML config (default: local backend only)")
     parser.add_argument("--host", default=None, help="overrides listen.host")
     parser.add_argument("--port", type=int, default=None, help="overrides listen.port")
+    parser.add_argument("--grpc-port", type=int, default=None, help="overrides listen.grpc_port (the v2 gRPC API)")
     parser.add_argument("--repository", default=None, help="overrides local.repository")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
@@ -44,7 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_config(args: argparse.Namespace) -> GatewayConfig:
     """The config file's settings with the command line's overrides."""
     config = load_config(args.config)
-    listen = Listen(args.host or config.listen.host, args.port if args.port is not None else config.listen.port)
+    listen = Listen(
+        args.host or config.listen.host,
+        args.port if args.port is not None else config.listen.port,
+        args.grpc_port if args.grpc_port is not None else config.listen.grpc_port,
+    )
     local = config.local
     if args.repository:
         local = dataclasses.replace(local, repository=args.repository)
@@ -92,6 +98,9 @@ def _run_workers(args: argparse.Namespace, config: GatewayConfig) -> int:
     port = config.listen.port or _free_port(config.listen.host)
     argv = [sys.executable, "-m", "gateway.cli", "serve", "--workers", "1", "--reuse-port"]
     argv += ["--host", config.listen.host, "--port", str(port), "--log-level", args.log_level]
+    grpc_port = config.listen.grpc_port
+    if grpc_port is not None:
+        argv += ["--grpc-port", str(grpc_port or _free_port(config.listen.host))]
     if args.config:
         argv += ["--config", str(args.config)]
     if args.repository:
@@ -121,14 +130,22 @@ async def serve(app: web.Application, listen: Listen, grace_s: float, drain_s: f
 
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=grace_s)
     await runner.setup()
+    grpc_server: GrpcServer | None = None
     try:
         site = web.TCPSite(runner, listen.host, listen.port, backlog=1024, reuse_port=reuse_port or None)
         await site.start()
         port = runner.addresses[0][1] if runner.addresses else listen.port
         gateway = app[GATEWAY]
+        banner = ""
+        if listen.grpc_port is not None:
+            from gateway.fronts.grpc import GrpcServer  # grpc loads only when its front is asked for
+
+            grpc_server = GrpcServer(gateway, listen.host, listen.grpc_port, reuse_port=reuse_port)
+            await grpc_server.start()
+            banner = f" grpc={listen.host}:{grpc_server.port}"
         models = ",".join(sorted(gateway.router.catalog)) or "none"
         backends = ",".join(f"{b.name}({'up' if b.healthy else 'down'})" for b in gateway.backends)
-        print(f"railgate serving http://{listen.host}:{port} models={models} backends={backends}", flush=True)
+        print(f"railgate serving http://{listen.host}:{port} models={models} backends={backends}{banner}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -141,6 +158,8 @@ async def serve(app: web.Application, listen: Listen, grace_s: float, drain_s: f
             task.cancel()
         await drain(gateway, grace_s, drain_s)
     finally:
+        if grpc_server is not None:
+            await grpc_server.stop(grace_s)
         await runner.cleanup()
     log.info("event=stopped")
 

@@ -28,7 +28,7 @@ from railcore.protocol.codec import HEADER_LENGTH, DecodeLimits, decode_request,
 from railcore.web import errors_middleware
 
 VERSION = "0.1.0"
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "msgpack_tensor_data", "latency_budget"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "msgpack_tensor_data", "latency_budget"]
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 
 
@@ -75,7 +75,9 @@ def create_app(config: GatewayConfig, config_path: Path | None = None) -> web.Ap
     r.add_get("/v2/health/live", live)
     r.add_get("/v2/health/ready", ready)
     r.add_post("/v2/repository/index", repository_index)
+    r.add_get("/v2/models/stats", model_statistics)
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        r.add_get(prefix + "/stats", model_statistics)
         r.add_get(prefix, model_metadata)
         r.add_get(prefix + "/ready", model_ready)
         r.add_get(prefix + "/config", model_config)
@@ -172,6 +174,15 @@ async def model_ready(request: web.Request) -> web.Response:
 async def model_config(request: web.Request) -> web.Response:
     _, info, _ = _model(request)
     return web.json_response(info.config)
+
+
+async def model_statistics(request: web.Request) -> web.Response:
+    """Triton's statistics extension: every model (``/v2/models/stats``) or one model or version."""
+    gateway = request.app[GATEWAY]
+    if "model" not in request.match_info:
+        return web.json_response(gateway.statistics_for())
+    _, info, version = _model(request)
+    return web.json_response(gateway.statistics_for(info.name, version))
 
 
 async def repository_index(request: web.Request) -> web.Response:

@@ -1,0 +1,256 @@
+"""The gRPC front: KServe v2 ``inference.GRPCInferenceService`` as Triton serves it, on grpc.aio.
+
+It runs on the gateway's own event loop beside the HTTP front and is as thin: a message is decoded
+(``grpc_codec``), its metadata becomes a ``Call`` (the same keys as the HTTP headers, lower-case),
+the one ``InferenceService`` answers it (so gRPC and HTTP requests share batches, routes, deadlines,
+tenants and bills) and the answer is encoded. The reply headers travel as trailing metadata
+(``x-served-by``, ``x-batch-size``, ``x-route-reason``, ``x-queue-ms``, ``x-backend-ms``).
+
+The gRPC deadline is a budget too: the tighter of it, ``x-latency-budget-ms`` and the ``timeout``
+parameter wins. Errors become status codes (``STATUS_CODES``) with the HTTP front's messages. A
+cancelled call is dropped before its batch is sent (grpc.aio cancels the handler; the pipeline
+skips a member whose waiter is gone). ``ModelStreamInfer`` answers each message on its own (an
+error answers that one message and the stream stays open), at most ``STREAM_WINDOW`` at a time per
+stream, so one stream cannot queue without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+from gateway.call import Call, call_from_metadata
+from gateway.fronts.grpc_codec import decode_infer_request, encode_infer_response
+from gateway.gateway import Gateway
+from railcore.catalog import ModelInfo
+from railcore.errors import ModelNotFound, RailgateError
+from railcore.protocol.codec import DecodeLimits
+
+log = logging.getLogger("railgate.grpc")
+
+VERSION = "0.1.0"
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "latency_budget"]
+STREAM_WINDOW = 256  # messages of one stream in the gateway at once; the next is read when one is answered
+
+# An error's HTTP status -> the gRPC status code Triton's clients expect for the same failure.
+STATUS_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    499: grpc.StatusCode.CANCELLED,
+    502: grpc.StatusCode.UNAVAILABLE,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def status_code(error: RailgateError) -> grpc.StatusCode:
+    return STATUS_CODES.get(error.status, grpc.StatusCode.INTERNAL)
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """The call's text metadata (binary ``-bin`` keys are not ours)."""
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
+class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """The v2 gRPC service over one gateway."""
+
+    def __init__(self, gateway: Gateway, decode_limits: DecodeLimits) -> None:
+        self.gateway = gateway
+        self.service = gateway.service
+        self.decode_limits = decode_limits
+
+    # -- inference --------------------------------------------------------------------------------
+
+    def _call(self, context: grpc.aio.ServicerContext, metadata: dict[str, str]) -> Call:
+        loop = asyncio.get_running_loop()
+        remaining = context.time_remaining()
+        return call_from_metadata(
+            metadata,
+            arrived=loop.time(),
+            gone=context.cancelled,
+            transport_budget_s=remaining if remaining is not None and remaining >= 0 else None,
+        )
+
+    async def _answer(
+        self, message: service_pb2.ModelInferRequest, call: Call
+    ) -> tuple[service_pb2.ModelInferResponse, dict[str, str]]:
+        try:
+            request = decode_infer_request(message, self.decode_limits)
+            served = await self.service.answer(call, request)
+        except RailgateError as exc:
+            self.service.record_failure(message.model_name, exc, call)
+            raise
+        return encode_infer_response(served.response), served.headers
+
+    async def ModelInfer(self, request, context):
+        call = self._call(context, _metadata(context))
+        try:
+            response, headers = await self._answer(request, call)
+        except RailgateError as exc:
+            context.set_trailing_metadata(_trailers(exc.headers))
+            await context.abort(status_code(exc), exc.message)
+        context.set_trailing_metadata(_trailers(headers))
+        return response
+
+    async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[Any]:
+        metadata = _metadata(context)
+        answers: asyncio.Queue[Any] = asyncio.Queue()
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        running: set[asyncio.Task[None]] = set()
+
+        async def answer(message: service_pb2.ModelInferRequest) -> None:
+            try:
+                response, _ = await self._answer(message, self._call(context, metadata))
+                answers.put_nowait(service_pb2.ModelStreamInferResponse(infer_response=response))
+            except RailgateError as exc:
+                # The failed message's id comes back with its error, so a client can tell which it was.
+                failed = service_pb2.ModelInferResponse(model_name=message.model_name, id=message.id)
+                answers.put_nowait(
+                    service_pb2.ModelStreamInferResponse(error_message=exc.message, infer_response=failed)
+                )
+            finally:
+                window.release()
+
+        async def read() -> None:
+            async for message in request_iterator:
+                await window.acquire()
+                task = asyncio.get_running_loop().create_task(answer(message))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+            answers.put_nowait(None)  # every message answered: the stream ends when the client's did
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while (item := await answers.get()) is not None:
+                yield item
+            await reader  # re-raises what the reader met (e.g. a broken client stream)
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+
+    # -- server and models ------------------------------------------------------------------------
+
+    async def ServerLive(self, request, context):
+        return service_pb2.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return service_pb2.ServerReadyResponse(ready=self.gateway.ready())
+
+    async def ServerMetadata(self, request, context):
+        return service_pb2.ServerMetadataResponse(name="railgate", version=VERSION, extensions=EXTENSIONS)
+
+    async def _model(self, request, context) -> tuple[ModelInfo, str]:
+        try:
+            info = self.gateway.router.model(request.name)
+            info.check_version(request.version)
+        except RailgateError as exc:
+            await context.abort(status_code(exc), exc.message)
+        return info, request.version
+
+    async def ModelReady(self, request, context):
+        try:
+            info = self.gateway.router.model(request.name)
+            info.check_version(request.version)
+        except ModelNotFound:
+            return service_pb2.ModelReadyResponse(ready=False)
+        return service_pb2.ModelReadyResponse(ready=self.gateway.router.ready(info.name))
+
+    async def ModelMetadata(self, request, context):
+        info, version = await self._model(request, context)
+        metadata = info.metadata(version)
+        return service_pb2.ModelMetadataResponse(
+            name=metadata["name"],
+            versions=metadata["versions"],
+            platform=metadata["platform"],
+            inputs=[service_pb2.ModelMetadataResponse.TensorMetadata(**t) for t in metadata["inputs"]],
+            outputs=[service_pb2.ModelMetadataResponse.TensorMetadata(**t) for t in metadata["outputs"]],
+        )
+
+    async def ModelConfig(self, request, context):
+        info, _ = await self._model(request, context)
+        config = json_format.ParseDict(info.config, model_config_pb2.ModelConfig(), ignore_unknown_fields=True)
+        return service_pb2.ModelConfigResponse(config=config)
+
+    async def ModelStatistics(self, request, context):
+        if request.name:
+            await self._model(request, context)
+        stats = self.gateway.statistics_for(request.name, request.version)
+        return json_format.ParseDict(stats, service_pb2.ModelStatisticsResponse())
+
+    async def RepositoryIndex(self, request, context):
+        router = self.gateway.router
+        index = service_pb2.RepositoryIndexResponse()
+        for info in router.catalog.values():
+            for version in info.versions:
+                ready = router.ready(info.name)
+                index.models.add(name=info.name, version=version, state="READY" if ready else "UNAVAILABLE")
+        return index
+
+    # Triton's model control, shared memory, tracing and logging RPCs are not the gateway's to serve:
+    # the generated base class answers them UNIMPLEMENTED.
+
+
+def _trailers(headers: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple((k.lower(), v) for k, v in headers.items() if k.lower().startswith("x-"))
+
+
+class Health(health_pb2_grpc.HealthServicer):
+    """``grpc.health.v1.Health/Check``: SERVING while the gateway is ready (as ``/v2/health/ready``)."""
+
+    SERVICES = ("", "inference.GRPCInferenceService")
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def Check(self, request, context):
+        if request.service not in self.SERVICES:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service[:80]!r}")
+        serving = self.gateway.ready()
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        return health_pb2.HealthCheckResponse(status=status)
+
+
+class GrpcServer:
+    """The grpc.aio server that carries the front and ``grpc.health.v1`` (for Kubernetes gRPC probes)."""
+
+    def __init__(self, gateway: Gateway, host: str, port: int, reuse_port: bool = False) -> None:
+        limits = gateway.config.limits
+        decode_limits = DecodeLimits(
+            max_inputs=limits.max_inputs, max_elements=limits.max_elements, max_bytes_element=limits.max_bytes_element
+        )
+        # A message over the body limit is refused by grpc itself, RESOURCE_EXHAUSTED naming both sizes.
+        options = [
+            ("grpc.max_receive_message_length", limits.max_body_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),  # grpc's default (1) would let two gateways share a port
+        ]
+        self.server = grpc.aio.server(options=options)
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceFront(gateway, decode_limits), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(Health(gateway), self.server)
+        self.host = host
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen for gRPC on {host}:{port}")
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop taking calls; those in progress get ``grace_s`` to finish (the drain already waited)."""
+        await self.server.stop(grace_s)

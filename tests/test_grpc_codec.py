@@ -1,0 +1,155 @@
+"""The gRPC codec: tritonclient's own request messages in, railgate's value objects out, and back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2
+from tritonclient.grpc._utils import _get_inference_request
+
+from gateway.fronts.grpc_codec import decode_infer_request, encode_infer_response
+from railcore.errors import BadRequest, PayloadTooLarge
+from railcore.protocol.codec import DecodeLimits
+from railcore.protocol.types import InferResponse, Tensor
+
+LIMITS = DecodeLimits()
+
+ARRAYS = {
+    "BOOL": np.array([[True, False, True]]),
+    "INT8": np.array([[-1, 2, 3]], dtype=np.int8),
+    "INT16": np.array([[-1, 2, 3]], dtype=np.int16),
+    "INT32": np.array([[-1, 2, 3]], dtype=np.int32),
+    "INT64": np.array([[-1, 2, 2**40]], dtype=np.int64),
+    "UINT8": np.array([[1, 2, 255]], dtype=np.uint8),
+    "UINT16": np.array([[1, 2, 65535]], dtype=np.uint16),
+    "UINT32": np.array([[1, 2, 2**32 - 1]], dtype=np.uint32),
+    "UINT64": np.array([[1, 2, 2**63]], dtype=np.uint64),
+    "FP16": np.array([[0.5, -1.0, 2.0]], dtype=np.float16),
+    "FP32": np.array([[0.5, -1.0, 2.0]], dtype=np.float32),
+    "FP64": np.array([[0.5, -1.0, 1e300]], dtype=np.float64),
+    "BYTES": np.array([[b"a", b"", b"\xff\x00"]], dtype=object),
+}
+
+
+def _message(inputs: list[grpcclient.InferInput], **kwargs) -> service_pb2.ModelInferRequest:
+    return _get_inference_request(
+        model_name="m",
+        inputs=inputs,
+        model_version=kwargs.get("version", ""),
+        request_id=kwargs.get("request_id", ""),
+        outputs=kwargs.get("outputs"),
+        sequence_id=0,
+        sequence_start=False,
+        sequence_end=False,
+        priority=0,
+        timeout=kwargs.get("timeout"),
+        parameters=None,
+    )
+
+
+def _input(name: str, datatype: str, array: np.ndarray) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+@pytest.mark.parametrize("datatype", sorted(ARRAYS))
+def test_raw_inputs_of_every_datatype_decode_to_the_same_array(datatype: str):
+    request = decode_infer_request(_message([_input("x", datatype, ARRAYS[datatype])]), LIMITS)
+    (tensor,) = request.inputs
+    assert (tensor.name, tensor.datatype, tensor.shape) == ("x", datatype, (1, 3))
+    assert tensor.data.tolist() == ARRAYS[datatype].tolist()
+
+
+@pytest.mark.parametrize("datatype", sorted(set(ARRAYS) - {"FP16"}))
+def test_typed_contents_decode_like_raw_ones(datatype: str):
+    message = _message([_input("x", datatype, ARRAYS[datatype])])
+    field = {
+        "BOOL": "bool_contents",
+        "INT64": "int64_contents",
+        "UINT64": "uint64_contents",
+        "FP32": "fp32_contents",
+        "FP64": "fp64_contents",
+        "BYTES": "bytes_contents",
+    }.get(datatype, "int_contents" if datatype.startswith("INT") else "uint_contents")
+    getattr(message.inputs[0].contents, field).extend(ARRAYS[datatype].ravel().tolist())
+    del message.raw_input_contents[:]
+    (tensor,) = decode_infer_request(message, LIMITS).inputs
+    assert (
+        tensor.data.dtype
+        == decode_infer_request(_message([_input("x", datatype, ARRAYS[datatype])]), LIMITS).inputs[0].data.dtype
+    )
+    assert tensor.data.tolist() == ARRAYS[datatype].tolist()
+
+
+def test_request_id_version_outputs_and_timeout_parameter_come_through():
+    outputs = [grpcclient.InferRequestedOutput("y")]
+    message = _message(
+        [_input("x", "FP32", ARRAYS["FP32"])], version="2", request_id="r-7", outputs=outputs, timeout=1500
+    )
+    request = decode_infer_request(message, LIMITS)
+    assert (request.model, request.version, request.id) == ("m", "2", "r-7")
+    assert [o.name for o in request.outputs] == ["y"]
+    assert request.parameters["timeout"] == 1500
+
+
+def test_raw_contents_of_the_wrong_size_name_the_input():
+    message = _message([_input("x", "FP32", ARRAYS["FP32"])])
+    message.raw_input_contents[0] = b"\x00" * 5
+    with pytest.raises(BadRequest, match=r"input 'x'.*5 bytes, expected 12"):
+        decode_infer_request(message, LIMITS)
+
+
+def test_raw_contents_must_cover_every_input():
+    message = _message([_input("x", "FP32", ARRAYS["FP32"]), _input("y", "FP32", ARRAYS["FP32"])])
+    del message.raw_input_contents[1]
+    with pytest.raises(BadRequest, match="one per input"):
+        decode_infer_request(message, LIMITS)
+
+
+def test_an_unknown_datatype_is_a_bad_request():
+    message = _message([_input("x", "FP32", ARRAYS["FP32"])])
+    message.inputs[0].datatype = "FP8"
+    with pytest.raises(BadRequest, match="unknown datatype 'FP8'"):
+        decode_infer_request(message, LIMITS)
+
+
+def test_a_shape_over_the_element_limit_is_refused_before_any_data_is_read():
+    message = _message([_input("x", "FP32", ARRAYS["FP32"])])
+    message.inputs[0].shape[:] = [1 << 20, 1 << 20]
+    with pytest.raises(PayloadTooLarge, match="elements; the limit is"):
+        decode_infer_request(message, LIMITS)
+
+
+def test_typed_contents_with_the_wrong_count_name_the_input():
+    message = _message([_input("x", "INT32", ARRAYS["INT32"])])
+    del message.raw_input_contents[:]
+    message.inputs[0].contents.int_contents.extend([1, 2])
+    with pytest.raises(BadRequest, match=r"input 'x': contents has 2 elements, expected 3"):
+        decode_infer_request(message, LIMITS)
+
+
+def test_fp16_has_no_typed_contents():
+    message = _message([_input("x", "FP16", ARRAYS["FP16"])])
+    del message.raw_input_contents[:]
+    with pytest.raises(BadRequest, match="FP16 has no typed contents"):
+        decode_infer_request(message, LIMITS)
+
+
+def test_typed_values_out_of_range_are_refused():
+    message = _message([_input("x", "INT8", ARRAYS["INT8"])])
+    del message.raw_input_contents[:]
+    message.inputs[0].contents.int_contents.extend([1, 2, 300])
+    with pytest.raises(BadRequest, match="out of range for INT8"):
+        decode_infer_request(message, LIMITS)
+
+
+@pytest.mark.parametrize("datatype", sorted(ARRAYS))
+def test_replies_go_back_raw_and_tritonclient_reads_them(datatype: str):
+    array = ARRAYS[datatype]
+    response = InferResponse("m", "1", [Tensor("y", datatype, array.shape, array)], id="r-1")
+    message = encode_infer_response(response)
+    result = grpcclient.InferResult(message)
+    assert (message.model_name, message.model_version, message.id) == ("m", "1", "r-1")
+    assert result.as_numpy("y").tolist() == array.tolist()
