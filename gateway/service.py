@@ -30,6 +30,10 @@ from railcore.catalog import ModelInfo
 from railcore.errors import DeadlineExceeded, Draining, Forbidden, PayloadTooLarge, RailgateError
 from railcore.protocol.types import InferRequest, InferResponse, Tensor
 
+# The model label of a call to a name the catalog does not hold: a label never takes a value a client
+# chose freely (each distinct one is a new series in /metrics, kept for the process's life).
+UNKNOWN_MODEL = "(unknown)"
+
 
 # Ticket and Served are built on every call and never changed, but not frozen: a frozen dataclass's
 # __init__ sets each field through object.__setattr__, about four times the cost of a plain one.
@@ -160,8 +164,8 @@ class InferenceService:
 
     def record_failure(self, model: str, error: RailgateError, call: Call | None = None) -> None:
         """Count a call that ended in ``error`` (the front calls this for its own errors too: body, decode)."""
-        backend = error.headers.get("X-Served-By", "none")
-        self.metrics.requests.labels(model, str(error.status), backend).inc()
+        backend = error.headers.get("X-Served-By", "none")  # set by the gateway, never by the client
         info = self.router.catalog.get(model)
+        self.metrics.requests.labels(info.name if info else UNKNOWN_MODEL, str(error.status), backend).inc()
         if info is not None and call is not None:  # only served models are counted, never a client's name
             self.statistics.failed(info.name, info.versions[-1], asyncio.get_running_loop().time() - call.arrived)

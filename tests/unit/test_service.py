@@ -31,8 +31,7 @@ from railcore.errors import (
     Unauthorized,
 )
 from railcore.protocol.types import InferRequest, Tensor
-
-from .fakes import MODEL, ScriptedBackend, answer, now, virtual_time
+from tests.fakes import MODEL, ScriptedBackend, answer, now, virtual_time
 
 ACME, WEST = "rg_acme_key", "rg_west_key"
 TENANTS = (
@@ -198,7 +197,20 @@ async def test_usage_is_billed_to_the_tenant_at_the_serving_hub_s_price():
 
 
 def test_a_failure_is_counted_by_status_and_the_backend_that_failed():
-    service = service_over()
+    service = service_over(ScriptedBackend("west-1"))
     service.record_failure("m", DeadlineExceeded("late", headers={"X-Served-By": "west-1"}))
     service.record_failure("m", BadRequest("bad"))
     assert requests_counted(service) == {("m", "504", "west-1"): 1.0, ("m", "400", "none"): 1.0}
+
+
+def test_unknown_model_names_add_no_metric_series():
+    """A label never takes a value a client chose: 300 made-up names are counted under one label."""
+    service = service_over(ScriptedBackend("west-1"))
+    service.record_failure("m", ModelNotFound("first"))
+    before = len(requests_counted(service))
+    for i in range(300):
+        service.record_failure(f"made-up-{i}", ModelNotFound(f"no model made-up-{i}"))
+    counted = requests_counted(service)
+    assert len(counted) == before + 1, sorted(counted)[:5]
+    assert counted[("(unknown)", "404", "none")] == 300.0
+    assert not any(labels[0].startswith("made-up") for labels in counted)
