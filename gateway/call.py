@@ -125,6 +125,17 @@ def allowed_regions(header: str | None) -> frozenset[str] | None:
     return frozenset(asked)
 
 
+def require_known_regions(regions: frozenset[str] | None, known: frozenset[str]) -> None:
+    """Refuse a region no backend is in (``known``): the allowed set is part of the batch key, so a
+    client free to name any region could make lanes at will, and could never be served anyway."""
+    if regions is not None and not regions <= known:
+        unknown = ", ".join(sorted(regions - known))[:200]
+        raise BadRequest(
+            f"X-Allowed-Regions names unknown region(s) {unknown}; this gateway's regions are "
+            f"{', '.join(sorted(known)) or 'none'}"
+        )
+
+
 def priority(header: str | None, default: str) -> Priority:
     """The call's admission priority (``X-Priority``), else ``default`` (the tenant's)."""
     text = (default if header is None else header).strip().lower()

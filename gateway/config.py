@@ -79,6 +79,9 @@ class Batching:
     # While fewer batches than this are in flight for a batch key, a request is sent at once: an
     # idle pipeline gets no added delay, a busy one accumulates batches that grow with the load.
     max_inflight_batches: int = 2
+    # A lane (one batch key's queue and task) with nothing queued or in flight for this long is
+    # removed: a client can vary its key (X-Allowed-Regions), so lanes must not outlive their traffic.
+    idle_lane_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,9 @@ class Local:
     intra_op_threads: int = 1
     workers: int = 2  # concurrent ONNX Runtime runs (threads off the event loop)
     providers: tuple[str, ...] = ()  # empty: the best the installed onnxruntime offers
+    # Where the gateway itself runs, for residency: a call whose allowed regions leave this out
+    # never runs on the local backend.
+    region: str = "local"
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +242,7 @@ def _check(config: GatewayConfig) -> None:
     _positive(b.max_inflight_batches, "batching.max_inflight_batches")
     if b.max_queue_delay_ms < 0:
         raise ConfigError(f"batching.max_queue_delay_ms: must be >= 0, got {b.max_queue_delay_ms}")
+    _positive(b.idle_lane_s, "batching.idle_lane_s")
     for i, size in enumerate(b.preferred_batch_sizes):
         _positive(size, f"batching.preferred_batch_sizes[{i}]")
     for name in ("max_body_bytes", "max_inputs", "max_elements", "max_bytes_element", "max_queued_requests",

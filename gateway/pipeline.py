@@ -260,12 +260,29 @@ class Pipeline:
                 task.add_done_callback(self._dispatches.discard)
                 continue
             lane.wakeup.clear()
+            if decision.until is None and not queue and not lane.inflight:
+                try:
+                    async with asyncio.timeout(self.batching.idle_lane_s):
+                        await lane.wakeup.wait()
+                except TimeoutError:
+                    if not queue and not lane.inflight:
+                        self._evict(lane)
+                        return
+                continue
             timer = loop.call_at(decision.until, lane.wakeup.set) if decision.until is not None else None
             try:
                 await lane.wakeup.wait()
             finally:
                 if timer is not None:
                     timer.cancel()
+
+    def _evict(self, lane: Lane) -> None:
+        """Forget an idle lane; its runner returns. ``submit`` looks a lane up and queues on it with
+        no await in between, so no request can land on a lane after this."""
+        key = lane.key
+        if self.lanes.get(key) is lane:
+            del self.lanes[key]
+            del self._lane_index[key._index()]
 
     def _service_estimate(self, lane: Lane) -> float:
         bucket = batch_bucket(max(lane.queue.rows, 1))

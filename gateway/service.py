@@ -113,6 +113,8 @@ class InferenceService:
                     f"tenant {tenant.name!r} may not use region(s) {outside}; its residency is {sorted(allowed)}"
                 )
             regions = regions or allowed
+        elif regions is not None:
+            calls.require_known_regions(regions, self.router.regions())
         return Route(policy, regions)
 
     async def infer(self, ticket: Ticket, request: InferRequest) -> Served:

@@ -43,8 +43,9 @@ class LocalBackend(Backend):
     kind = BackendKind.LOCAL
 
     def __init__(self, config: Local) -> None:
-        # The gateway's own machine: wherever the gateway is, so no residency rule excludes it.
-        super().__init__("local", region="local", capacity=config.workers)
+        # The gateway's own machine, in the gateway's region (``local.region``): residency applies
+        # to it as to any hub.
+        super().__init__("local", region=config.region, capacity=config.workers)
         self.config = config
         self.pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="railgate-ort")
         self.sessions: dict[tuple[str, str], ort.InferenceSession] = {}

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.backends import Backend, BackendKind
+from gateway.backends import Backend
 from gateway.config import Health, Routing
 from gateway.routing.policy import Route, choose
 from gateway.routing.state import BackendState, BackendView
@@ -87,6 +87,10 @@ class Router:
             self.rebuild_catalog()
         return backend
 
+    def regions(self) -> frozenset[str]:
+        """The regions the backends are in, healthy or not: the ones a call may name."""
+        return frozenset(b.region for b in self.backends)
+
     def backend(self, name: str) -> Backend | None:
         return next((b for b in self.backends if b.name == name), None)
 
@@ -141,13 +145,11 @@ class Router:
         self, model: str, route: Route | None = None, exclude: frozenset[str] = frozenset()
     ) -> list[Backend]:
         now = self.clock()
-        # The local backend runs where the gateway is: the data does not move, so residency allows it.
+        # The local backend is no exception: it is in the gateway's region (local.region).
         return [
             b
             for b in self._serving.get(model, ())
-            if b.name not in exclude
-            and self.usable(b, now)
-            and (route is None or b.kind == BackendKind.LOCAL or route.allows(b.region))
+            if b.name not in exclude and self.usable(b, now) and (route is None or route.allows(b.region))
         ]
 
     def predicted_s(self, backend: Backend, model: str, rows: int = 1) -> float | None:

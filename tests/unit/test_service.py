@@ -142,7 +142,7 @@ async def test_residency_narrows_a_route_and_never_widens_it():
     assert service.admit(call(authorization=bearer(WEST)), "m", "").route.regions == frozenset({"west"})
     with pytest.raises(Forbidden, match=r"tenant 'west' may not use region\(s\) east; its residency is \['west'\]"):
         service.admit(call(authorization=bearer(WEST), regions="west,east"), "m", "")
-    anonymous = service_over(ScriptedBackend("west-1"))
+    anonymous = service_over(ScriptedBackend("west-1"), ScriptedBackend("east-1", region="east"))
     assert anonymous.admit(call(regions="east"), "m", "").route.regions == frozenset({"east"})
 
 
