@@ -34,6 +34,7 @@ from railcore.repository import RepositoryError, RepositoryModel, model_info, pa
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.pbtxt"
+_LEGACY_LOCK = ".sync.lock"  # where runtimes before the directory lock kept theirs
 
 
 class StoreBusy(Exception):
@@ -177,18 +178,27 @@ class ModelStore:
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
-        """Exclusive right to write this repository (an advisory lock: a CLI sync beside a running edge)."""
+        """Exclusive right to write this repository (an advisory lock: a CLI sync beside a running edge).
+
+        The lock is taken on the repository directory itself, so no lock file is ever left in it: the
+        repository holds model files and the manifest only (a build's tree digest stays the same after
+        an edge ran over it). An older runtime's ``.sync.lock`` is removed under the lock.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".sync.lock", "a+b") as lock:
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
             try:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise StoreBusy(f"another sync is writing {self.root}") from None
             try:
+                (self.root / _LEGACY_LOCK).unlink(missing_ok=True)
                 self._remove_parts()  # left by a crash: never loaded, and nobody else writes now
                 yield
             finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def _remove_parts(self) -> None:
         for part in self.root.glob("**/.*.part"):

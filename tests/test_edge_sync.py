@@ -289,3 +289,16 @@ async def test_railgate_edge_sync_pulls_the_configured_models(gateway_repo: Path
         assert outcomes[0].outcome == "failed" and "not exportable" in outcomes[0].detail
     finally:
         await server.close()
+
+
+async def test_a_sync_leaves_nothing_but_model_files_in_the_repository(gateway_repo: Path, tmp_path: Path) -> None:
+    """The repository is the gateway's build output: runtime state (the writers' lock) stays out of it."""
+    server = await artifact_server(gateway_repo)
+    edge_repo = tmp_path / "edge"
+    try:
+        outcomes = await sync_once(str(server.make_url("")).rstrip("/"), edge_repo, ("digits",), 5)
+        assert [o.outcome for o in outcomes] == ["updated"]
+    finally:
+        await server.close()
+    files = sorted(str(p.relative_to(edge_repo)) for p in edge_repo.rglob("*") if p.is_file())
+    assert files == ["digits/1/model.onnx", "digits/config.pbtxt", "manifest.json"]
