@@ -32,6 +32,7 @@ class Probes:
         self.health = health
         self._warmed: set[str] = set()
         self._stats: dict[tuple[str, str], tuple[float, float, float]] = {}
+        self._scrape_failing: set[str] = set()  # hubs whose last statistics scrape failed
 
     async def refresh(self, backend: Backend) -> bool:
         """Probe one backend; on a transition to healthy, re-read its models (and warm a new hub up
@@ -85,10 +86,25 @@ class Probes:
         while True:
             await asyncio.sleep(self.health.stats_interval_s)  # the polling period
             hubs = [b for b in self.router.backends if b.kind == BackendKind.HUB and b.healthy]
-            await asyncio.gather(*(self.read_statistics(b) for b in hubs), return_exceptions=True)
+            await asyncio.gather(*(self.read_statistics(b) for b in hubs))
 
     async def read_statistics(self, backend: Backend) -> None:
-        """Triton's own queue and compute times per model (deltas since the last read)."""
+        """Triton's own queue and compute times per model (deltas since the last read).
+
+        A scrape that fails is logged when the scrapes start failing and when they recover, not on
+        every poll: a hub whose statistics endpoint is gone would otherwise log every few seconds."""
+        try:
+            await self._read_statistics(backend)
+        except Exception as exc:  # any failure to read or parse: the router keeps its last values
+            if backend.name not in self._scrape_failing:
+                self._scrape_failing.add(backend.name)
+                log.warning("event=stats_scrape_failed hub=%s error=%r", backend.name, exc)
+            return
+        if backend.name in self._scrape_failing:
+            self._scrape_failing.discard(backend.name)
+            log.info("event=stats_scrape_restored hub=%s", backend.name)
+
+    async def _read_statistics(self, backend: Backend) -> None:
         stats = await backend.statistics()
         state = self.router.state[backend.name]
         for model, (count, queue_ns, compute_ns) in stats.items():

@@ -60,7 +60,11 @@ class BackendState:
     def predicted_s(
         self, model: str, rows: int, inflight: int, capacity: int, now: float = 0.0, decay_s: float = 0.0
     ) -> float | None:
-        """RTT + service time at ``rows`` + queueing behind in-flight batches; None if never measured."""
+        """RTT + service time at ``rows`` + queueing; None if never measured.
+
+        Queueing is the longer of the wait behind our own in-flight batches and the hub's own
+        average queue time (Triton's statistics): the hub's counts every client's work, which a
+        gateway that shares the hub sees in no EWMA of its own until its batches start waiting."""
         state = self.models.get(model)
         if state is None:
             return None
@@ -68,7 +72,7 @@ class BackendState:
         if service is None:
             return state.total.decayed(now, decay_s)
         rtt = self.rtt.value or 0.0
-        queueing = service * (inflight // max(capacity, 1))
+        queueing = max(service * (inflight // max(capacity, 1)), state.hub_queue_s or 0.0)
         return rtt + service + queueing
 
     def record(self, model: str, rows: int, seconds: float, ok: bool, now: float = 0.0) -> None:
