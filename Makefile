@@ -5,13 +5,23 @@ PY := $(VENV)/bin/python
 REPO := models/repository
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint imports fmt bench nginx bench-edge sim chaos fuzz loadtest loadtest-ui models venv clean
+.PHONY: demo test test-unit test-inprocess test-system lint imports fmt bench nginx bench-edge sim chaos fuzz loadtest loadtest-ui models venv clean
 
 demo: $(STAMP) $(REPO)/manifest.json
 	$(PY) -m gateway.cli demo --repository $(REPO)
 
 test: $(STAMP) $(REPO)/manifest.json
 	$(PY) -m pytest -q
+
+# The three layers alone: pure core (milliseconds), in-process (local ONNX Runtime), system (real hubs).
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+test-inprocess: $(STAMP) $(REPO)/manifest.json
+	$(PY) -m pytest -q tests/inprocess
+
+test-system: $(STAMP) $(REPO)/manifest.json
+	$(PY) -m pytest -q tests/system
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -49,7 +59,7 @@ sim: $(STAMP)
 
 # HTTP fuzzing, long run (schemathesis + hypothesis) against a real hub and gateway: ~5 min.
 fuzz: $(STAMP) $(REPO)/manifest.json
-	$(PY) -m pytest -q tests/fuzz_long.py
+	$(PY) -m pytest -q tests/system/fuzz_long.py
 
 # Fault scenarios (overload, SIGTERM, hubs that hang, 500, answer garbage, cut replies), 30 s each.
 chaos: $(STAMP) $(REPO)/manifest.json

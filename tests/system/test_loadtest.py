@@ -19,8 +19,7 @@ from loadtests import payloads, shapes, stats, summary
 from loadtests.run import LOCUSTFILE, locust_command, locust_env
 from loadtests.settings import SettingsError, read_settings
 from railcore.protocol.codec import HEADER_LENGTH, DecodeLimits, decode_request
-
-from .conftest import GatewayProcess, hub_entry
+from tests.conftest import GatewayProcess, hub_entry
 
 # -- payloads -------------------------------------------------------------------------------------
 

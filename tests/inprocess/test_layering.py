@@ -19,7 +19,7 @@ import pytest
 
 from devtools import imports, procs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PRODUCT_FILES = ("pyproject.toml", "README.md", "gateway", "edge", "railcore")
 NEVER_ON_A_DEVICE = ("gateway", "tritonclient", "hub", "devtools", "models", "sklearn", "grpc")
 

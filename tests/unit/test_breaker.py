@@ -1,6 +1,6 @@
 """The one circuit breaker (railcore.breaker), pure, under explicit time: every transition, the
 half-open trial that never reports, stale failures and the back-off's cap. The gateway's router and
-the edge's link both run it (tests/test_health.py and tests/test_edge_offload.py test them there)."""
+the edge's link both run it (tests/unit/test_health.py and tests/unit/test_edge_offload.py test them there)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import pytest
 from devtools.devstack import StartError
 from hub.server import Hub
 
-from .conftest import GatewayProcess, LinkProcess, hub_entry, start_hub
+from tests.conftest import GatewayProcess, LinkProcess, hub_entry, start_hub
 
 
 def _digits_body(rows: int = 1, **extra) -> bytes:

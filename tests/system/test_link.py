@@ -23,7 +23,7 @@ import devtools.link as link_module
 from devtools import procs
 from devtools.link import DeliverySchedule, Link, LinkConfig, add_arguments, read_size
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 5.0
 
 

@@ -11,8 +11,7 @@ import pytest
 
 from gateway.tenants import hash_key, new_key
 from hub.server import Hub
-
-from .conftest import GatewayProcess, hub_entry
+from tests.conftest import GatewayProcess, hub_entry
 
 BODY = json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [2, 64], "data": [1.0] * 128}]})
 KEYS = {name: new_key() for name in ("acme", "limited", "west-only", "admin")}

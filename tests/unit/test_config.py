@@ -8,7 +8,7 @@ import pytest
 
 from gateway.config import ConfigError, GatewayConfig, load_config, parse_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 HUB = {"name": "west-1", "url": "http://127.0.0.1:8001", "region": "west", "price_per_1k": 0.02}
 

@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -18,45 +16,8 @@ import tritonclient.http as httpclient
 from devtools import procs
 from devtools.procs import Child, free_port, group_members
 from hub.server import Hub, HubConfig, HubError
-
-from .conftest import start_hub
-
-
-def sample_inputs(name: str, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    if name == "vocab":  # known words, an unknown one, and non-ASCII UTF-8
-        words = [b"three", b"nine", b"zero", b"eleven", "f\u00fcnf".encode(), b""]
-        return {
-            "word": np.array([words[i] for i in rng.integers(0, len(words), batch)], dtype=object).reshape(batch, 1)
-        }
-    shapes = {
-        "digits": ("pixels", (64,), 16.0),
-        "vision": ("image", (3, 64, 64), 1.0),
-        "anomaly": ("window", (128,), 1.0),
-    }
-    tensor, dims, scale = shapes[name]
-    return {tensor: (rng.random((batch, *dims)) * scale).astype(np.float32)}
-
-
-def local_outputs(repository: Path, name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(str(repository / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    feed = {
-        k: (np.vectorize(bytes.decode, otypes=[object])(v) if v.dtype.kind == "O" else v) for k, v in inputs.items()
-    }
-    outputs = dict(zip(names, session.run(names, feed), strict=True))
-    return {k: (np.vectorize(str.encode, otypes=[object])(v) if v.dtype.kind == "O" else v) for k, v in outputs.items()}
-
-
-def assert_same_outputs(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
-    assert set(got) == set(want)
-    for key, expected in want.items():
-        assert got[key].dtype == expected.dtype, key
-        assert got[key].shape == expected.shape, key
-        if expected.dtype.kind == "f":
-            np.testing.assert_allclose(got[key], expected, rtol=1e-6, atol=1e-6, err_msg=key)
-        else:
-            np.testing.assert_array_equal(got[key], expected, err_msg=key)
+from tests.conftest import start_hub
+from tests.samples import assert_same_outputs, local_outputs, sample_inputs
 
 
 @pytest.mark.parametrize("name", ["digits", "vision", "anomaly", "vocab"])

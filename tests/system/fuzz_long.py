@@ -1,4 +1,4 @@
-"""The HTTP fuzzers of ``test_fuzz_http.py``, run long: ``make fuzz`` (``pytest tests/fuzz_long.py``).
+"""The HTTP fuzzers of ``test_fuzz_http.py``, run long: ``make fuzz`` (``pytest tests/system/fuzz_long.py``).
 
 Not collected by a plain ``pytest`` (the name does not match ``test_*.py``): this takes minutes. It starts its own
 hub (the session ``hub`` fixture of ``conftest.py``) and gateway (``fuzz_gateway``), like the short run.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from .test_fuzz_http import (  # noqa: F401  (fixtures are used by name)
+from tests.system.test_fuzz_http import (  # noqa: F401  (fixtures are used by name)
     OPERATIONS,
     assert_live,
     fuzz_gateway,

@@ -23,11 +23,9 @@ from edge.store import ModelStore
 from edge.sync import sync_models, sync_once
 from gateway.artifacts import add_routes
 from railcore.errors import BadRequest
+from tests.samples import assert_same_outputs, copy_repository, sample_inputs
 
-from .test_edge_runtime import copy_repository
-from .test_hub import assert_same_outputs, sample_inputs
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def sha256(path: Path) -> str:

@@ -240,7 +240,7 @@ def test_edge_config_errors_name_the_key(raw: dict, message: str) -> None:
 def test_the_example_edge_config_is_valid_and_shows_the_defaults() -> None:
     from edge.config import EdgeConfig, load_edge_config
 
-    example = load_edge_config(Path(__file__).resolve().parents[1] / "deploy" / "edge.yaml")
+    example = load_edge_config(Path(__file__).resolve().parents[2] / "deploy" / "edge.yaml")
     assert example.models == ("digits", "anomaly") and example.gateway_url == "http://127.0.0.1:8000"
     defaults = EdgeConfig()
     assert (example.threads, example.batching, example.sync, example.circuit, example.listen) == (

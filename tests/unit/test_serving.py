@@ -9,9 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from gateway.serving import drain
-
-from .fakes import ScriptedBackend, answer_when, hang, now, virtual_time
-from .test_service import call, request, service_over
+from tests.fakes import ScriptedBackend, answer_when, hang, now, virtual_time
+from tests.unit.test_service import call, request, service_over
 
 
 def gateway_over(hub: ScriptedBackend) -> SimpleNamespace:

@@ -20,8 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from hub.server import Hub, HubConfig
-
-from .conftest import GatewayProcess, LinkProcess, start_hub
+from tests.conftest import GatewayProcess, LinkProcess, start_hub
 
 BUDGET_MS = 2000
 SLACK_S = 0.3  # scheduling slack on a loaded 2-core machine

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from hub.server import Hub
-
-from .conftest import GatewayProcess, LinkProcess
+from tests.conftest import GatewayProcess, LinkProcess
 
 BODY = json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [1.0] * 64}]}).encode()
 

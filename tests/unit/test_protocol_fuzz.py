@@ -25,7 +25,7 @@ from railcore.protocol import (
     decode_request,
     encode_response,
 )
-from tests.test_protocol import (
+from tests.unit.test_protocol import (
     assert_same,
     client_result,
     from_client_array,

@@ -26,11 +26,10 @@ from devtools.devstack import next_line
 from edge import EdgeRuntime, parse_edge_config
 from edge.server import create_app
 from hub.server import free_port
+from tests.conftest import GatewayProcess
+from tests.samples import assert_same_outputs, local_outputs, sample_inputs
 
-from .conftest import GatewayProcess
-from .test_hub import assert_same_outputs, local_outputs, sample_inputs
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextlib.asynccontextmanager

@@ -14,8 +14,7 @@ import pytest
 import yaml
 
 from hub.server import Hub
-
-from .conftest import GatewayProcess, LinkProcess, hub_entry, start_hub
+from tests.conftest import GatewayProcess, LinkProcess, hub_entry, start_hub
 
 BODY = json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [1.0] * 64}]}).encode()
 

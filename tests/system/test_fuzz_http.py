@@ -7,7 +7,7 @@ fuzzers rarely reach (huge headers, deep nesting, length prefixes and shapes tha
 
 These run against their own gateway in front of the session hub, not the session ``gateway``: fuzzing drains
 hubs, reloads the config and sends requests that get the hub ejected, which would fail the tests sharing it.
-``tests/fuzz_long.py`` (``make fuzz``) runs the same fuzzers for much longer.
+``tests/system/fuzz_long.py`` (``make fuzz``) runs the same fuzzers for much longer.
 
 Known bugs are pinned by ``xfail(strict=True)`` tests at the end, and the random generators steer around
 them (``known_bug``) so that they keep looking for new ones; when a bug is fixed its test XPASSes and fails:
@@ -43,8 +43,7 @@ from gateway.routing.policy import POLICIES
 from hub.server import Hub
 from railcore.catalog import ModelInfo, TensorMeta
 from railcore.protocol.types import DTYPES
-
-from .conftest import GatewayProcess, hub_entry
+from tests.conftest import GatewayProcess, hub_entry
 
 # A gateway answers 502/503/504 when a hub fails, none is healthy, or the budget ran out: states, not bugs.
 GATEWAY_STATES = {502, 503, 504}

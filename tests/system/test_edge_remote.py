@@ -12,9 +12,8 @@ from devtools.devstack import Service
 from edge import EdgeConfig, EdgeResult, EdgeRuntime, ModelUnavailable, parse_edge_config
 from gateway.tenants import hash_key, new_key
 from hub.server import Hub, free_port
-
-from .conftest import GatewayProcess, LinkProcess, hub_entry
-from .test_hub import assert_same_outputs, local_outputs, sample_inputs
+from tests.conftest import GatewayProcess, LinkProcess, hub_entry
+from tests.samples import assert_same_outputs, local_outputs, sample_inputs
 
 pytestmark = pytest.mark.hub
 

@@ -20,7 +20,7 @@ from bench.scenarios import Plan
 from bench.stats import latency_summary, percentile, spread
 from devtools import procs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_percentiles_and_spreads_match_numpy_conventions():

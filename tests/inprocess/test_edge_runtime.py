@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -14,24 +13,13 @@ import pytest
 
 from edge import EdgeConfig, EdgeRuntime, ModelRefused, ModelUnavailable, parse_edge_config
 from railcore.errors import BadRequest, NoBackend
-
-from .test_hub import assert_same_outputs, local_outputs, sample_inputs
+from tests.samples import assert_same_outputs, copy_repository, local_outputs, sample_inputs
 
 MODELS = ["digits", "vision", "anomaly", "vocab"]
 
 
 def edge_config(repository: Path, **overrides) -> EdgeConfig:
     return parse_edge_config({"repository": str(repository), **overrides})
-
-
-def copy_repository(source: Path, target: Path, models: tuple[str, ...] = tuple(MODELS)) -> Path:
-    target.mkdir(parents=True, exist_ok=True)
-    for name in models:
-        shutil.copytree(source / name, target / name)
-    manifest = json.loads((source / "manifest.json").read_text())
-    manifest["models"] = {k: v for k, v in manifest["models"].items() if k in models}
-    (target / "manifest.json").write_text(json.dumps(manifest))
-    return target
 
 
 @pytest.fixture(scope="module")

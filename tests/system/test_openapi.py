@@ -18,8 +18,7 @@ from gateway.openapi import REGION_PATTERN, example_request, openapi_document, o
 from gateway.routing.policy import POLICIES
 from railcore.catalog import ModelInfo, TensorMeta
 from railcore.protocol import DTYPES, DecodeLimits, decode_request
-
-from .conftest import GatewayProcess
+from tests.conftest import GatewayProcess
 
 DIGITS = ModelInfo(
     name="digits",

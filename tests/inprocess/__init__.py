@@ -1,0 +1,1 @@
+"""In-process tests: local ONNX Runtime, aiohttp test servers, fresh interpreters; no hub."""

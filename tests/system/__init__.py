@@ -1,0 +1,1 @@
+"""System tests: real Triton hubs, gateways, links and load generators as processes on loopback ports."""
