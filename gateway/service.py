@@ -10,6 +10,9 @@ in two steps, so the admission that needs no body runs before the body is read:
 (``answer`` does both for a front that has the whole request at once.) Errors are
 ``RailgateError``s; a front maps them to its protocol and reports them with ``record_failure``.
 No aiohttp here: the service sees a ``Call`` and protocol value objects, never a socket.
+
+The daily quota charges what was answered: ``infer`` reserves the rows at admission (so concurrent
+calls cannot overrun it) and gives them back when the call fails or is cancelled.
 """
 
 from __future__ import annotations
@@ -47,8 +50,6 @@ class Ticket:
     route: Route
     priority: Priority
     tenant: Tenant | None
-    # The arrival on the router's clock (high resolution): the end-to-end latency counts from here.
-    started: float = 0.0
 
 
 @dataclass(slots=True)
@@ -101,14 +102,7 @@ class InferenceService:
             tenants.check_model(tenant, info.name)
         route = self._route(call, tenant)
         priority = calls.priority(call.priority, tenant.spec.priority if tenant else "normal")
-        return Ticket(call, info, version, route, priority, tenant, self._started(call))
-
-    def _started(self, call: Call) -> float:
-        """The call's arrival on the router's clock. A front stamps ``arrived`` on the loop's clock
-        (the deadline's), which moves in 1 ms steps under uvloop: only the short span from arrival to
-        admission is taken on it, so a latency is not rounded to whole milliseconds."""
-        since_arrival = asyncio.get_running_loop().time() - call.arrived
-        return self.router.clock() - max(since_arrival, 0.0)
+        return Ticket(call, info, version, route, priority, tenant)
 
     def _route(self, call: Call, tenant: Tenant | None) -> Route:
         """The call's policy and regions, within the tenant's residency: a call may narrow it, never widen it."""
@@ -138,18 +132,26 @@ class InferenceService:
         if loop.time() >= deadline:
             raise DeadlineExceeded("latency budget already spent on arrival; the request was not sent to a backend")
         rows = info.validate(request, text_bytes=self.limits.bytes_must_be_utf8)
-        if tenant is not None:
-            self.tenants.admit(tenant, info.name, rows)
-        result = await self.pipeline.submit(
-            request, info, rows, deadline, gone=call.gone, route=ticket.route, priority=ticket.priority
-        )
+        if tenant is None:
+            result = await self.pipeline.submit(
+                request, info, rows, deadline, gone=call.gone, route=ticket.route, priority=ticket.priority
+            )
+        else:
+            self.tenants.admit(tenant, info.name, rows)  # reserves the rows against today's quota ...
+            try:
+                result = await self.pipeline.submit(
+                    request, info, rows, deadline, gone=call.gone, route=ticket.route, priority=ticket.priority
+                )
+            except BaseException:  # ... and a call that is not answered (failed, cancelled) gives them back
+                self.tenants.release(tenant, rows)
+                raise
         datatypes = {t.name: t.datatype for t in info.outputs}
         names = [o.name for o in request.outputs] or [o.name for o in info.outputs]
         outputs = [Tensor(n, datatypes[n], result.outputs[n].shape, result.outputs[n]) for n in names]
         response = InferResponse(info.name, ticket.version or info.versions[-1], outputs, id=request.id)
         metrics = self.metrics
         metrics.requests.labels(info.name, "200", result.backend).inc()
-        elapsed = self.router.clock() - ticket.started
+        elapsed = loop.time() - call.arrived
         metrics.latency.labels(info.name).observe(elapsed)
         self.statistics.answered(
             response.model_name, response.model_version, rows, elapsed, result.queue_s, result.backend_s

@@ -1,7 +1,10 @@
 """Tenants: API keys (salted hashes, constant-time compare), rate limits, daily quotas, usage.
 
-Pure apart from the clock it is given. The inference service (service.py) calls ``authenticate``,
-``check_model``, ``admit`` and ``record``; the pipeline never sees a key.
+Pure apart from the clocks it is given: the wall clock for the UTC day a quota counts, the monotonic
+one for rate limits (a wall-clock step must neither refill nor drain a bucket). The inference service
+(service.py) calls ``authenticate``, ``check_model``, ``admit``, then ``record`` for an answered call or
+``release`` for a failed one; the access middleware (fronts/access.py) calls ``authenticate_any``. The
+pipeline never sees a key.
 
 A key is ``rg_`` + 32 random bytes (urlsafe base64). The config stores only
 ``sha256$<salt hex>$<digest hex>`` of it: a leaked config file does not leak keys. Keys carry 256
@@ -47,19 +50,22 @@ def key_matches(key: str, stored: str) -> bool:
 
 @dataclass(slots=True)
 class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` saved up."""
+    """``rate`` tokens per second, at most ``burst`` saved up; starts full. ``now`` is a monotonic clock's."""
 
     rate: float
     burst: float
-    tokens: float = -1.0
-    at: float = 0.0
+    tokens: float = field(init=False)
+    at: float | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.burst
 
     def take(self, now: float, cost: float = 1.0) -> float:
         """Take ``cost`` tokens; return 0 on success, else the seconds until they would be there."""
-        if self.tokens < 0:
-            self.tokens, self.at = self.burst, now
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
+        if self.at is not None:
+            # Never negative: a clock that went back refills nothing (and never empties a bucket either).
+            self.tokens = min(self.burst, self.tokens + max(0.0, now - self.at) * self.rate)
+        self.at = now if self.at is None else max(self.at, now)
         if self.tokens >= cost:
             self.tokens -= cost
             return 0.0
@@ -68,9 +74,12 @@ class TokenBucket:
 
 @dataclass(slots=True)
 class Usage:
+    """A tenant's counts. ``inferences_today`` holds the rows answered today plus those admitted and not
+    yet answered (reserved, so concurrent calls cannot overrun the quota); a failed call releases its rows."""
+
     day: int = -1
     inferences_today: int = 0
-    requests: int = 0
+    requests: int = 0  # answered
     inferences: int = 0
     spend: float = 0.0
 
@@ -90,11 +99,16 @@ class Tenants:
     """The tenant table. With no tenants configured, every request is anonymous and allowed."""
 
     def __init__(
-        self, specs: tuple[TenantSpec, ...], admin_keys: tuple[str, ...] = (), clock: Callable[[], float] = time.time
+        self,
+        specs: tuple[TenantSpec, ...],
+        admin_keys: tuple[str, ...] = (),
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.tenants = {s.name: Tenant(s, TokenBucket(s.rate_per_s, s.burst or s.rate_per_s)) for s in specs}
         self.admin_keys = admin_keys
-        self.clock = clock
+        self.clock = clock  # wall clock: which UTC day a quota counts
+        self.monotonic = monotonic  # rate limits
         self._verified: OrderedDict[bytes, str] = OrderedDict()  # sha256(key) -> tenant, for speed
 
     @property
@@ -125,10 +139,18 @@ class Tenants:
                 self._verified.popitem(last=False)
         return self.tenants[name]
 
-    def authenticate_admin(self, authorization: str | None) -> None:
+    def is_admin(self, authorization: str | None) -> bool:
+        """Whether ``authorization`` carries an admin key (Unauthorized when it carries no key at all)."""
         key = self._bearer(authorization)
-        if not any(key_matches(key, h) for h in self.admin_keys):
+        return any(key_matches(key, h) for h in self.admin_keys)
+
+    def authenticate_admin(self, authorization: str | None) -> None:
+        if not self.is_admin(authorization):
             raise Forbidden("this endpoint needs an admin key")
+
+    def authenticate_any(self, authorization: str | None) -> Tenant | None:
+        """The tenant a key names, or None for an admin key (Unauthorized for neither)."""
+        return None if self.is_admin(authorization) else self.authenticate(authorization)
 
     def check_model(self, tenant: Tenant, model: str) -> None:
         if tenant.spec.models and model not in tenant.spec.models:
@@ -151,16 +173,23 @@ class Tenants:
                 headers={"Retry-After": str(retry)},
             )
         if spec.rate_per_s:
-            wait = tenant.bucket.take(now)
+            wait = tenant.bucket.take(self.monotonic())
             if wait > 0:
                 raise RateLimited(
                     f"tenant {tenant.name!r} is over its rate of {spec.rate_per_s:g} requests/s",
                     headers={"Retry-After": str(max(1, int(wait + 0.999)))},
                 )
-        usage.inferences_today += rows
-        usage.requests += 1
+        usage.inferences_today += rows  # reserved; ``release`` gives it back if nothing is answered
+
+    def release(self, tenant: Tenant, rows: int) -> None:
+        """Give back the rows ``admit`` reserved for a call that was not answered (a failure, a cancel)."""
+        usage = tenant.usage
+        if usage.day == int(self.clock() // 86_400):  # a reservation from yesterday went with its day
+            usage.inferences_today = max(0, usage.inferences_today - rows)
 
     def record(self, tenant: Tenant, rows: int, price_per_1k: float) -> None:
+        """Bill an answered call (its rows stay charged to today's quota)."""
+        tenant.usage.requests += 1
         tenant.usage.inferences += rows
         tenant.usage.spend += price_per_1k * rows / 1000
 

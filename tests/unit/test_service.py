@@ -24,6 +24,7 @@ from railcore.errors import (
     DeadlineExceeded,
     Draining,
     Forbidden,
+    HubError,
     ModelNotFound,
     PayloadTooLarge,
     QuotaExceeded,
@@ -31,7 +32,7 @@ from railcore.errors import (
     Unauthorized,
 )
 from railcore.protocol.types import InferRequest, Tensor
-from tests.fakes import MODEL, ScriptedBackend, answer, now, virtual_time
+from tests.fakes import MODEL, ScriptedBackend, answer, hub_failed, now, virtual_time
 
 ACME, WEST = "rg_acme_key", "rg_west_key"
 TENANTS = (
@@ -214,3 +215,18 @@ def test_unknown_model_names_add_no_metric_series():
     assert len(counted) == before + 1, sorted(counted)[:5]
     assert counted[("(unknown)", "404", "none")] == 300.0
     assert not any(labels[0].startswith("made-up") for labels in counted)
+
+
+@virtual_time
+async def test_a_failed_request_does_not_consume_the_daily_quota():
+    """The quota charges what was answered: west's quota of 2 survives a hub error and serves 2."""
+    hub = ScriptedBackend("west-1", hub_failed(), answer(), answer())
+    service = service_over(hub, tenants=TENANTS)
+    with pytest.raises(HubError):
+        await service.infer(service.admit(call(authorization=bearer(WEST)), "m", ""), request())
+    for _ in range(2):
+        await service.infer(service.admit(call(authorization=bearer(WEST)), "m", ""), request())
+    usage = service.tenants.usage(only="west")["west"]
+    assert (usage["requests"], usage["inferences"], usage["inferences_today"]) == (2, 2, 2)
+    with pytest.raises(QuotaExceeded, match="daily quota of 2"):
+        await service.infer(service.admit(call(authorization=bearer(WEST)), "m", ""), request())

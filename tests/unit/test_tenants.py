@@ -19,7 +19,7 @@ class Clock:
 
 def table(clock: Clock, **spec) -> tuple[Tenants, str]:
     key = new_key()
-    tenants = Tenants((TenantSpec("acme", keys=(hash_key(key),), **spec),), clock=clock)
+    tenants = Tenants((TenantSpec("acme", keys=(hash_key(key),), **spec),), clock=clock, monotonic=clock)
     return tenants, key
 
 
@@ -91,3 +91,36 @@ def test_token_bucket_never_saves_more_than_its_burst() -> None:
     assert bucket.take(0.0) == pytest.approx(0.1)
     assert [bucket.take(100.0) for _ in range(3)] == [0.0, 0.0, 0.0]
     assert bucket.take(100.0) > 0
+
+
+def test_a_wall_clock_step_back_refills_nothing() -> None:
+    """The bucket runs on the monotonic clock: an NTP step (or an operator's date) cannot refill a burst."""
+    wall, monotonic = Clock(), Clock(now=50.0)
+    key = new_key()
+    tenants = Tenants(
+        (TenantSpec("acme", keys=(hash_key(key),), rate_per_s=1.0, burst=2.0),), clock=wall, monotonic=monotonic
+    )
+    tenant = tenants.authenticate(f"Bearer {key}")
+    tenants.admit(tenant, "digits", 1)
+    tenants.admit(tenant, "digits", 1)
+    for step_s in (-3600.0, 7200.0):  # back an hour, then forward two: the bucket sees neither
+        wall.now += step_s
+        with pytest.raises(Overloaded, match="over its rate"):
+            tenants.admit(tenant, "digits", 1)
+    monotonic.now += 1.0
+    tenants.admit(tenant, "digits", 1)
+
+
+def test_a_bucket_whose_clock_goes_back_stays_empty() -> None:
+    bucket = TokenBucket(rate=1.0, burst=2.0)
+    assert bucket.take(100.0) == 0.0 and bucket.take(100.0) == 0.0
+    assert bucket.take(90.0) > 0 and bucket.take(90.0) > 0, "a step back refilled the bucket"
+
+
+def test_a_released_reservation_gives_the_quota_back() -> None:
+    tenants, key = table(Clock(now=86_400 * 100 + 3600), daily_quota=2)
+    tenant = tenants.authenticate(f"Bearer {key}")
+    tenants.admit(tenant, "digits", 2)
+    tenants.release(tenant, 2)  # the request failed: nothing was answered, nothing is charged
+    tenants.admit(tenant, "digits", 2)
+    assert tenants.usage()["acme"]["inferences_today"] == 2
