@@ -50,6 +50,8 @@ class Ticket:
     route: Route
     priority: Priority
     tenant: Tenant | None
+    # The arrival on the router's clock (high resolution): the end-to-end latency counts from here.
+    started: float = 0.0
 
 
 @dataclass(slots=True)
@@ -102,7 +104,14 @@ class InferenceService:
             tenants.check_model(tenant, info.name)
         route = self._route(call, tenant)
         priority = calls.priority(call.priority, tenant.spec.priority if tenant else "normal")
-        return Ticket(call, info, version, route, priority, tenant)
+        return Ticket(call, info, version, route, priority, tenant, self._started(call))
+
+    def _started(self, call: Call) -> float:
+        """The call's arrival on the router's clock. A front stamps ``arrived`` on the loop's clock
+        (the deadline's), which moves in 1 ms steps under uvloop: only the short span from arrival to
+        admission is taken on it, so a latency is not rounded to whole milliseconds."""
+        since_arrival = asyncio.get_running_loop().time() - call.arrived
+        return self.router.clock() - max(since_arrival, 0.0)
 
     def _route(self, call: Call, tenant: Tenant | None) -> Route:
         """The call's policy and regions, within the tenant's residency: a call may narrow it, never widen it."""
@@ -151,7 +160,7 @@ class InferenceService:
         response = InferResponse(info.name, ticket.version or info.versions[-1], outputs, id=request.id)
         metrics = self.metrics
         metrics.requests.labels(info.name, "200", result.backend).inc()
-        elapsed = loop.time() - call.arrived
+        elapsed = self.router.clock() - ticket.started
         metrics.latency.labels(info.name).observe(elapsed)
         self.statistics.answered(
             response.model_name, response.model_version, rows, elapsed, result.queue_s, result.backend_s
