@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -164,7 +164,7 @@ class Pipeline:
             if old is not None:
                 # Requests still queued on the old lane move over, in order.
                 for pending in old.queue.take(len(old.queue)):
-                    lane.queue.push(pending.item, pending.rows, pending.deadline, pending.enqueued)
+                    lane.queue.push(pending.item, pending.rows, pending.deadline, pending.enqueued, pending.shape)
             self.lanes[key] = self._lane_index[key._index()] = lane
         return lane
 
@@ -191,7 +191,7 @@ class Pipeline:
         if self.admission.refuse_predicted_misses:
             self._refuse_predicted_miss(lane, rows, deadline - loop.time())
         admitted = Admitted(request, loop.create_future(), gone, self.clock())
-        lane.queue.push(admitted, rows, deadline, loop.time())
+        lane.queue.push(admitted, rows, deadline, loop.time(), _batch_shape(info, request))
         self.metrics.queue_depth.labels(info.name).inc()
         lane.wakeup.set()
         if not self.active:
@@ -378,6 +378,14 @@ class Pipeline:
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
+
+
+def _batch_shape(info: ModelInfo, request: InferRequest) -> Hashable:
+    """The request's shapes past the batch dim where the model has variable dims there, else None:
+    requests of different shapes cannot be concatenated, so the queue never batches them together."""
+    if info.max_batch_size <= 0 or all(d >= 0 for t in info.inputs for d in t.shape[1:]):
+        return None
+    return tuple(sorted((t.name, t.shape[1:]) for t in request.inputs))
 
 
 def _union_outputs(info: ModelInfo, batch: list[Pending[Admitted]]) -> list[str]:

@@ -1,7 +1,9 @@
 """Health probes and hub statistics: the timers that keep the router's view of each backend current.
 
 ``Probes.refresh`` probes one backend; on its transition to healthy it re-reads the backend's models
-(and warms a new hub up) before the backend takes traffic. ``probe_forever`` and
+(and warms a new hub up) before the backend takes traffic. Only a hub that cannot list its models
+is held back: a model that cannot be read is skipped at discovery, and warm-up never marks a hub,
+or any of its models, down. ``probe_forever`` and
 ``statistics_forever`` are the periodic loops; the gateway owns their tasks.
 """
 
@@ -45,14 +47,11 @@ class Probes:
         if healthy and not backend.healthy:
             try:
                 await asyncio.wait_for(backend.discover(), health.discover_timeout_s)
-                if health.warmup and backend.kind == BackendKind.HUB and backend.name not in self._warmed:
-                    await asyncio.wait_for(
-                        warm_up(backend, self.router, health.discover_timeout_s), health.discover_timeout_s
-                    )
-                    self._warmed.add(backend.name)
             except (Exception, TimeoutError) as exc:  # a hub that cannot list its models is not usable
                 log.warning("event=discover_failed backend=%s error=%r", backend.name, exc)
                 healthy = False
+            if healthy and health.warmup and backend.kind == BackendKind.HUB and backend.name not in self._warmed:
+                await self._warm_up(backend)
         if not healthy:
             self._warmed.discard(backend.name)  # a hub that comes back may be a new process: warm it again
         changed = healthy != backend.healthy
@@ -61,6 +60,17 @@ class Probes:
         backend.healthy = healthy
         self.metrics.backend_healthy.labels(backend.name).set(1 if healthy else 0)
         return changed
+
+    async def _warm_up(self, backend: Backend) -> None:
+        """Warm a new hub up. Warm-up is an optimisation: whatever fails is logged (``warm_up`` logs
+        each model's failure) and the hub takes traffic regardless; it is not retried until the hub
+        comes back as a new process."""
+        timeout_s = self.health.discover_timeout_s
+        try:
+            await asyncio.wait_for(warm_up(backend, self.router, timeout_s), timeout_s)
+        except (Exception, TimeoutError) as exc:
+            log.warning("event=warmup_failed hub=%s still_served=true error=%r", backend.name, exc)
+        self._warmed.add(backend.name)
 
     def on_breaker_change(self, backend: str, state: str) -> None:
         """The router's breaker callback: the state gauge, and an ejection counted on opening."""

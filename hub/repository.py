@@ -3,7 +3,10 @@
 
 The source repository is for the official Triton container (``platform: "onnxruntime_onnx"``).
 The bundled tritonserver lacks that backend, so each model is re-declared for the Python backend
-with the same tensors, ``max_batch_size`` and dynamic batcher, and runs ``hub/python_model.py``.
+with the same tensors, ``max_batch_size``, dynamic batcher, version policy and ``model_warmup``,
+and runs ``hub/python_model.py``. Every version folder is laid out, and the model's ``warmup/``
+folder is copied too: Triton runs ``model_warmup`` itself at load, and a sample's
+``input_data_file`` names a file there (a model whose warm-up file is missing fails to load).
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ def write_runtime_repository(models: list[RepositoryModel], target: Path, intra_
         directory = target / model.name
         directory.mkdir(parents=True)
         (directory / "config.pbtxt").write_text(text_format.MessageToString(config))
+        warmup = model.directory / "warmup"
+        if warmup.is_dir():
+            shutil.copytree(warmup, directory / "warmup")
         for version in model.versions:
             onnx_path = model.directory / version / "model.onnx"
             if not onnx_path.is_file():

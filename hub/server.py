@@ -192,8 +192,8 @@ class Hub:
         if not self.log_path or not self.log_path.exists():
             return "no log"
         lines = [ln.strip() for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
-        for line in lines:
-            if line.startswith("E") or ("error" in line.lower() and "cuda" not in line.lower()):
+        for line in lines:  # CPU-only machines log CUDA errors that never matter here
+            if "cuda" not in line.lower() and (line.startswith("E") or "error" in line.lower()):
                 return line
         return lines[-1] if lines else "empty log"
 

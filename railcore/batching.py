@@ -12,13 +12,18 @@ A batch is flushed when
   * its earliest member's deadline slack runs out (deadline minus expected service time), because
     the batch carries the earliest deadline of its members;
   * its oldest member has waited ``max_queue_delay``.
+
+Requests carry a ``shape`` key (None for models whose dims past the batch dim are fixed): a batch
+never spans two shapes, since tensors that differ past the batch dim cannot be concatenated. A
+flush takes the queue's front run of one shape; the rest wait for the next decision (which an idle
+pipeline makes at once). Interleaved shapes therefore batch poorly, but stay in arrival order.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -44,6 +49,7 @@ class Pending(Generic[T]):
     rows: int
     deadline: float
     enqueued: float
+    shape: Hashable = None  # requests batch together only if equal (None: the model's dims are fixed)
 
 
 class FlushReason(enum.StrEnum):
@@ -75,6 +81,7 @@ class BatchQueue(Generic[T]):
         self._queue: deque[Pending[T]] = deque()
         self.rows = 0
         self._earliest_deadline = float("inf")
+        self._mixed = False  # more than one shape queued: flushes stop where the shape changes
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -82,8 +89,10 @@ class BatchQueue(Generic[T]):
     def __iter__(self) -> Iterator[Pending[T]]:
         return iter(self._queue)
 
-    def push(self, item: T, rows: int, deadline: float, now: float) -> None:
-        self._queue.append(Pending(item, rows, deadline, now))
+    def push(self, item: T, rows: int, deadline: float, now: float, shape: Hashable = None) -> None:
+        if self._queue and shape != self._queue[-1].shape:
+            self._mixed = True
+        self._queue.append(Pending(item, rows, deadline, now, shape))
         self.rows += rows
         self._earliest_deadline = min(self._earliest_deadline, deadline)
 
@@ -112,12 +121,27 @@ class BatchQueue(Generic[T]):
     def _recount(self) -> None:
         self.rows = sum(p.rows for p in self._queue)
         self._earliest_deadline = min((p.deadline for p in self._queue), default=float("inf"))
+        self._mixed = len({p.shape for p in self._queue}) > 1
+
+    def _front_run(self) -> int:
+        """How many requests, from the front, share the first one's shape (all, unless mixed)."""
+        if not self._mixed:
+            return len(self._queue)
+        shape = self._queue[0].shape
+        count = 0
+        for pending in self._queue:
+            if pending.shape != shape:
+                break
+            count += 1
+        return count
 
     def _fitting(self, limit: int) -> int:
-        """How many requests, from the front, fit in ``limit`` rows (always at least one)."""
+        """How many requests, from the front, of the first one's shape, fit in ``limit`` rows
+        (always at least one)."""
         rows = count = 0
+        shape = self._queue[0].shape if self._queue else None
         for pending in self._queue:
-            if count and rows + pending.rows > limit:
+            if count and (rows + pending.rows > limit or pending.shape != shape):
                 break
             rows += pending.rows
             count += 1
@@ -131,14 +155,14 @@ class BatchQueue(Generic[T]):
         if self.rows >= policy.max_batch_size:
             return Flush(self._fitting(policy.max_batch_size), FlushReason.FULL)
         if inflight < policy.max_inflight_batches:
-            return Flush(len(self._queue), FlushReason.IDLE)
+            return Flush(self._front_run(), FlushReason.IDLE)
         preferred = policy.preferred_flush_rows
         if preferred is not None and self.rows >= preferred:
             return Flush(self._fitting(preferred), FlushReason.PREFERRED)
         slack_at = self._earliest_deadline - service_s
         if now >= slack_at:
-            return Flush(len(self._queue), FlushReason.SLACK)
+            return Flush(self._front_run(), FlushReason.SLACK)
         delay_at = self._queue[0].enqueued + policy.max_queue_delay_s
         if now >= delay_at:
-            return Flush(len(self._queue), FlushReason.DELAY)
+            return Flush(self._front_run(), FlushReason.DELAY)
         return Wait(min(slack_at, delay_at))

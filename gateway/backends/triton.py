@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -123,9 +123,7 @@ class TritonHttpBackend(Backend):
             )
             return build_model_info(metadata, config)
 
-        # All at once: over a long-haul link each sequential call would cost a round trip.
-        infos = await asyncio.gather(*(read(n) for n in names))
-        self.models = dict(zip(names, infos, strict=True))
+        self.models = await _read_models(self.name, names, read)
         return self.models
 
     async def probe(self, timeout_s: float) -> bool:
@@ -187,6 +185,22 @@ class TritonHttpBackend(Backend):
             self.inflight -= 1
         _http_status(self.name, status, raw)
         return _decoded(self.name, raw, length, outputs)
+
+
+async def _read_models(hub: str, names: list[str], read: Callable[[str], Awaitable[ModelInfo]]) -> dict[str, ModelInfo]:
+    """Each model's metadata and config, all at once (over a long-haul link each sequential call
+    would cost a round trip). Discovery fails per model: one whose metadata or config cannot be
+    read or understood is logged and skipped, and the hub serves the rest."""
+    results = await asyncio.gather(*(read(n) for n in names), return_exceptions=True)
+    models = {}
+    for name, result in zip(names, results, strict=True):
+        if isinstance(result, ModelInfo):
+            models[name] = result
+        elif isinstance(result, Exception):
+            log.warning("event=model_discover_failed hub=%s model=%s skipped=true error=%r", hub, name, result)
+        else:  # cancellation: not the model's fault
+            raise result
+    return models
 
 
 def _pending_requests(text: str) -> float:
@@ -251,8 +265,7 @@ class TritonGrpcBackend(Backend):
             )
             return build_model_info(metadata, config["config"])
 
-        infos = await asyncio.gather(*(read(n) for n in names))
-        self.models = dict(zip(names, infos, strict=True))
+        self.models = await _read_models(self.name, names, read)
         return self.models
 
     async def statistics(self) -> dict[str, tuple[float, float, float]]:
