@@ -5,12 +5,12 @@ PY := $(VENV)/bin/python
 REPO := models/repository
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-inprocess test-system lint imports fmt bench nginx bench-edge sim chaos fuzz loadtest loadtest-ui models venv clean
+.PHONY: demo test test-unit test-inprocess test-system lint imports fmt bench nginx sysdeps bench-edge sim chaos fuzz loadtest loadtest-ui models venv clean
 
 demo: $(STAMP) $(REPO)/manifest.json
 	$(PY) -m gateway.cli demo --repository $(REPO)
 
-test: $(STAMP) $(REPO)/manifest.json
+test: $(STAMP) $(REPO)/manifest.json sysdeps
 	$(PY) -m pytest -q
 
 # The three layers alone: pure core (milliseconds), in-process (local ONNX Runtime), system (real hubs).
@@ -20,7 +20,7 @@ test-unit: $(STAMP)
 test-inprocess: $(STAMP) $(REPO)/manifest.json
 	$(PY) -m pytest -q tests/inprocess
 
-test-system: $(STAMP) $(REPO)/manifest.json
+test-system: $(STAMP) $(REPO)/manifest.json sysdeps
 	$(PY) -m pytest -q tests/system
 
 lint: $(STAMP)
@@ -48,6 +48,25 @@ nginx:
 	    echo "installing nginx-light (the bench anchor) ..."; \
 	    apt-get update -qq -o DPkg::Lock::Timeout=180 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=180 nginx-light >/dev/null; \
 	  else echo "MISSING nginx (install nginx-light): not root, cannot install it here"; fi; }
+
+# System parts the system tests need; a fresh machine has none. Debian's chromium (the dashboard
+# test), prometheus with promtool (the rules and scrape tests), nginx-light (the bench anchor), and
+# npm playwright-core (drives that chromium; it downloads no browser) under .venv/node. Installed as
+# root with one apt-get update; otherwise each missing one is named, and its tests skip (and fail
+# under CI=true). A second run does nothing.
+SYSDEPS := chromium:chromium promtool:prometheus prometheus:prometheus nginx:nginx-light
+PLAYWRIGHT := $(VENV)/node/node_modules/playwright-core/package.json
+
+sysdeps: $(STAMP)
+	@missing=""; for pair in $(SYSDEPS); do bin=$${pair%%:*}; pkg=$${pair#*:}; \
+	  command -v $$bin >/dev/null || test -x /usr/sbin/$$bin || case " $$missing " in *" $$pkg "*) ;; *) missing="$$missing $$pkg";; esac; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing (system test parts) ..."; \
+	    apt-get update -qq -o DPkg::Lock::Timeout=180 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=180 $$missing >/dev/null; \
+	  else echo "MISSING$$missing: not root, cannot install them here (apt-get install -y$$missing)"; fi; fi
+	@test -f $(PLAYWRIGHT) || { command -v npm >/dev/null && npm install --prefix $(VENV)/node --no-save --no-audit --no-fund --loglevel=error playwright-core@1 >/dev/null; } \
+	  || echo "MISSING npm playwright-core (needs node and npm): the dashboard test skips"
 
 # Edge runtime: local-path overhead vs bare ONNX Runtime, firmware path over HTTP and a Unix socket.
 bench-edge: $(STAMP) $(REPO)/manifest.json

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway import artifacts
+from gateway import artifacts, dashboard
 from gateway.call import call_from_metadata
 from gateway.config import GatewayConfig
 from gateway.fronts.admin import admin_app
@@ -85,6 +85,7 @@ def create_app(config: GatewayConfig, config_path: Path | None = None) -> web.Ap
     r.add_get("/metrics", metrics)
     r.add_get("/openapi.json", openapi_route(lambda: gateway.router.catalog))
     r.add_get("/status", status)
+    dashboard.mount(app)  # /dashboard: the page over /status and /metrics (gateway/dashboard/)
     r.add_get("/v1/usage", usage)
     app.add_subapp("/v1/models/", _artifacts_app(config, gateway))
     app.add_subapp("/admin/", admin_app(gateway))
