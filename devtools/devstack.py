@@ -139,7 +139,8 @@ class Gateway(_Service):
     """``railgate serve`` with ``config`` written to a file in ``workdir`` (none: its defaults).
 
     ``port=0`` (the default) lets it pick a port; ``url`` and ``port`` are read back from its
-    ``railgate serving http://HOST:PORT ...`` line, ``models`` too where that line names them.
+    ``railgate serving http://HOST:PORT ...`` line, ``models`` too where that line names them, and
+    ``grpc_port`` / ``grpc_address`` where it ends ``grpc=HOST:PORT`` (the gRPC front is on).
     ``child.args`` may be extended before ``start`` (e.g. ``--workers 2``).
     """
 
@@ -153,15 +154,23 @@ class Gateway(_Service):
             with open(fd, "w") as f:
                 f.write(yaml.safe_dump(config, sort_keys=False))
             args += ["--config", path]
-        ready = r"railgate serving (http://\S+?:(\d+))(?:\s+models=(\S*))?"
+        ready = r"railgate serving (http://\S+?:(\d+))(?:\s+models=(\S*))?(?:.*?\sgrpc=\S+?:(\d+))?"
         self.child = Child(args, f"gateway:{port}" if port else "gateway", ready_line=ready)
         self.url = ""
         self.port = port or 0
         self.models: tuple[str, ...] = ()
+        self.grpc_port: int | None = None  # read back from ``grpc=HOST:PORT`` when the gRPC front is on
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def grpc_address(self) -> str:
+        """``127.0.0.1:PORT`` of the v2 gRPC front (``listen.grpc_port`` or ``--grpc-port``)."""
+        if self.grpc_port is None:
+            raise RuntimeError(f"{self.child.name} serves no gRPC front (set listen.grpc_port)")
+        return f"127.0.0.1:{self.grpc_port}"
 
     def start(self, timeout_s: float = 60.0) -> Self:
         self.child.start(timeout_s)
@@ -169,6 +178,7 @@ class Gateway(_Service):
         assert match is not None
         self.url, self.port = match.group(1), int(match.group(2))
         self.models = tuple(m for m in (match.group(3) or "").split(",") if m)
+        self.grpc_port = int(match.group(4)) if match.group(4) else None
         self.child.name = f"gateway:{self.port}"
         return self
 

@@ -30,7 +30,7 @@ from gateway.call import Call, call_from_metadata
 from gateway.fronts.grpc_codec import decode_infer_request, encode_infer_response
 from gateway.gateway import Gateway
 from railcore.catalog import ModelInfo
-from railcore.errors import ModelNotFound, RailgateError
+from railcore.errors import ClientGone, ModelNotFound, RailgateError
 from railcore.protocol.codec import DecodeLimits
 
 log = logging.getLogger("railgate.grpc")
@@ -64,6 +64,19 @@ def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
     return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
 
 
+def call_from_context(context: grpc.aio.ServicerContext, metadata: dict[str, str], now: float) -> Call:
+    """The ``Call`` of one message: its metadata, arrival, whether the client is gone, and the gRPC
+    deadline as a transport budget (none sent: None; one already past on arrival: 0, so the call is
+    refused unsent rather than given the default budget)."""
+    remaining = context.time_remaining()
+    return call_from_metadata(
+        metadata,
+        arrived=now,
+        gone=context.cancelled,
+        transport_budget_s=None if remaining is None else max(remaining, 0.0),
+    )
+
+
 class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
     """The v2 gRPC service over one gateway."""
 
@@ -74,16 +87,6 @@ class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     # -- inference --------------------------------------------------------------------------------
 
-    def _call(self, context: grpc.aio.ServicerContext, metadata: dict[str, str]) -> Call:
-        loop = asyncio.get_running_loop()
-        remaining = context.time_remaining()
-        return call_from_metadata(
-            metadata,
-            arrived=loop.time(),
-            gone=context.cancelled,
-            transport_budget_s=remaining if remaining is not None and remaining >= 0 else None,
-        )
-
     async def _answer(
         self, message: service_pb2.ModelInferRequest, call: Call
     ) -> tuple[service_pb2.ModelInferResponse, dict[str, str]]:
@@ -93,10 +96,13 @@ class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
         except RailgateError as exc:
             self.service.record_failure(message.model_name, exc, call)
             raise
+        except asyncio.CancelledError:  # the client cancelled (or its deadline passed): counted as 499
+            self.service.record_failure(message.model_name, ClientGone("client cancelled the call"), call)
+            raise
         return encode_infer_response(served.response), served.headers
 
     async def ModelInfer(self, request, context):
-        call = self._call(context, _metadata(context))
+        call = call_from_context(context, _metadata(context), asyncio.get_running_loop().time())
         try:
             response, headers = await self._answer(request, call)
         except RailgateError as exc:
@@ -111,28 +117,38 @@ class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
         window = asyncio.Semaphore(STREAM_WINDOW)
         running: set[asyncio.Task[None]] = set()
 
-        async def answer(message: service_pb2.ModelInferRequest) -> None:
+        def failed(message: service_pb2.ModelInferRequest, error: str) -> service_pb2.ModelStreamInferResponse:
+            # The failed message's id comes back with its error, so a client can tell which it was.
+            response = service_pb2.ModelInferResponse(model_name=message.model_name, id=message.id)
+            return service_pb2.ModelStreamInferResponse(error_message=error, infer_response=response)
+
+        async def answer(message: service_pb2.ModelInferRequest, call: Call) -> None:
             try:
-                response, _ = await self._answer(message, self._call(context, metadata))
+                response, _ = await self._answer(message, call)
                 answers.put_nowait(service_pb2.ModelStreamInferResponse(infer_response=response))
             except RailgateError as exc:
-                # The failed message's id comes back with its error, so a client can tell which it was.
-                failed = service_pb2.ModelInferResponse(model_name=message.model_name, id=message.id)
-                answers.put_nowait(
-                    service_pb2.ModelStreamInferResponse(error_message=exc.message, infer_response=failed)
-                )
+                answers.put_nowait(failed(message, exc.message))
+            except Exception:  # a bug answers its own message; the stream and its other messages go on
+                log.exception("event=stream_message_failed model=%s id=%s", message.model_name[:80], message.id[:80])
+                answers.put_nowait(failed(message, "internal error in the gateway"))
             finally:
                 window.release()
 
         async def read() -> None:
-            async for message in request_iterator:
-                await window.acquire()
-                task = asyncio.get_running_loop().create_task(answer(message))
-                running.add(task)
-                task.add_done_callback(running.discard)
-            if running:
-                await asyncio.gather(*running, return_exceptions=True)
-            answers.put_nowait(None)  # every message answered: the stream ends when the client's did
+            loop = asyncio.get_running_loop()
+            try:
+                async for message in request_iterator:
+                    call = call_from_context(context, metadata, loop.time())  # its budget counts from its arrival
+                    await window.acquire()
+                    task = loop.create_task(answer(message, call))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if running:
+                    await asyncio.gather(*running, return_exceptions=True)
+            finally:
+                # Every message answered (the stream ends when the client's did), or the read failed:
+                # either way the writer below wakes, and re-raises a failure when it awaits this task.
+                answers.put_nowait(None)
 
         reader = asyncio.get_running_loop().create_task(read())
         try:
