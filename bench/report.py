@@ -22,7 +22,7 @@ from bench.stats import Spread, spread
 OVERHEAD_P50_MS = 1.0  # the gateway may add this much to direct p50 ...
 OVERHEAD_P99_MS = 3.0  # ... and this much to direct p99
 BATCHING_GAIN = 3.0  # gateway throughput over direct, behind the link, at equal or better p99
-SECTION_TITLES = {"overhead": "1. Overhead", "batching": "2. Batching gain", "cost": "3. Cost"}
+SECTION_TITLES = {"overhead": "1. Overhead", "batching": "2. Batching gain", "cost": "3. Cost", "grpc": "4. gRPC front"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +267,13 @@ def cost_markdown(section: dict[str, Any]) -> list[str]:
 
 
 BATCH_NOTE = "Mean batch = rows per batch the gateway sent to the hub (from its /metrics, warm-up included)."
-SECTION_MARKDOWN = {"overhead": overhead_markdown, "batching": batching_markdown, "cost": cost_markdown}
+# The gRPC rows have the overhead table's shape: paths x concurrencies (the stream case at its window).
+SECTION_MARKDOWN = {
+    "overhead": overhead_markdown,
+    "batching": batching_markdown,
+    "cost": cost_markdown,
+    "grpc": overhead_markdown,
+}
 SECTION_NOTES = {
     "overhead": "c=1: {sequential_requests} sequential requests after {sequential_warmup} warm-up, tritonclient.http "
     "sync client. c={overhead_concurrency}: closed loop for {overhead_duration_s:g} s after {overhead_warmup_s:g} s "
@@ -276,6 +282,11 @@ SECTION_NOTES = {
     "batching": "{batching_concurrency} closed-loop clients, one item each, {batching_duration_s:g} s after "
     "{batching_warmup_s:g} s warm-up; `railgate link --delay-ms {link_delay_ms:g}` in front of the hub. direct: "
     "clients → link → hub; gateway: clients → gateway → link → hub; nginx: clients → nginx → link → hub.",
+    "grpc": "tritonclient.grpc against the hub's own gRPC port (direct) and the gateway's gRPC front (which "
+    "talks to the hub over HTTP with binary tensors). c=1: {sequential_requests} sequential calls after "
+    "{sequential_warmup} warm-up, sync client. c={overhead_concurrency}: tritonclient.grpc.aio closed loop for "
+    "{overhead_duration_s:g} s after {overhead_warmup_s:g} s warm-up. c=64: one ModelStreamInfer stream keeping "
+    "64 requests in flight. Proxy CPU = the gateway's CPU time per answered request.",
     "cost": "Gateway straight to the hub, {cost_concurrency} closed-loop clients, {cost_duration_s:g} s after "
     "{cost_warmup_s:g} s warm-up. CPU-s from /proc/<pid>/stat (utime+stime) over the measured window; "
     "gateway cores = gateway CPU-s / window. No target was set for cost.",
@@ -320,7 +331,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [SECTION_NOTES[name].format(**plan), ""]
         lines += [f"> {s}" for s in section.get("skipped", [])]
         lines += [*SECTION_MARKDOWN[name](section), ""]
-        if name != "overhead":
+        if name not in ("overhead", "grpc"):
             lines += [BATCH_NOTE, ""]
         note = other_load_note(section)
         if note:

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         say(f"starting a real Triton hub ({plan.model}) ...")
         t0 = time.monotonic()
-        hub = stack.enter_context(start_hub(args.repository, "bench", models=(plan.model,)))
+        hub = stack.enter_context(start_hub(args.repository, "bench", models=(plan.model,), grpc=True))
         say(f"hub ready at {hub.http_url} in {time.monotonic() - t0:.1f} s")
         bench = Bench(plan, hub, workdir, nginx, say)
         for name in args.only:

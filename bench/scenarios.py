@@ -304,8 +304,16 @@ def cost(b: Bench, section: dict[str, Any]) -> None:
                 _progress(b, encoding, record)
 
 
+def grpc(b: Bench, section: dict[str, Any]) -> None:
+    """The gRPC front against tritonclient.grpc straight to the hub (bench/grpc_bench.py)."""
+    from bench.grpc_bench import grpc_section
+
+    grpc_section(b, section, _runs)
+
+
 SECTIONS: dict[str, Callable[[Bench, dict[str, Any]], None]] = {
     "overhead": overhead,
     "batching": batching,
     "cost": cost,
+    "grpc": grpc,
 }
