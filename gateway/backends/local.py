@@ -1,7 +1,8 @@
 """The gateway's own ONNX Runtime backend over a Triton model repository.
 
 Sessions run in a thread pool: ONNX Runtime releases the GIL, so the event loop keeps serving while
-a batch computes. A run that outlives its deadline is told to stop (``RunOptions.terminate``).
+a batch computes. A run whose result is no longer wanted (past its deadline, or cancelled: a hedge
+loser, a closed pipeline) is told to stop in its thread (``RunOptions.terminate``).
 ONNX Runtime's failures become ``HubError`` here, once (``_ort_errors``).
 """
 
@@ -28,15 +29,19 @@ log = logging.getLogger("railgate.local")
 
 
 @contextlib.contextmanager
-def _ort_errors(model: str, run_options: ort.RunOptions) -> Iterator[None]:
-    """ONNX Runtime's failures during one run, as ours; a run past its deadline is told to stop."""
+def _ort_errors(model: str) -> Iterator[None]:
+    """ONNX Runtime's failures during one run, as ours."""
     try:
         yield
     except TimeoutError:
-        run_options.terminate = True  # stop the run in its thread; its result is not wanted
         raise DeadlineExceeded(f"deadline passed while {model!r} ran locally") from None
     except Exception as exc:
         raise HubError(f"local onnxruntime failed on {model!r}: {exc}") from exc
+
+
+def _discard_outcome(future: asyncio.Future[list[np.ndarray]]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class LocalBackend(Backend):
@@ -103,9 +108,17 @@ class LocalBackend(Backend):
         future = loop.run_in_executor(self.pool, session.run, outputs, feed, run_options)
         self.inflight += 1
         try:
-            with _ort_errors(model, run_options):
+            with _ort_errors(model):
                 async with asyncio.timeout_at(deadline):
+                    # Shielded: cancelling the wrapper would not stop the thread, only forget it.
                     results = await asyncio.shield(future)
+        except BaseException:
+            if not future.done():
+                run_options.terminate = True  # stop the run in its thread; its result is not wanted
+                # Its outcome (the terminate error, as a rule) is taken when it ends: asyncio logs
+                # "Future exception was never retrieved" for a future nobody awaits.
+                future.add_done_callback(_discard_outcome)
+            raise
         finally:
             self.inflight -= 1
         return {n: bytes_elements(r) if r.dtype.kind == "O" else r for n, r in zip(outputs, results, strict=True)}
