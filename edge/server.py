@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import signal
 import socket
@@ -31,8 +30,9 @@ from aiohttp import web
 from edge.config import EdgeConfig, Listen, load_edge_config
 from edge.runtime import EdgeRuntime
 from edge.sync import sync_once
+from railcore.budget import BUDGET_HEADER, requested_budget_ms
 from railcore.errors import BadRequest, PayloadTooLarge, RailgateError
-from railcore.protocol.codec import HEADER_LENGTH, DecodeLimits, decode_request, encode_response
+from railcore.protocol.codec import DecodeLimits, decode_request, encode_response, header_length
 from railcore.protocol.types import InferResponse, Tensor, triton_datatype
 from railcore.settings import ConfigError
 from railcore.web import errors_middleware
@@ -91,32 +91,12 @@ async def metrics(request: web.Request) -> web.Response:
 # -- inference ------------------------------------------------------------------------------------
 
 
+MAX_BUDGET_MS = 3_600_000.0  # an hour: past it a budget means "no hurry", and a float is always finite
+
+
 def budget_ms(request: web.Request, parameters: dict[str, Any]) -> float | None:
     """The call's budget: the tighter of X-Latency-Budget-Ms and the v2 ``timeout`` (us); None: the default."""
-    budget = None
-    header = request.headers.get("X-Latency-Budget-Ms")
-    if header is not None:
-        try:
-            budget = float(header)
-        except ValueError:
-            budget = math.nan
-        if not math.isfinite(budget) or budget < 0:
-            raise BadRequest(f"X-Latency-Budget-Ms must be a non-negative number of milliseconds, got {header!r}")
-    timeout_us = parameters.get("timeout")
-    if timeout_us is not None:
-        if isinstance(timeout_us, bool) or not isinstance(timeout_us, int | float) or timeout_us < 0:
-            raise BadRequest(f"parameter 'timeout' must be a non-negative number of microseconds, got {timeout_us!r}")
-        budget = timeout_us / 1000 if budget is None else min(budget, timeout_us / 1000)
-    return budget
-
-
-def _header_length(request: web.Request) -> int | None:
-    raw = request.headers.get(HEADER_LENGTH)
-    if raw is None:
-        return None
-    if not raw.isdigit():
-        raise BadRequest(f"{HEADER_LENGTH} must be a non-negative integer, got {raw!r}")
-    return int(raw)
+    return requested_budget_ms(request.headers.get(BUDGET_HEADER), parameters.get("timeout"), MAX_BUDGET_MS)
 
 
 async def infer(request: web.Request) -> web.Response:
@@ -130,7 +110,7 @@ async def infer(request: web.Request) -> web.Response:
     req = decode_request(
         body,
         content_type=request.content_type,
-        header_length=_header_length(request),
+        header_length=header_length(request.headers),
         model=model,
         version=version,
         limits=request.app[DECODE_LIMITS],

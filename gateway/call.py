@@ -11,7 +11,6 @@ the config, testable without a server; ``call_from_metadata`` reads any case-ins
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 
 from gateway.config import PRIORITIES, Deadlines, Priority
 from gateway.routing.policy import POLICIES, Policy
+from railcore.budget import requested_budget_ms
 from railcore.errors import BadRequest
 
 # The metadata keys, lower-case as gRPC requires; HTTP headers match them case-insensitively.
@@ -83,24 +83,9 @@ def call_from_metadata(
 def budget_s(header: str | None, timeout_us: Any, deadlines: Deadlines) -> float:
     """The call's latency budget in seconds: the tighter of the header (ms) and the v2 ``timeout``
     parameter (us), capped at ``deadlines.max_budget_ms``; the default budget when neither is sent."""
-    budget = deadlines.default_budget_ms / 1000
-    if header is not None:
-        try:
-            value = float(header)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or value < 0:
-            raise BadRequest(f"X-Latency-Budget-Ms must be a non-negative number of milliseconds, got {header!r}")
-        budget = value / 1000
-    if timeout_us is not None:
-        number = isinstance(timeout_us, int | float) and not isinstance(timeout_us, bool)
-        if not number or (isinstance(timeout_us, float) and math.isnan(timeout_us)) or timeout_us < 0:
-            shown = repr(timeout_us)[:40]
-            raise BadRequest(f"parameter 'timeout' must be a non-negative number of microseconds, got {shown}")
-        # Capped before dividing: a 400-digit integer is a valid JSON number but no float.
-        timeout_s = min(timeout_us, deadlines.max_budget_ms * 1000) / 1e6
-        budget = min(budget, timeout_s) if header is not None else timeout_s
-    return min(budget, deadlines.max_budget_ms / 1000)
+    asked = requested_budget_ms(header, timeout_us, deadlines.max_budget_ms)
+    budget = deadlines.default_budget_ms if asked is None else asked
+    return min(budget, deadlines.max_budget_ms) / 1000
 
 
 def route_policy(header: str | None, default: str) -> Policy:

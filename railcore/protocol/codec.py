@@ -11,7 +11,7 @@ asks for more than ``DecodeLimits`` allows, a PayloadTooLarge (413). The reply g
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -39,6 +39,16 @@ class DecodeLimits:
     max_bytes_element: int = 1_048_576  # one BYTES element
     max_dims: int = 8
     max_json_depth: int = 32  # nesting of a JSON ``data`` list
+
+
+def header_length(headers: Mapping[str, str]) -> int | None:
+    """``Inference-Header-Content-Length`` (Triton's binary extension): the JSON header's byte length."""
+    raw = headers.get(HEADER_LENGTH)
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()):  # str.isdigit alone takes '²' and Arabic-Indic digits
+        raise BadRequest(f"{HEADER_LENGTH} must be a non-negative integer, got {raw[:40]!r}")
+    return int(raw)
 
 
 # Builds one input's array from its spec: (spec, parameters, datatype, shape, element count) -> array.

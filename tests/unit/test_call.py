@@ -9,8 +9,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.call import Call, allowed_regions, budget_s, call_from_metadata, priority, route_policy
 from gateway.config import Deadlines
-from gateway.fronts.http import header_length
 from railcore.errors import BadRequest
+from railcore.protocol.codec import header_length
 
 DEADLINES = Deadlines(default_budget_ms=10_000.0, max_budget_ms=300_000.0)
 SENT = {
