@@ -109,3 +109,13 @@ def test_the_binary_header_length_takes_ascii_digits_only():
     for raw in ("-1", "²", "١٢", "4 2", ""):
         with pytest.raises(BadRequest, match="Inference-Header-Content-Length must be a non-negative integer"):
             header_length({"Inference-Header-Content-Length": raw})
+
+
+def test_the_shared_budget_parser_takes_the_tighter_and_caps_huge_timeouts():
+    from railcore.budget import requested_budget_ms
+
+    assert requested_budget_ms(None, None, 1000.0) is None
+    assert requested_budget_ms("30", 20_000, 1000.0) == 20.0
+    assert requested_budget_ms(None, 10**400, 1000.0) == 1000.0  # a valid JSON number, no float: capped first
+    with pytest.raises(BadRequest, match="X-Latency-Budget-Ms"):
+        requested_budget_ms("nan", None, 1000.0)
