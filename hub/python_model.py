@@ -38,7 +38,7 @@ class TritonPythonModel:
         groups: dict[tuple, list[tuple[int, dict]]] = {}
         for index, request in enumerate(requests):
             try:
-                feed = {name: _input(request, name) for name in self.inputs}
+                feed = {name: _for_onnxruntime(_input(request, name)) for name in self.inputs}
             except Exception as exc:  # a bad request fails alone
                 responses[index] = _failed(f"bad input: {exc}")
                 continue
@@ -57,7 +57,7 @@ class TritonPythonModel:
         else:
             joined = {name: np.concatenate([f[name] for f in feeds]) for name in self.inputs}
         try:
-            results = self.session.run(self.outputs, {k: _for_onnxruntime(v) for k, v in joined.items()})
+            results = self.session.run(self.outputs, joined)
         except Exception as exc:  # one bad batch answers each of its requests with the error
             return [_failed(f"onnxruntime failed: {exc}") for _ in feeds]
         if len(feeds) == 1:
@@ -89,13 +89,17 @@ def _response(names, arrays):
 
 
 def _for_onnxruntime(array):
-    """Triton hands BYTES tensors over as objects of ``bytes``; ONNX Runtime's strings are ``str``."""
+    """Triton hands BYTES tensors over as objects of ``bytes``; ONNX Runtime's strings are ``str``.
+
+    ONNX Runtime's Python API takes text only (it encodes each ``str`` as strict UTF-8), so an
+    element that is not UTF-8 fails its own request here, not its whole batch in ``session.run``.
+    """
     if array.dtype != np.object_:
         return array
-    return np.array([b.decode("utf-8", "surrogateescape") for b in array.flat], dtype=object).reshape(array.shape)
+    return np.array([b.decode("utf-8") for b in array.flat], dtype=object).reshape(array.shape)
 
 
 def _for_triton(array):
     if array.dtype != np.object_:
         return array
-    return np.array([s.encode("utf-8", "surrogateescape") for s in array.flat], dtype=np.object_).reshape(array.shape)
+    return np.array([s.encode("utf-8") for s in array.flat], dtype=np.object_).reshape(array.shape)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -118,6 +121,47 @@ def test_hub_cli_prints_ready_and_stops_cleanly_on_sigterm(repository: Path) -> 
         assert _processes_mentioning(name), "tritonserver runs with the hub's work dir"
         assert cli.stop(timeout_s=60) == 0
         assert _processes_mentioning(name) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_sigkilled_hub_cli_leaves_no_tritonserver_or_stub_behind(repository: Path) -> None:
+    """SIGKILL runs no clean-up in ``railgate hub``: the parent-death signal must stop tritonserver,
+    and tritonserver its Python-backend stubs (they share its process group)."""
+    cmd = [sys.executable, "-m", "gateway.cli", "hub", "--repository", str(repository), "--models", "digits,vocab"]
+    cmd += ["--http-port", str(free_port()), "--name", f"sigkill-{os.getpid()}"]
+    with Child(cmd, "railgate hub", ready_line=r"hub \S+ ready .*").start(120) as cli:
+        servers = _children(cli.pid)
+        assert len(servers) == 1, f"railgate hub runs one tritonserver, found {servers}"
+        (server,) = servers
+        group = group_members(server)  # tritonserver leads its own group, its stubs in it
+        assert len(group) >= 3, f"tritonserver and one stub per model, found {group}"
+        try:
+            assert cli.process is not None
+            cli.process.kill()  # the railgate hub process alone, by its own pid
+            cli.process.wait(10)
+            _wait_until(lambda: group_members(server) == [], "tritonserver and its stubs to exit", 60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server, signal.SIGKILL)  # only if the test failed: leave nothing behind
+
+
+def _children(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[0] != "Z" and int(fields[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _wait_until(condition: Callable[[], bool], what: str, timeout_s: float) -> None:
+    """Poll ``condition`` (process exits have no event to wait on here) until it holds or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s:.0f} s: {what}"
+        time.sleep(0.05)
 
 
 def _processes_mentioning(text: str) -> list[int]:
