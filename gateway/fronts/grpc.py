@@ -213,8 +213,10 @@ class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
         router = self.gateway.router
         index = service_pb2.RepositoryIndexResponse()
         for info in router.catalog.values():
+            ready = router.ready(info.name)
+            if request.ready and not ready:
+                continue  # asked for the ready models only, as Triton's ``ready`` flag means
             for version in info.versions:
-                ready = router.ready(info.name)
                 index.models.add(name=info.name, version=version, state="READY" if ready else "UNAVAILABLE")
         return index
 
@@ -223,7 +225,12 @@ class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 def _trailers(headers: dict[str, str]) -> tuple[tuple[str, str], ...]:
-    return tuple((k.lower(), v) for k, v in headers.items() if k.lower().startswith("x-"))
+    """The HTTP front's reply headers that mean something to a gRPC client: ``x-*`` and ``retry-after``."""
+    return tuple(
+        (key, value)
+        for key, value in ((k.lower(), v) for k, v in headers.items())
+        if key.startswith("x-") or key == "retry-after"
+    )
 
 
 class Health(health_pb2_grpc.HealthServicer):
