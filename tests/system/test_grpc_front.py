@@ -487,7 +487,7 @@ def test_a_budget_tighter_than_the_grpc_deadline_wins(slow_front: GatewayProcess
         )
     )  # fmt: skip
     assert error.status() == "StatusCode.DEADLINE_EXCEEDED" and "budget" in error.message()
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 2.0
 
 
 def test_a_grpc_deadline_tighter_than_the_budget_wins(slow_front: GatewayProcess):
@@ -506,7 +506,7 @@ def test_a_grpc_deadline_tighter_than_the_budget_wins(slow_front: GatewayProcess
             headers={"x-latency-budget-ms": "60000"},
         )
     )  # fmt: skip
-    assert error.status() == "StatusCode.DEADLINE_EXCEEDED" and time.monotonic() - t0 < 1.0
+    assert error.status() == "StatusCode.DEADLINE_EXCEEDED" and time.monotonic() - t0 < 2.0
     _wait_until(lambda: ended() - before == 1, "the gateway ended the call")
 
 

@@ -153,3 +153,41 @@ def test_replies_go_back_raw_and_tritonclient_reads_them(datatype: str):
     result = grpcclient.InferResult(message)
     assert (message.model_name, message.model_version, message.id) == ("m", "1", "r-1")
     assert result.as_numpy("y").tolist() == array.tolist()
+
+
+def test_an_input_with_both_raw_and_typed_contents_is_a_bad_request():
+    message = _message([_input("x", "INT32", ARRAYS["INT32"])])
+    message.inputs[0].contents.int_contents.extend([1, 2, 3])
+    with pytest.raises(BadRequest, match="input 'x': has both contents and raw_input_contents"):
+        decode_infer_request(message, LIMITS)
+
+
+def test_an_input_named_twice_is_a_bad_request():
+    message = _message([_input("x", "FP32", ARRAYS["FP32"]), _input("x", "FP32", ARRAYS["FP32"])])
+    with pytest.raises(BadRequest, match="input 'x' appears more than once"):
+        decode_infer_request(message, LIMITS)
+
+
+def test_an_unnamed_input_is_a_bad_request():
+    message = _message([_input("x", "FP32", ARRAYS["FP32"])])
+    message.inputs[0].name = ""
+    with pytest.raises(BadRequest, match="has no name"):
+        decode_infer_request(message, LIMITS)
+
+
+def test_a_negative_dim_is_a_bad_request():
+    message = _message([_input("x", "FP32", ARRAYS["FP32"])])
+    message.inputs[0].shape[:] = [-1, 3]
+    with pytest.raises(BadRequest, match="negative dim"):
+        decode_infer_request(message, LIMITS)
+
+
+@pytest.mark.parametrize("typed", [False, True], ids=["raw", "typed"])
+def test_a_bytes_element_over_the_limit_is_too_large(typed: bool):
+    big = np.array([[b"x" * 33]], dtype=object)
+    message = _message([_input("w", "BYTES", big)])
+    if typed:
+        del message.raw_input_contents[:]
+        message.inputs[0].contents.bytes_contents.extend([b"x" * 33])
+    with pytest.raises(PayloadTooLarge, match="33 bytes"):
+        decode_infer_request(message, DecodeLimits(max_bytes_element=32))
