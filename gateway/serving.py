@@ -100,7 +100,8 @@ def _run_workers(args: argparse.Namespace, config: GatewayConfig) -> int:
     argv += ["--host", config.listen.host, "--port", str(port), "--log-level", args.log_level]
     grpc_port = config.listen.grpc_port
     if grpc_port is not None:
-        argv += ["--grpc-port", str(grpc_port or _free_port(config.listen.host))]
+        grpc_port = grpc_port or _free_port(config.listen.host)
+        argv += ["--grpc-port", str(grpc_port)]
     if args.config:
         argv += ["--config", str(args.config)]
     if args.repository:
@@ -118,7 +119,8 @@ def _run_workers(args: argparse.Namespace, config: GatewayConfig) -> int:
     if not all("railgate serving" in b for b in banners):
         forward(signal.SIGTERM, None)
         return max(w.wait() for w in workers) or 1
-    print(f"railgate serving http://{config.listen.host}:{port} workers={args.workers}", flush=True)
+    grpc = f" grpc={config.listen.host}:{grpc_port}" if grpc_port is not None else ""
+    print(f"railgate serving http://{config.listen.host}:{port} workers={args.workers}{grpc}", flush=True)
     return max(w.wait() for w in workers)
 
 

@@ -639,6 +639,18 @@ async def test_a_cancelled_stream_drops_its_queued_messages_before_their_batch_i
     assert _hub_inference_count(hub, "vision") - before == 1 + 2
 
 
+def test_workers_share_one_grpc_port_named_in_the_banner(hub: Hub, tmp_path: Path):
+    gw = GatewayProcess(tmp_path, {"listen": {"grpc_port": 0}, "hubs": [hub_entry(hub)], "local": {"enabled": False}})
+    gw.service.args += ["--workers", "2"]
+    gw.start()
+    try:
+        arrays = sample_inputs("digits", batch=2)
+        result = _infer(gw.grpc_address, "digits", arrays)
+        _assert_same(_outputs(result, "digits"), _hub_answer(hub, "digits", arrays))
+    finally:
+        assert gw.stop() == 0
+
+
 # -- grpc.health.v1 -------------------------------------------------------------------------------
 
 
