@@ -4,12 +4,14 @@ It exists to prove the gateway serves any valid Triton repository, not only the 
 ``models/build.py``: hand-written ``config.pbtxt`` files (not generated from ``ModelSpec``), two
 inputs and two outputs, BYTES that the model parses (an ONNX ``Cast`` from string to int, so an
 empty or non-numeric string fails at the hub), variable dims past the batch dim, a model with
-``max_batch_size: 0``, a model with two versions, and ``model_warmup`` samples.
+``max_batch_size: 0``, a model with two versions, ``model_warmup`` samples, and every datatype.
 
     int_math        INT32 A, B [-1, 4] (batch 8)  -> SUM = A + B, DIFF = A - B
     str_math        BYTES A, B [-1, 4] decimal     -> SUM, DIFF as decimal BYTES (parses its strings)
     bytes_identity  BYTES IN [-1, -1] (variable)   -> OUT, the same strings (two versions: 1 and 2)
     nobatch_scale   FP32 X [2, -1], no batching    -> Y = 2 * X
+    every_type      one [-1, 2] input per datatype -> <TYPE>_OUT, the same values (BF16 left out:
+                    ONNX Runtime's Python API, which the dev hub runs, has no numpy bfloat16)
 
 Dev and test tooling: the product never imports it.
 """
@@ -74,6 +76,33 @@ input [ { name: "X" data_type: TYPE_FP32 dims: [ 2, -1 ] } ]
 output [ { name: "Y" data_type: TYPE_FP32 dims: [ 2, -1 ] } ]
 """
 
+# Triton datatype -> (config data_type, ONNX element type) for every_type.
+EVERY_TYPE = {
+    "BOOL": ("TYPE_BOOL", TensorProto.BOOL),
+    "INT8": ("TYPE_INT8", TensorProto.INT8),
+    "INT16": ("TYPE_INT16", TensorProto.INT16),
+    "INT32": ("TYPE_INT32", TensorProto.INT32),
+    "INT64": ("TYPE_INT64", TensorProto.INT64),
+    "UINT8": ("TYPE_UINT8", TensorProto.UINT8),
+    "UINT16": ("TYPE_UINT16", TensorProto.UINT16),
+    "UINT32": ("TYPE_UINT32", TensorProto.UINT32),
+    "UINT64": ("TYPE_UINT64", TensorProto.UINT64),
+    "FP16": ("TYPE_FP16", TensorProto.FLOAT16),
+    "FP32": ("TYPE_FP32", TensorProto.FLOAT),
+    "FP64": ("TYPE_FP64", TensorProto.DOUBLE),
+    "BYTES": ("TYPE_STRING", TensorProto.STRING),
+}
+
+
+def _every_type_config() -> str:
+    inputs = ",\n".join(f'  {{ name: "{t}" data_type: {c} dims: [ 2 ] }}' for t, (c, _) in EVERY_TYPE.items())
+    outputs = ",\n".join(f'  {{ name: "{t}_OUT" data_type: {c} dims: [ 2 ] }}' for t, (c, _) in EVERY_TYPE.items())
+    return (
+        f'name: "every_type"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 4\n'
+        f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\ndynamic_batching {{ }}\n"
+    )
+
+
 WARMUP_A = [b"1", b"2", b"3", b"4"]  # one batch row of 4 decimal strings; Triton repeats a file per row
 WARMUP_B = [b"10", b"20", b"30", b"40"]
 
@@ -136,6 +165,16 @@ def nobatch_scale() -> onnx.ModelProto:
     )
 
 
+def every_type() -> onnx.ModelProto:
+    io = [None, 2]
+    return _model(
+        [helper.make_node("Identity", [t], [f"{t}_OUT"]) for t in EVERY_TYPE],
+        [_info(t, elem, io) for t, (_, elem) in EVERY_TYPE.items()],
+        [_info(f"{t}_OUT", elem, io) for t, (_, elem) in EVERY_TYPE.items()],
+        "every_type",
+    )
+
+
 def _bytes_file(elements: list[bytes]) -> bytes:
     """A warm-up ``input_data_file`` for TYPE_STRING: each element as 4-byte little-endian length + bytes."""
     return b"".join(len(e).to_bytes(4, "little") + e for e in elements)
@@ -149,6 +188,7 @@ def build_foreign_repository(target: Path) -> Path:
         "str_math": (_STR_MATH, str_math(), ("1",)),
         "bytes_identity": (_BYTES_IDENTITY, bytes_identity(), ("1", "2")),
         "nobatch_scale": (_NOBATCH_SCALE, nobatch_scale(), ("1",)),
+        "every_type": (_every_type_config(), every_type(), ("1",)),
     }
     for name, (config, model, versions) in models.items():
         directory = target / name
