@@ -162,6 +162,36 @@ class TenantSpec:
     priority: str = "normal"  # default X-Priority: high | normal | low
 
 
+class Access(enum.StrEnum):
+    """Who may call a route family: anyone, a tenant (or an admin), or an admin only.
+
+    ``tenant`` is open while no tenants are configured; ``admin`` is open while neither tenants nor
+    admin keys are (a gateway without keys is a development one: everything is open, as before)."""
+
+    OPEN = "open"
+    TENANT = "tenant"
+    ADMIN = "admin"
+
+
+ACCESS_LEVELS: tuple[Access, ...] = tuple(Access)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLevels:
+    """The access level of each route family (``access:``), enforced by one middleware (fronts/access.py)."""
+
+    health: str = Access.OPEN  # /v2/health/*: load balancers and orchestrators probe without a key
+    metadata: str = Access.TENANT  # /v2, /v2/models/{m}[/config|/ready|/stats], /v2/repository/index
+    inference: str = Access.TENANT  # /v2/models/{m}/infer: always a tenant's (the service bills it)
+    metrics: str = Access.OPEN  # /metrics: Prometheus scrapes without a key
+    status: str = Access.ADMIN  # /status: hub URLs, breakers, queues
+    openapi: str = Access.TENANT  # /openapi.json: it names the models served
+    usage: str = Access.TENANT  # /v1/usage: a tenant sees its own, an admin everyone's
+    artifacts: str = Access.TENANT  # /v1/models/{m}/*: model files, within the tenant's models
+    admin: str = Access.ADMIN  # /admin/*
+    dashboard: str = Access.OPEN  # /dashboard: a static page; its data comes from /status and /metrics
+
+
 @dataclass(frozen=True, slots=True)
 class Admission:
     """Bounded queues: past these, requests are refused at once (429/503 with Retry-After)."""
@@ -186,6 +216,7 @@ class GatewayConfig:
     artifacts: Artifacts = field(default_factory=Artifacts)
     tenants: tuple[TenantSpec, ...] = ()
     admin_keys: tuple[str, ...] = ()  # salted hashes; needed for /admin/* once tenants or admin keys exist
+    access: AccessLevels = field(default_factory=AccessLevels)
     shutdown_grace_s: float = 30.0  # on SIGTERM: finish accepted requests within this, then exit
     drain_s: float = 1.0  # ... after first serving this long with "Connection: close" on every reply
 
@@ -283,6 +314,15 @@ def _check(config: GatewayConfig) -> None:
     for j, stored in enumerate(config.admin_keys):
         if not _KEY_HASH.match(stored):
             raise ConfigError(f"admin_keys[{j}]: expected sha256$<salt>$<digest>")
+    for name in AccessLevels.__dataclass_fields__:
+        level = getattr(config.access, name)
+        if level not in ACCESS_LEVELS:
+            raise ConfigError(f"access.{name}: expected one of {', '.join(ACCESS_LEVELS)}, got {level!r}")
+    if config.access.inference != Access.TENANT:
+        raise ConfigError(
+            f"access.inference: must be tenant, got {config.access.inference!r} (the inference service checks "
+            "the key and bills the tenant on every front; without tenants configured it is open)"
+        )
     _positive(config.admission.max_active_requests, "admission.max_active_requests")
     if not 0 < config.admission.shed_low_at <= config.admission.shed_normal_at <= 1:
         raise ConfigError("admission: need 0 < shed_low_at <= shed_normal_at <= 1")

@@ -10,6 +10,7 @@ handler instead of stopping at 404, and a client generator sees a working exampl
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import metadata
@@ -99,10 +100,17 @@ def openapi_document(models: Mapping[str, ModelInfo] | None = None, *, version: 
 
 
 def openapi_route(catalog: Callable[[], Mapping[str, ModelInfo]]) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """The ``GET /openapi.json`` handler; ``catalog`` is called per request, since a reload rebinds the catalog."""
+    """The ``GET /openapi.json`` handler. ``catalog`` is called per request, since a reload or a hub's
+    discovery rebinds the catalog (``Router.rebuild_catalog`` never changes one in place); the document
+    is built and encoded once per catalog and served from that cache until the catalog is another one."""
+    cached: tuple[Mapping[str, ModelInfo], bytes] | None = None
 
     async def openapi_json(request: web.Request) -> web.Response:
-        return web.json_response(openapi_document(catalog()))
+        nonlocal cached
+        models = catalog()
+        if cached is None or cached[0] is not models:  # holding the catalog: its id cannot be reused
+            cached = (models, json.dumps(openapi_document(models)).encode())
+        return web.Response(body=cached[1], content_type=_JSON)
 
     return openapi_json
 

@@ -1,11 +1,12 @@
-"""The admin API: an aiohttp sub-app mounted at ``/admin/``, behind its own key check.
+"""The admin API: an aiohttp sub-app mounted at ``/admin/``, registered whole under the admin family.
 
     POST   /admin/reload              re-read the config file's hub table
     POST   /admin/hubs/{hub}/drain    take a hub out of rotation (its batches in flight finish)
     DELETE /admin/hubs/{hub}/drain    put it back
 
-Once tenants or admin keys are configured, every path under /admin/ (unknown ones included) needs
-an admin key: the check is this sub-app's middleware, so no admin route can be added without it.
+Every path under /admin/ (unknown ones included) answers by the admin family's access level (an
+admin key once tenants or admin keys are configured, by default): the HTTP app mounts this sub-app
+under that family, so the access middleware (fronts/access.py) guards any admin route added here.
 Errors become replies in the parent app's error middleware, which wraps this one.
 """
 
@@ -22,20 +23,12 @@ _GATEWAY: web.AppKey[Gateway] = web.AppKey("admin_gateway", Gateway)
 
 
 def admin_app(gateway: Gateway) -> web.Application:
-    app = web.Application(middlewares=[_admin_key])
+    app = web.Application()
     app[_GATEWAY] = gateway
     app.router.add_post("/reload", reload_hubs)
     app.router.add_post("/hubs/{hub}/drain", drain_hub)
     app.router.add_delete("/hubs/{hub}/drain", drain_hub)
     return app
-
-
-@web.middleware
-async def _admin_key(request: web.Request, handler) -> web.StreamResponse:
-    tenants = request.app[_GATEWAY].tenants
-    if tenants.admin_enabled:
-        tenants.authenticate_admin(request.headers.get("Authorization"))
-    return await handler(request)
 
 
 async def reload_hubs(request: web.Request) -> web.Response:

@@ -3,7 +3,8 @@
 The inference handler is read body -> decode -> ``InferenceService`` -> encode; every other
 handler reads the gateway. Errors are mapped to ``{"error": ...}`` once, by the error middleware,
 which wraps the sub-apps too: ``/admin/`` (fronts/admin.py) and the model artifacts under
-``/v1/models/`` (gateway/artifacts.py), each behind its own key check.
+``/v1/models/`` (gateway/artifacts.py). Who may call a route is decided once, by the access
+middleware (fronts/access.py), from the family each route is registered under (``_FAMILIES``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from aiohttp import web
 from gateway import artifacts, dashboard
 from gateway.call import call_from_metadata
 from gateway.config import GatewayConfig
+from gateway.fronts.access import Family, RouteFamilies, access_middleware, family_of_app
 from gateway.fronts.admin import admin_app
 from gateway.gateway import Gateway
 from gateway.openapi import openapi_route
@@ -46,9 +48,11 @@ _INFER: web.AppKey[_InferFront] = web.AppKey("infer_front", _InferFront)
 
 def create_app(config: GatewayConfig, config_path: Path | None = None) -> web.Application:
     """The gateway's aiohttp app; the gateway starts and closes with it."""
-    app = web.Application(middlewares=[errors_middleware("gateway", _count_failed_inference)],
-                          client_max_size=config.limits.max_body_bytes)  # fmt: skip
     gateway = Gateway(config, config_path)
+    families = RouteFamilies()
+    app = web.Application(middlewares=[errors_middleware("gateway", _count_failed_inference),
+                                       access_middleware(config.access, gateway.tenants, families)],
+                          client_max_size=config.limits.max_body_bytes)  # fmt: skip
     app[GATEWAY] = gateway
     limits = config.limits
     decode_limits = DecodeLimits(
@@ -83,12 +87,21 @@ def create_app(config: GatewayConfig, config_path: Path | None = None) -> web.Ap
         r.add_get(prefix + "/config", model_config)
         r.add_post(prefix + "/infer", infer)
     r.add_get("/metrics", metrics)
-    r.add_get("/openapi.json", openapi_route(lambda: gateway.router.catalog))
+    openapi_json = openapi_route(lambda: gateway.router.catalog)
+    r.add_get("/openapi.json", openapi_json)
     r.add_get("/status", status)
     dashboard.mount(app)  # /dashboard: the page over /status and /metrics (gateway/dashboard/)
     r.add_get("/v1/usage", usage)
-    app.add_subapp("/v1/models/", _artifacts_app(config, gateway))
-    app.add_subapp("/admin/", admin_app(gateway))
+    app.add_subapp("/v1/models/", family_of_app(_artifacts_app(config), Family.ARTIFACTS))
+    app.add_subapp("/admin/", family_of_app(admin_app(gateway), Family.ADMIN))
+    handler_families = {**_FAMILIES, openapi_json: Family.OPENAPI}
+    for route in r.routes():
+        # The dashboard's handlers are its own module's: its static page holds no data (it reads /status
+        # and /metrics, each at its own level, and asks for a key when they answer 401 or 403).
+        dashboard_page = route.handler.__module__ == dashboard.__name__
+        family = Family.DASHBOARD if dashboard_page else handler_families.get(route.handler)
+        if family is not None:
+            families.add(family, route)
     return app
 
 
@@ -223,18 +236,28 @@ async def usage(request: web.Request) -> web.Response:
         return web.json_response(tenants.usage(only=tenant.name))
 
 
-def _artifacts_app(config: GatewayConfig, gateway: Gateway) -> web.Application:
-    """Model files for edge devices, under ``/v1/models/``: a tenant's key is needed once tenants are
-    configured, on every path there (mounted even when nothing is exportable, so that holds)."""
-
-    @web.middleware
-    async def tenant_key(request: web.Request, handler) -> web.StreamResponse:
-        if gateway.tenants.enabled:
-            gateway.tenants.authenticate(request.headers.get("Authorization"))
-        return await handler(request)
-
-    app = web.Application(middlewares=[tenant_key])
+def _artifacts_app(config: GatewayConfig) -> web.Application:
+    """Model files for edge devices, under ``/v1/models/`` (the artifacts family: mounted even when
+    nothing is exportable, so every path there answers by its access level)."""
+    app = web.Application()
     if config.artifacts.exportable:
         repository = Path(config.artifacts.repository or config.local.repository)
         artifacts.add_routes(app, repository, config.artifacts.exportable, prefix="")
     return app
+
+
+# Each handler's route family (fronts/access.py); the sub-apps are registered whole in create_app.
+_FAMILIES: dict[object, Family] = {
+    live: Family.HEALTH,
+    ready: Family.HEALTH,
+    server_metadata: Family.METADATA,
+    repository_index: Family.METADATA,
+    model_statistics: Family.METADATA,
+    model_metadata: Family.METADATA,
+    model_ready: Family.METADATA,
+    model_config: Family.METADATA,
+    infer: Family.INFERENCE,
+    metrics: Family.METRICS,
+    status: Family.STATUS,
+    usage: Family.USAGE,
+}
