@@ -180,6 +180,17 @@ def _wait_until(condition, what: str, timeout_s: float = 10.0) -> None:
         time.sleep(0.01)
 
 
+@contextlib.contextmanager
+def _hub_drained(gateway: GatewayProcess, hub: str = "west-1") -> Iterator[None]:
+    """The hub out of rotation (the admin API, open on a gateway without keys) for the block."""
+    drain = f"{gateway.url}/admin/hubs/{hub}/drain"
+    urllib.request.urlopen(urllib.request.Request(drain, data=b"", method="POST"), timeout=5)
+    try:
+        yield
+    finally:
+        urllib.request.urlopen(urllib.request.Request(drain, method="DELETE"), timeout=5)
+
+
 def _hub_inference_count(hub: Hub, model: str) -> int:
     stats = json.loads(urllib.request.urlopen(f"{hub.http_url}/v2/models/{model}/stats", timeout=5).read())
     return int(stats["model_stats"][0]["inference_count"])
@@ -239,14 +250,10 @@ def test_repository_index_lists_every_model_ready(front: GatewayProcess, ready: 
 
 
 def test_repository_index_asked_for_ready_models_leaves_out_the_unready(front: GatewayProcess):
-    drain = f"{front.url}/admin/hubs/west-1/drain"
-    urllib.request.urlopen(urllib.request.Request(drain, data=b"", method="POST"), timeout=5)
-    try:
-        stub = _stub(front.grpc_address)
+    stub = _stub(front.grpc_address)
+    with _hub_drained(front):
         ready = stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(ready=True), timeout=10)
         every = stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(), timeout=10)
-    finally:
-        urllib.request.urlopen(urllib.request.Request(drain, method="DELETE"), timeout=5)
     assert list(ready.models) == []
     assert {(m.name, m.state) for m in every.models} == {(m, "UNAVAILABLE") for m in MODELS}
 
@@ -336,6 +343,24 @@ def test_stream_answers_each_request_with_its_id_and_the_hubs_answer(front: Gate
     assert all(error is None for _, error in answers), [e for _, e in answers if e]
     by_id = {result.get_response().id: result for result, _ in answers}
     assert set(by_id) == {request_id for request_id, _, _ in requests}
+    for request_id, model, arrays in requests:
+        _assert_same(_outputs(by_id[request_id], model), _hub_answer(hub, model, arrays))
+
+
+async def test_aio_stream_answers_each_request_with_its_id_and_the_hubs_answer(front: GatewayProcess, hub: Hub):
+    requests = [(f"a{i}-{model}", model, sample_inputs(model, batch=2, seed=60 + i)) for i, model in enumerate(MODELS)]
+
+    async def messages():
+        for request_id, model, arrays in requests:
+            yield {"model_name": model, "inputs": _inputs(arrays, aiogrpcclient), "request_id": request_id}
+
+    client = aiogrpcclient.InferenceServerClient(front.grpc_address)
+    try:
+        answers = [answer async for answer in client.stream_infer(messages(), stream_timeout=30)]
+    finally:
+        await client.close()
+    assert all(error is None for _, error in answers), [e for _, e in answers if e]
+    by_id = {result.get_response().id: result for result, _ in answers}
     for request_id, model, arrays in requests:
         _assert_same(_outputs(by_id[request_id], model), _hub_answer(hub, model, arrays))
 
@@ -440,13 +465,16 @@ def test_a_bad_call_gets_the_status_code_and_the_http_message(
 
 
 def test_a_model_with_no_backend_in_rotation_is_unavailable(front: GatewayProcess):
-    drain = f"{front.url}/admin/hubs/west-1/drain"
-    urllib.request.urlopen(urllib.request.Request(drain, data=b"", method="POST"), timeout=5)
-    try:
+    with _hub_drained(front):
         error = _rpc_error(lambda: _stub(front.grpc_address).ModelInfer(_digits_message(), timeout=30))
-    finally:
-        urllib.request.urlopen(urllib.request.Request(drain, method="DELETE"), timeout=5)
     assert error.code() == grpc.StatusCode.UNAVAILABLE and "digits" in error.details(), error.details()
+
+
+def test_a_model_with_no_backend_in_rotation_is_not_ready(front: GatewayProcess):
+    client = grpcclient.InferenceServerClient(front.grpc_address)
+    with _hub_drained(front):
+        ready = client.is_model_ready("digits"), client.is_server_ready()
+    assert ready == (False, False)
 
 
 def test_tritonclient_sees_the_gateways_error_for_a_bad_shape(front: GatewayProcess):
@@ -526,6 +554,29 @@ def test_a_call_needs_a_valid_key_for_an_allowed_model(tenant_front, key: str | 
     headers = {"authorization": f"Bearer {key}"} if key else None
     error = _error(lambda: _infer(tenant_front.grpc_address, model, sample_inputs(model, 1), headers=headers))
     assert error.status() == f"StatusCode.{code}" and text in error.message(), error.message()
+
+
+def test_a_stream_without_a_key_answers_each_message_unauthenticated(tenant_front: GatewayProcess):
+    messages = [_digits_message(request_id=f"m{i}") for i in range(2)]
+    replies = list(_stub(tenant_front.grpc_address).ModelStreamInfer(iter(messages), timeout=30))
+    assert sorted(r.infer_response.id for r in replies) == ["m0", "m1"]
+    assert all("missing API key" in r.error_message for r in replies)
+
+
+def test_a_stream_with_a_key_is_served(tenant_front: GatewayProcess, hub: Hub):
+    arrays = sample_inputs("digits", batch=2)
+    answers: queue.Queue = queue.Queue()
+    client = grpcclient.InferenceServerClient(tenant_front.grpc_address)
+    client.start_stream(
+        lambda result, error: answers.put((result, error)), headers={"authorization": f"Bearer {KEYS['acme']}"}
+    )
+    try:
+        client.async_stream_infer("digits", _inputs(arrays), request_id="k")
+        result, error = answers.get(timeout=30)
+    finally:
+        client.stop_stream()
+    assert error is None and result.get_response().id == "k"
+    _assert_same(_outputs(result, "digits"), _hub_answer(hub, "digits", arrays))
 
 
 def test_a_tenant_key_is_served_its_models(tenant_front: GatewayProcess, hub: Hub):
