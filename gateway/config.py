@@ -87,6 +87,10 @@ class Batching:
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_body_bytes: int = 64 * 1024 * 1024
+    # A JSON body becomes Python objects many times its size before it is an array: it gets a smaller limit.
+    max_json_body_bytes: int = 8 * 1024 * 1024
+    # Request bodies being read or held at once, all connections together; past it a new body is refused (503).
+    max_reading_bytes: int = 256 * 1024 * 1024
     max_inputs: int = 64
     max_elements: int = 16 * 1024 * 1024  # per tensor
     max_bytes_element: int = 1024 * 1024  # one BYTES element
@@ -276,8 +280,8 @@ def _check(config: GatewayConfig) -> None:
     _positive(b.idle_lane_s, "batching.idle_lane_s")
     for i, size in enumerate(b.preferred_batch_sizes):
         _positive(size, f"batching.preferred_batch_sizes[{i}]")
-    for name in ("max_body_bytes", "max_inputs", "max_elements", "max_bytes_element", "max_queued_requests",
-                 "body_timeout_s"):  # fmt: skip
+    for name in ("max_body_bytes", "max_json_body_bytes", "max_reading_bytes", "max_inputs", "max_elements",
+                 "max_bytes_element", "max_queued_requests", "body_timeout_s"):  # fmt: skip
         _positive(getattr(config.limits, name), f"limits.{name}")
     _positive(config.deadlines.default_budget_ms, "deadlines.default_budget_ms")
     _positive(config.deadlines.max_budget_ms, "deadlines.max_budget_ms")

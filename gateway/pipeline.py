@@ -79,6 +79,21 @@ class Admitted:
         return self.future.done() or self.gone()
 
 
+class Slot:
+    """One request counted in ``Pipeline.active`` (admission's bound, the drain's wait) from its
+    admission to its answer; ``release`` is idempotent, so every exit path may call it."""
+
+    __slots__ = ("_pipeline",)
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline: Pipeline | None = pipeline
+
+    def release(self) -> None:
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is not None:
+            pipeline._release()
+
+
 @dataclass(frozen=True, slots=True)
 class LaneKey:
     """The batch key: requests share a batch only if all four agree."""
@@ -177,12 +192,44 @@ class Pipeline:
         gone: Callable[[], bool],
         route: Route = DEFAULT_ROUTE,
         priority: Priority = Priority.NORMAL,
+        slot: Slot | None = None,
     ) -> BatchResult:
-        """Queue a validated request; return its share of the batch it ran in."""
+        """Queue a validated request; return its share of the batch it ran in. ``slot``: the request
+        was counted at admission (``hold``), before its body was read; it is released here either way."""
+        held = slot if slot is not None else self.hold(priority)
+        try:
+            return await self._queued(request, info, rows, deadline, gone, route)
+        finally:
+            held.release()
+
+    def hold(self, priority: Priority) -> Slot:
+        """Count a request as in progress from its admission, before its body is read, until the slot
+        is released; refused at once (shed by priority) when the gateway is full or shutting down."""
         if self._closing:
             raise Draining("gateway is shutting down")
-        loop = asyncio.get_running_loop()
         self._admit(priority)
+        if not self.active:
+            self._idle.clear()
+        self.active += 1
+        return Slot(self)
+
+    def _release(self) -> None:
+        self.active -= 1
+        if not self.active:
+            self._idle.set()
+
+    async def _queued(
+        self,
+        request: InferRequest,
+        info: ModelInfo,
+        rows: int,
+        deadline: float,
+        gone: Callable[[], bool],
+        route: Route,
+    ) -> BatchResult:
+        if self._closing:  # a slot taken before the body was read may outlive the pipeline
+            raise Draining("gateway is shutting down")
+        loop = asyncio.get_running_loop()
         lane = self._lane(info, request.version, route, budget_class(deadline - loop.time()))
         if len(lane.queue) >= self.limits.max_queued_requests:
             raise QueueFull(
@@ -194,18 +241,12 @@ class Pipeline:
         lane.queue.push(admitted, rows, deadline, loop.time(), _batch_shape(info, request))
         self.metrics.queue_depth.labels(info.name).inc()
         lane.wakeup.set()
-        if not self.active:
-            self._idle.clear()
-        self.active += 1
         try:
             async with asyncio.timeout_at(deadline):
                 return await admitted.future
         except TimeoutError:
             raise DeadlineExceeded(f"latency budget ran out for model {info.name!r}") from None
         finally:
-            self.active -= 1
-            if not self.active:
-                self._idle.set()
             if not admitted.future.done():
                 admitted.future.cancel()  # the runner drops it before its batch is sent
 

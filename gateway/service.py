@@ -24,7 +24,7 @@ from gateway import call as calls
 from gateway.call import Call
 from gateway.config import Deadlines, Limits, Priority
 from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Pipeline, Slot
 from gateway.routing.policy import Route
 from gateway.routing.router import Router
 from gateway.statistics import Statistics
@@ -52,6 +52,13 @@ class Ticket:
     tenant: Tenant | None
     # The arrival on the router's clock (high resolution): the end-to-end latency counts from here.
     started: float = 0.0
+    # Counted as in progress from admission, while the body is still being read, until it is answered.
+    slot: Slot | None = None
+
+    def release(self) -> None:
+        """Stop counting the call as in progress (idempotent: every exit path of a front calls it)."""
+        if self.slot is not None:
+            self.slot.release()
 
 
 @dataclass(slots=True)
@@ -104,7 +111,7 @@ class InferenceService:
             tenants.check_model(tenant, info.name)
         route = self._route(call, tenant)
         priority = calls.priority(call.priority, tenant.spec.priority if tenant else "normal")
-        return Ticket(call, info, version, route, priority, tenant, self._started(call))
+        return Ticket(call, info, version, route, priority, tenant, self._started(call), self.pipeline.hold(priority))
 
     def _started(self, call: Call) -> float:
         """The call's arrival on the router's clock. A front stamps ``arrived`` on the loop's clock
@@ -131,7 +138,13 @@ class InferenceService:
 
     async def infer(self, ticket: Ticket, request: InferRequest) -> Served:
         """Run an admitted, decoded request: budget, deadline, validation and quota, then the pipeline;
-        the usage is billed to the tenant and the answer counted."""
+        the usage is billed to the tenant and the answer counted. The ticket's slot is released."""
+        try:
+            return await self._infer(ticket, request)
+        finally:
+            ticket.release()
+
+    async def _infer(self, ticket: Ticket, request: InferRequest) -> Served:
         loop = asyncio.get_running_loop()
         call, info, tenant = ticket.call, ticket.info, ticket.tenant
         budget_s = calls.budget_s(call.budget_ms, request.parameters.get("timeout"), self.deadlines)
@@ -143,13 +156,27 @@ class InferenceService:
         rows = info.validate(request, text_bytes=self.limits.bytes_must_be_utf8)
         if tenant is None:
             result = await self.pipeline.submit(
-                request, info, rows, deadline, gone=call.gone, route=ticket.route, priority=ticket.priority
+                request,
+                info,
+                rows,
+                deadline,
+                gone=call.gone,
+                route=ticket.route,
+                priority=ticket.priority,
+                slot=ticket.slot,
             )
         else:
             self.tenants.admit(tenant, info.name, rows)  # reserves the rows against today's quota ...
             try:
                 result = await self.pipeline.submit(
-                    request, info, rows, deadline, gone=call.gone, route=ticket.route, priority=ticket.priority
+                    request,
+                    info,
+                    rows,
+                    deadline,
+                    gone=call.gone,
+                    route=ticket.route,
+                    priority=ticket.priority,
+                    slot=ticket.slot,
                 )
             except BaseException:  # ... and a call that is not answered (failed, cancelled) gives them back
                 self.tenants.release(tenant, rows)

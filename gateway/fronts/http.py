@@ -21,11 +21,12 @@ from gateway.call import call_from_metadata
 from gateway.config import GatewayConfig
 from gateway.fronts.access import Family, RouteFamilies, access_middleware, family_of_app
 from gateway.fronts.admin import admin_app
+from gateway.fronts.body import JSON_PYTHON_BYTES_PER_BYTE, BodyLimits, ReadingBudget, read_body
 from gateway.gateway import Gateway
 from gateway.openapi import openapi_route
 from gateway.service import InferenceService
 from railcore.catalog import ModelInfo
-from railcore.errors import BadRequest, ModelNotFound, RailgateError, RequestTimeout
+from railcore.errors import BadRequest, ModelNotFound, RailgateError
 from railcore.protocol.codec import HEADER_LENGTH, DecodeLimits, decode_request, encode_response
 from railcore.web import errors_middleware
 
@@ -40,7 +41,8 @@ class _InferFront:
 
     service: InferenceService
     decode_limits: DecodeLimits
-    body_timeout_s: float
+    body_limits: BodyLimits
+    reading: ReadingBudget  # the bytes of all bodies being read or held at once
 
 
 _INFER: web.AppKey[_InferFront] = web.AppKey("infer_front", _InferFront)
@@ -56,9 +58,14 @@ def create_app(config: GatewayConfig, config_path: Path | None = None) -> web.Ap
     app[GATEWAY] = gateway
     limits = config.limits
     decode_limits = DecodeLimits(
-        max_inputs=limits.max_inputs, max_elements=limits.max_elements, max_bytes_element=limits.max_bytes_element
+        max_inputs=limits.max_inputs,
+        max_elements=limits.max_elements,
+        max_bytes_element=limits.max_bytes_element,
+        max_json_python_bytes=JSON_PYTHON_BYTES_PER_BYTE * limits.max_json_body_bytes,
     )
-    app[_INFER] = _InferFront(gateway.service, decode_limits, limits.body_timeout_s)
+    body_limits = BodyLimits(limits.max_body_bytes, limits.max_json_body_bytes, limits.body_timeout_s)
+    reading = ReadingBudget(limits.max_reading_bytes)
+    app[_INFER] = _InferFront(gateway.service, decode_limits, body_limits, reading)
 
     async def start(app: web.Application) -> None:
         await gateway.start()
@@ -122,21 +129,22 @@ async def infer(request: web.Request) -> web.Response:
         gone=lambda: transport is None or transport.is_closing(),
         body_bytes=request.content_length,
     )
+    # Admitted (and counted in progress) before a byte of the body is read; released on every exit.
     ticket = front.service.admit(call, request.match_info["model"], request.match_info.get("version", ""))
     try:
-        async with asyncio.timeout(front.body_timeout_s):
-            body = await request.read()
-    except TimeoutError:
-        raise RequestTimeout(f"the request body did not arrive within {front.body_timeout_s:g} s") from None
-    decoded = decode_request(
-        body,
-        content_type=request.content_type,
-        header_length=header_length(request.headers),
-        model=ticket.info.name,
-        version=ticket.version,
-        limits=front.decode_limits,
-    )
-    served = await front.service.infer(ticket, decoded)
+        length = header_length(request.headers)
+        async with read_body(request, front.body_limits, front.reading, length) as body:
+            decoded = decode_request(
+                body,
+                content_type=request.content_type,
+                header_length=length,
+                model=ticket.info.name,
+                version=ticket.version,
+                limits=front.decode_limits,
+            )
+            served = await front.service.infer(ticket, decoded)
+    finally:
+        ticket.release()
     chunks, headers = encode_response(served.response, decoded)
     headers.update(served.headers)
     return web.Response(body=chunks[0] if len(chunks) == 1 else b"".join(chunks), headers=headers)

@@ -39,6 +39,8 @@ class DecodeLimits:
     max_bytes_element: int = 1_048_576  # one BYTES element
     max_dims: int = 8
     max_json_depth: int = 32  # nesting of a JSON ``data`` list
+    max_json_python_bytes: int = 128 * 1024 * 1024  # what parsing a JSON body may build, bounded before it runs
+    max_msgpack_items: int = 1_048_576  # array and map entries in a msgpack body, all together
 
 
 def header_length(headers: Mapping[str, str]) -> int | None:
@@ -56,7 +58,7 @@ _DataDecoder = Callable[[dict[str, Any], dict[str, Any], str, tuple[int, ...], i
 
 
 def decode_request(
-    body: bytes | memoryview,
+    body: bytes | bytearray | memoryview,
     *,
     content_type: str | None,
     header_length: int | None,
@@ -68,10 +70,10 @@ def decode_request(
     try:
         view = memoryview(body).cast("B")  # index bytes, whatever the buffer's item format
         if msgpack_codec.is_msgpack(content_type):
-            header = msgpack_codec.loads(view)
+            header = msgpack_codec.loads(view, limits.max_msgpack_items)
             return _request(header, model, version, limits, Encoding.MSGPACK, partial(_msgpack_data, limits=limits))
         header_bytes, section = _split_body(view, header_length)
-        header = json_codec.loads(header_bytes)
+        header = json_codec.loads(header_bytes, limits.max_json_python_bytes)
         encoding = Encoding.JSON if header_length is None else Encoding.BINARY
         request = _request(
             header, model, version, limits, encoding, partial(_json_data, section=section, limits=limits)

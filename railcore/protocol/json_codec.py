@@ -31,10 +31,42 @@ def kind_of(value: Any) -> str:
     return "null" if value is None else _VALUE_KINDS.get(type(value), type(value).__name__)
 
 
-def loads(body: bytes | memoryview) -> Any:
-    """The parsed JSON document; any parse failure (bad UTF-8, deep nesting, huge integers) is a BadRequest."""
+# What parsing one JSON token can cost in Python objects at most, in bytes (64-bit CPython): a value after a
+# comma is at most a float (24) and its list slot (8); a list or dict is 56-64 before its slots; a dict
+# entry's key is a str (49+) with its slot; a string's two quotes share its str header (49+).
+_COST_PER_COMMA, _COST_PER_CONTAINER, _COST_PER_COLON, _COST_PER_QUOTE = 32, 64, 64, 32
+
+
+def python_bytes_bound(body: bytes | bytearray) -> int:
+    """An upper bound on the memory ``json.loads(body)`` would allocate, from byte counts taken before
+    parsing (a few C passes over the body, no objects). Tokens inside strings are counted too: it
+    over-estimates a text-heavy body, never under-estimates a structure-heavy one."""
+    containers = body.count(b"[") + body.count(b"{")
+    return (
+        len(body)
+        + _COST_PER_COMMA * body.count(b",")
+        + _COST_PER_CONTAINER * containers
+        + _COST_PER_COLON * body.count(b":")
+        + _COST_PER_QUOTE * body.count(b'"')
+    )
+
+
+def loads(body: bytes | bytearray | memoryview, max_python_bytes: int | None = None) -> Any:
+    """The parsed JSON document; any parse failure (bad UTF-8, deep nesting, huge integers) is a BadRequest.
+
+    With ``max_python_bytes``, a document that could make more than that in Python objects is refused
+    (413) before it is parsed: ``json.loads`` builds the whole tree before any tensor limit applies.
+    """
+    raw = body if isinstance(body, bytes | bytearray) else bytes(body)
+    if max_python_bytes is not None:
+        bound = python_bytes_bound(raw)
+        if bound > max_python_bytes:
+            raise PayloadTooLarge(
+                f"JSON body of {len(raw)} bytes could take {bound} bytes as Python objects; the limit is "
+                f"{max_python_bytes} (send tensors as binary data or msgpack)"
+            )
     try:
-        return json.loads(bytes(body))
+        return json.loads(raw)
     except (ValueError, RecursionError) as e:
         raise BadRequest(f"body is not valid JSON: {e}") from None
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgpack
 
-from railcore.errors import BadRequest
+from railcore.errors import BadRequest, PayloadTooLarge
 
 CONTENT_TYPES = ("application/msgpack", "application/x-msgpack")
 
@@ -16,10 +16,29 @@ def is_msgpack(content_type: str | None) -> bool:
     return content_type is not None and content_type.strip().lower().startswith(CONTENT_TYPES)
 
 
-def loads(body: bytes | memoryview) -> Any:
-    """The unpacked document. ``bin`` values come back as ``bytes`` that msgpack copies out of the body once."""
+def loads(body: bytes | memoryview, max_items: int | None = None) -> Any:
+    """The unpacked document. ``bin`` values come back as ``bytes`` that msgpack copies out of the body once.
+
+    With ``max_items``, arrays and maps may hold that many entries in all (tensor data is ``bin``, so a
+    request's structure is small): one byte of msgpack can be an empty array of 56 bytes, and the count
+    stops a body of them as it is unpacked, not after.
+    """
+    if max_items is None:
+        hooks: dict[str, Any] = {}
+    else:
+        left = max_items
+
+        def counted(container: Any) -> Any:
+            nonlocal left
+            left -= len(container) + 1
+            if left < 0:
+                raise PayloadTooLarge(f"msgpack body holds more than {max_items} array and map entries")
+            return container
+
+        # Each array or map arrives here as it is finished; none may be longer than the total either.
+        hooks = {"list_hook": counted, "object_hook": counted, "max_array_len": max_items, "max_map_len": max_items}
     try:
-        return msgpack.unpackb(body, raw=False)
+        return msgpack.unpackb(body, raw=False, **hooks)
     except (ValueError, msgpack.UnpackException) as e:  # ExtraData, FormatError, StackError, bad UTF-8 are ValueErrors
         raise BadRequest(f"body is not valid msgpack: {e}") from None
 

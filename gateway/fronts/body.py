@@ -1,0 +1,128 @@
+"""Reading request bodies within bounds: one body's size by its encoding, and all bodies' bytes at once.
+
+A JSON body becomes Python objects many times its size while it is parsed, so it has its own, smaller
+limit (``limits.max_json_body_bytes``); binary and msgpack bodies, whose tensors stay the body's own
+bytes, keep ``limits.max_body_bytes``. Every body being read or held is charged to one
+``ReadingBudget`` (``limits.max_reading_bytes``) for as long as its request is in progress: when it is
+spent a new body is refused at once (503, Retry-After) instead of queueing without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from railcore.errors import PayloadTooLarge, RequestTimeout, Shedding
+from railcore.protocol.codec import HEADER_LENGTH
+from railcore.protocol.msgpack_codec import is_msgpack
+
+RETRY_AFTER = {"Retry-After": "1"}
+# What parsing a JSON body may build in Python objects, per byte of the body's limit (a body of
+# floats takes about 4; ``json_codec.python_bytes_bound`` is checked against this before parsing).
+JSON_PYTHON_BYTES_PER_BYTE = 16
+
+
+class ReadingBudget:
+    """Bytes of request bodies held at once, all connections together; a take that does not fit fails."""
+
+    __slots__ = ("capacity", "held")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held = 0
+
+    def try_take(self, size: int) -> bool:
+        if self.held + size > self.capacity:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
+@dataclass(frozen=True, slots=True)
+class BodyLimits:
+    max_body_bytes: int
+    max_json_body_bytes: int
+    timeout_s: float
+
+    def for_request(self, content_type: str | None, header_length: int | None) -> tuple[int, str]:
+        """The byte limit of this request's body, and the setting that names it."""
+        if is_msgpack(content_type) or header_length is not None:
+            return self.max_body_bytes, "limits.max_body_bytes"
+        return self.max_json_body_bytes, "limits.max_json_body_bytes"
+
+
+@asynccontextmanager
+async def read_body(
+    request: web.Request, limits: BodyLimits, budget: ReadingBudget, header_length: int | None
+) -> AsyncIterator[bytearray]:
+    """The request's body, charged to ``budget`` until the block exits; refused before a byte is read
+    when its declared length is over its limit (413) or does not fit the budget (503)."""
+    limit, setting = limits.for_request(request.content_type, header_length)
+    if header_length is not None and header_length > limits.max_json_body_bytes:
+        raise PayloadTooLarge(
+            f"{HEADER_LENGTH} {header_length} is over limits.max_json_body_bytes ({limits.max_json_body_bytes} bytes)"
+        )
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes is over {setting} ({limit} bytes)")
+    held = 0
+
+    def charge(size: int) -> None:
+        nonlocal held
+        if size > held:
+            if not budget.try_take(size - held):
+                raise Shedding(
+                    f"the gateway is reading {budget.held} bytes of request bodies, its limit "
+                    f"(limits.max_reading_bytes) is {budget.capacity}: retry shortly",
+                    headers=RETRY_AFTER,
+                )
+            held = size
+
+    try:
+        charge(declared or 0)
+        try:
+            async with asyncio.timeout(limits.timeout_s):
+                body = await _read(request, declared, limit, setting, charge)
+        except TimeoutError:
+            raise RequestTimeout(f"the request body did not arrive within {limits.timeout_s:g} s") from None
+        yield body
+    finally:
+        budget.give(held)
+
+
+async def _read(
+    request: web.Request, declared: int | None, limit: int, setting: str, charge: Callable[[int], None]
+) -> bytearray:
+    """The body into one buffer: sized once when the length is declared (no growing copies), else grown
+    chunk by chunk with each growth charged first."""
+    content = request.content
+    if declared is not None:
+        body = bytearray(declared)
+        view, filled = memoryview(body), 0
+        while filled < declared:
+            chunk = await content.readany()
+            if not chunk:
+                break
+            if filled + len(chunk) > declared:
+                raise PayloadTooLarge(f"body is longer than its Content-Length of {declared} bytes")
+            view[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+        view.release()
+        if filled < declared:
+            del body[filled:]  # a short body: the decoder reports what is missing
+        return body
+    body = bytearray()
+    while chunk := await content.readany():
+        size = len(body) + len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body of more than {limit} bytes is over {setting} ({limit} bytes)")
+        charge(size)
+        body += chunk
+    return body
