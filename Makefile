@@ -50,11 +50,12 @@ nginx:
 	  else echo "MISSING nginx (install nginx-light): not root, cannot install it here"; fi; }
 
 # System parts the system tests need; a fresh machine has none. Debian's chromium (the dashboard
-# test), prometheus with promtool (the rules and scrape tests), nginx-light (the bench anchor), and
+# test), prometheus with promtool (the rules and scrape tests), nginx-light (the bench anchor),
+# docker-compose (compose v1, to check deploy/compose.yaml offline: no engine runs it), and
 # npm playwright-core (drives that chromium; it downloads no browser) under .venv/node. Installed as
 # root with one apt-get update; otherwise each missing one is named, and its tests skip (and fail
 # under CI=true). A second run does nothing.
-SYSDEPS := chromium:chromium promtool:prometheus prometheus:prometheus nginx:nginx-light
+SYSDEPS := chromium:chromium promtool:prometheus prometheus:prometheus nginx:nginx-light docker-compose:docker-compose
 PLAYWRIGHT := $(VENV)/node/node_modules/playwright-core/package.json
 
 sysdeps: $(STAMP)

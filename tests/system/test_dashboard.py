@@ -21,7 +21,7 @@ import pytest
 from devtools.procs import child_options, terminate
 from hub.server import Hub
 from tests.conftest import GatewayProcess, hub_entry, start_hub
-from tests.system.sysdeps import PLAYWRIGHT_CORE, ROOT, binary, missing
+from tests.sysdeps import PLAYWRIGHT_CORE, ROOT, binary, missing
 
 pytestmark = pytest.mark.hub
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 PLAYWRIGHT_CORE = ROOT / ".venv" / "node" / "node_modules" / "playwright-core"
 
 
-def missing(what: str, install: str) -> None:
+def missing(what: str, install: str) -> NoReturn:
     """Skip (or, under CI, fail) naming what is missing and how ``make sysdeps`` installs it."""
     message = f"{what} is missing: {install} (make sysdeps does this as root)"
     if os.environ.get("CI") == "true":
@@ -29,5 +30,4 @@ def binary(name: str, package: str) -> str:
     path = shutil.which(name)
     if path is None:
         missing(f"`{name}`", f"apt-get install -y {package}")
-    assert path is not None
     return path
