@@ -138,6 +138,15 @@ def front(foreign_hub: Hub, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 @pytest.fixture(scope="module")
+def grpc_backed_front(foreign_hub: Hub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """The same, reaching the hub over gRPC (``protocol: grpc``): discovery reads gRPC's JSON config."""
+    config = {"hubs": [hub_entry(foreign_hub, grpc=True)], "local": {"enabled": False}, "health": {"warmup": True}}
+    g = GatewayProcess(tmp_path_factory.mktemp("foreign-gw-grpc"), config).start()
+    yield g
+    g.stop()
+
+
+@pytest.fixture(scope="module")
 def hub_address(foreign_hub: Hub) -> dict[str, str]:
     return {"http": f"127.0.0.1:{foreign_hub.config.http_port}", "grpc": f"127.0.0.1:{foreign_hub.config.grpc_port}"}
 
@@ -152,10 +161,14 @@ def test_the_hub_is_served_with_every_model_after_warm_up(front: GatewayProcess)
     line = front.child.ready_match.group(0) if front.child.ready_match else ""
     assert "backends=foreign(up)" in line, line
     assert front.models == MODELS
-    assert not [ln for ln in front.child.output if "discover_failed" in ln or "warmup_failed" in ln]
+    assert _discovery_and_warm_up_failures(front) == []
     client = httpclient.InferenceServerClient(front.address)
     assert all(client.is_model_ready(m) for m in MODELS)
     assert client.get_model_metadata("bytes_identity")["versions"] == ["1", "2"]
+
+
+def _discovery_and_warm_up_failures(gateway: GatewayProcess) -> list[str]:
+    return [ln for ln in gateway.child.output if "discover_failed" in ln or "warmup_failed" in ln]
 
 
 # -- HTTP programs -----------------------------------------------------------------------------------
@@ -215,6 +228,15 @@ def test_http_programs_get_the_hub_s_own_answers(
 ) -> None:
     run = HTTP_PROGRAMS[program]
     _same(run(gateway_address["http"], case), run(hub_address["http"], case))
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_a_gateway_reaching_the_hub_over_grpc_gives_the_same_answers(
+    hub_address: dict[str, str], grpc_backed_front: GatewayProcess, case: Case
+) -> None:
+    assert grpc_backed_front.models == MODELS
+    assert _discovery_and_warm_up_failures(grpc_backed_front) == []
+    _same(http_sync(grpc_backed_front.address, case), http_sync(hub_address["http"], case))
 
 
 # -- gRPC programs -----------------------------------------------------------------------------------
