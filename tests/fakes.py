@@ -110,6 +110,7 @@ class Call:
     ended_at: float | None = None
     outcome: str = "running"  # answered | raised <Error> | cancelled | timed out
     cancelled: bool = False
+    timeout_s: float | None = None  # the budget the hub was told (Triton's ``timeout``), if any
 
     @property
     def budget_s(self) -> float:
@@ -229,11 +230,17 @@ class ScriptedBackend(Backend):
         return self.healthy
 
     async def infer(
-        self, model: str, version: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float
+        self,
+        model: str,
+        version: str,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str],
+        deadline: float,
+        timeout_s: float | None = None,
     ) -> dict[str, np.ndarray]:
         loop = asyncio.get_running_loop()
         rows = next(iter(inputs.values())).shape[0] if inputs else 0
-        call = Call(model, rows, list(outputs), deadline, loop.time())
+        call = Call(model, rows, list(outputs), deadline, loop.time(), timeout_s=timeout_s)
         self.calls.append(call)
         for n, waiter in [w for w in self._waiters if w[0] <= len(self.calls)]:
             self._waiters.remove((n, waiter))

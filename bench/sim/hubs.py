@@ -78,7 +78,13 @@ class SimHub(Backend):
         return not self.hub.down(asyncio.get_running_loop().time())
 
     async def infer(
-        self, model: str, version: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float
+        self,
+        model: str,
+        version: str,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str],
+        deadline: float,
+        timeout_s: float | None = None,  # a simulated hub has no queue policy: the deadline is enough
     ) -> dict[str, np.ndarray]:
         loop = asyncio.get_running_loop()
         sent = loop.time()

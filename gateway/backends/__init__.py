@@ -69,9 +69,18 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def infer(
-        self, model: str, version: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float
+        self,
+        model: str,
+        version: str,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str],
+        deadline: float,
+        timeout_s: float | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run one batch; every input carries the batch dimension first. Raise a RailgateError."""
+        """Run one batch; every input carries the batch dimension first. Raise a RailgateError.
+
+        ``deadline``: the call never outlives it. ``timeout_s``: the budget to tell a backend that
+        can drop work itself (Triton's ``timeout``); None: what is left before ``deadline``."""
 
     # -- in flight -------------------------------------------------------------------------------
 

@@ -99,7 +99,13 @@ class LocalBackend(Backend):
         return session
 
     async def infer(
-        self, model: str, version: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float
+        self,
+        model: str,
+        version: str,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str],
+        deadline: float,
+        timeout_s: float | None = None,
     ) -> dict[str, np.ndarray]:
         session = self._session(model, version)
         feed = {k: ort_strings(v) if v.dtype.kind == "O" else v for k, v in inputs.items()}

@@ -1,8 +1,9 @@
 """Triton hub clients: HTTP with the binary tensor extension (default) or gRPC.
 
 Tensors always travel to the hub as raw bytes, never as JSON numbers. Each hub has one pooled,
-keep-alive connection set. The remaining budget goes to Triton as its ``timeout`` parameter and
-the call itself never outlives the batch's deadline.
+keep-alive connection set. Triton is told the budget the forwarder gives (the tightest member's,
+less the backbone RTT) as its ``timeout``, on both protocols, so a model whose queue policy allows
+it drops a request that waited past it; the call itself never outlives the batch's deadline.
 
 Each protocol's failures are translated here, once, by cause (``_http_errors``, ``_http_status``,
 ``_decoded``; ``_grpc_errors``): the transport failing is ``HubUnreachable``, a reply we cannot
@@ -65,8 +66,20 @@ def _http_errors(hub: str, model: str) -> Iterator[None]:
         raise HubUnreachable(f"hub {hub} failed: {exc.__class__.__name__}: {exc}") from exc
 
 
+def _timeout_us(seconds: float) -> int:
+    """Triton's ``timeout`` in whole microseconds, at least 1 (0 would mean none)."""
+    return max(int(seconds * 1e6), 1)
+
+
+# Triton's words for a request its queue policy dropped when its ``timeout`` ran out (as
+# UNAVAILABLE, or HTTP 503/400 by version): the budget's end, not the hub failing.
+_QUEUE_TIMEOUT = "timeout expired"
+
+
 def _http_status(hub: str, status: int, raw: bytes) -> None:
     """The hub's HTTP status, as ours: 4xx is the request's fault, any other non-200 the hub's."""
+    if status != 200 and _QUEUE_TIMEOUT in _error_text(raw).lower():
+        raise DeadlineExceeded(f"hub {hub} dropped the request at its budget: {_error_text(raw)}")
     if 400 <= status < 500:  # the request's fault, not the hub's: no failover, no mark against it
         raise HubRejected(f"hub {hub} refused the request ({status}): {_error_text(raw)}")
     if status != 200:
@@ -148,7 +161,13 @@ class TritonHttpBackend(Backend):
         return _pending_requests(text)
 
     async def infer(
-        self, model: str, version: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float
+        self,
+        model: str,
+        version: str,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str],
+        deadline: float,
+        timeout_s: float | None = None,
     ) -> dict[str, np.ndarray]:
         assert self.session is not None
         loop = asyncio.get_running_loop()
@@ -167,7 +186,7 @@ class TritonHttpBackend(Backend):
                 for (name, a), blob in zip(inputs.items(), blobs, strict=True)
             ],
             "outputs": [{"name": n, "parameters": {"binary_data": True}} for n in outputs],
-            "parameters": {"timeout": int(remaining * 1e6)},
+            "parameters": {"timeout": _timeout_us(remaining if timeout_s is None else timeout_s)},
         }
         head = json.dumps(header, separators=(",", ":")).encode()
         body = b"".join([head, *blobs])
@@ -280,7 +299,13 @@ class TritonGrpcBackend(Backend):
             return False
 
     async def infer(
-        self, model: str, version: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float
+        self,
+        model: str,
+        version: str,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str],
+        deadline: float,
+        timeout_s: float | None = None,
     ) -> dict[str, np.ndarray]:
         import tritonclient.grpc as grpcclient
 
@@ -299,7 +324,12 @@ class TritonGrpcBackend(Backend):
             with _grpc_errors(self.name, model):
                 async with asyncio.timeout_at(deadline):
                     result = await self.client.infer(
-                        model, tensors, model_version=version, outputs=requested, client_timeout=remaining
+                        model,
+                        tensors,
+                        model_version=version,
+                        outputs=requested,
+                        timeout=_timeout_us(remaining if timeout_s is None else timeout_s),
+                        client_timeout=remaining,
                     )
         finally:
             self.inflight -= 1
@@ -330,6 +360,8 @@ def _grpc_errors(hub: str, model: str) -> Iterator[None]:
         raise DeadlineExceeded(f"hub {hub} did not answer {model!r} before the deadline") from None
     except InferenceServerException as exc:
         code = str(exc.status() or "").removeprefix("StatusCode.")
+        if _QUEUE_TIMEOUT in str(exc.message()).lower():
+            raise DeadlineExceeded(f"hub {hub} dropped the request at its budget: {exc.message()}") from None
         if code == "DEADLINE_EXCEEDED":
             raise DeadlineExceeded(f"hub {hub} did not answer {model!r} before the deadline") from None
         if code in _GRPC_REJECTED:

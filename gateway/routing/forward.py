@@ -83,6 +83,13 @@ class Batch:
         remaining = self.route_deadline - now
         return remaining if remaining > 0 else self.deadline - now
 
+    def hub_timeout_s(self, now: float, rtt_s: float) -> float:
+        """What the hub itself is told it has (Triton's ``timeout``): the tightest member's budget
+        less the backbone's round trip, so a batch that waits at the hub past the point where its
+        answer could still arrive in time is dropped there, not computed for nobody. Never 0, which
+        Triton reads as no timeout at all."""
+        return max(self.budget_s(now) - rtt_s, 1e-6)
+
 
 class Forwarder:
     def __init__(
@@ -182,7 +189,11 @@ class Forwarder:
         settled = False  # whether the breaker ticket has been settled; if not, it is released
         self.metrics.inflight.labels(backend.name).inc()
         try:
-            outputs = await backend.infer(batch.model, batch.version, batch.inputs, batch.outputs, batch.deadline)
+            rtt = self.router.state[backend.name].rtt.value or 0.0
+            timeout_s = batch.hub_timeout_s(asyncio.get_running_loop().time(), rtt)
+            outputs = await backend.infer(
+                batch.model, batch.version, batch.inputs, batch.outputs, batch.deadline, timeout_s=timeout_s
+            )
             if batch.rows:
                 require_rows(backend.name, outputs, batch.rows)
         except HubFailed as exc:

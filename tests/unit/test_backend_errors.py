@@ -122,3 +122,14 @@ def test_pending_requests_are_read_with_the_prometheus_parser() -> None:
     )
     assert _pending_requests(text) == 5.5
     assert _pending_requests("") == 0
+
+
+@pytest.mark.parametrize("status", [400, 503])
+def test_a_request_triton_dropped_at_its_timeout_is_a_deadline_not_a_hub_failure(status: int) -> None:
+    with pytest.raises(DeadlineExceeded, match="dropped the request at its budget"):
+        _http_status("near", status, json.dumps({"error": "Request timeout expired"}).encode())
+
+
+def test_a_grpc_request_triton_dropped_at_its_timeout_is_a_deadline_not_a_hub_failure() -> None:
+    with pytest.raises(DeadlineExceeded), _grpc_errors("near", "digits"):
+        raise InferenceServerException("Request timeout expired", status="StatusCode.UNAVAILABLE")

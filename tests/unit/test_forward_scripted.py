@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 from gateway.config import Health, Routing
+from gateway.routing.forward import Batch
 from gateway.routing.policy import Policy, Route
 from railcore.breaker import BreakerState
 from railcore.errors import DeadlineExceeded, HubFailed, HubProtocolError, HubRejected, NoBackend
 from tests.fakes import (
+    CHEAPEST,
     ScriptedBackend,
     Step,
     answer,
@@ -23,6 +25,7 @@ from tests.fakes import (
     fail,
     forwarder_over,
     hub_failed,
+    now,
     rejected,
     unreachable,
     virtual_time,
@@ -164,3 +167,15 @@ async def test_a_retry_gives_its_budget_back_when_its_batch_is_done(retry: Step,
     assert mid.calls[0].outcome == outcome
     assert forwarder.budget.in_use == 0
     assert (await forwarder.forward(batch())).backend == "mid", "the next failed batch is retried again"
+
+
+@virtual_time
+async def test_the_hub_is_told_the_tightest_member_s_budget_less_the_backbone_rtt() -> None:
+    hub = ScriptedBackend("cheap", answer())
+    forwarder = forwarder_over(hub)
+    forwarder.router.observe_rtt(hub, 0.010)
+    start = now()
+    await forwarder.forward(
+        Batch("m", "1", CHEAPEST, {"x": np.zeros((2, 4), np.float32)}, ["y"], 2, start + 1.0, start + 0.050)
+    )
+    assert hub.calls[0].timeout_s == pytest.approx(0.040)

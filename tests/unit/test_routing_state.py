@@ -36,7 +36,7 @@ class StaticBackend(Backend):
     async def probe(self, timeout_s: float) -> bool:
         return True
 
-    async def infer(self, model, version, inputs, outputs, deadline) -> dict[str, np.ndarray]:
+    async def infer(self, model, version, inputs, outputs, deadline, timeout_s=None) -> dict[str, np.ndarray]:
         raise AssertionError("router tests never call a backend")
 
 
