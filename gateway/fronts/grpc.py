@@ -39,6 +39,15 @@ VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "latency_budget"]
 STREAM_WINDOW = 256  # messages of one stream in the gateway at once; the next is read when one is answered
 
+# Why the Triton RPCs the gateway does not serve answer UNIMPLEMENTED (the generated base class would
+# say only "Method not implemented!").
+NOT_SERVED = {
+    "shared_memory": "railgate takes no shared memory regions: every tensor travels to a hub over the network, "
+    "so send inputs in the request",
+    "model_control": "railgate serves the models its hubs have loaded; load and unload models on the hubs",
+    "trace_log": "railgate's logging is set with --log-level; Triton's trace and log settings are not served",
+}
+
 # An error's HTTP status -> the gRPC status code Triton's clients expect for the same failure.
 STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -220,8 +229,49 @@ class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
                 index.models.add(name=info.name, version=version, state="READY" if ready else "UNAVAILABLE")
         return index
 
-    # Triton's model control, shared memory, tracing and logging RPCs are not the gateway's to serve:
-    # the generated base class answers them UNIMPLEMENTED.
+    # -- what the gateway does not serve ----------------------------------------------------------
+    # Shared memory: a region in this host's memory buys nothing when every tensor crosses the network
+    # to a hub, so none is ever registered. Status and unregister say so truthfully (Triton programs
+    # often unregister everything before they start); register is refused, naming why.
+
+    async def SystemSharedMemoryStatus(self, request, context):
+        await _no_region(request.name, context)
+        return service_pb2.SystemSharedMemoryStatusResponse()
+
+    async def SystemSharedMemoryUnregister(self, request, context):
+        return service_pb2.SystemSharedMemoryUnregisterResponse()
+
+    async def SystemSharedMemoryRegister(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, NOT_SERVED["shared_memory"])
+
+    async def CudaSharedMemoryStatus(self, request, context):
+        await _no_region(request.name, context)
+        return service_pb2.CudaSharedMemoryStatusResponse()
+
+    async def CudaSharedMemoryUnregister(self, request, context):
+        return service_pb2.CudaSharedMemoryUnregisterResponse()
+
+    async def CudaSharedMemoryRegister(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, NOT_SERVED["shared_memory"])
+
+    async def RepositoryModelLoad(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, NOT_SERVED["model_control"])
+
+    async def RepositoryModelUnload(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, NOT_SERVED["model_control"])
+
+    async def TraceSetting(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, NOT_SERVED["trace_log"])
+
+    async def LogSettings(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, NOT_SERVED["trace_log"])
+
+
+async def _no_region(name: str, context: grpc.aio.ServicerContext) -> None:
+    if name:
+        await context.abort(
+            grpc.StatusCode.NOT_FOUND, f"no shared memory region {name[:80]!r}: {NOT_SERVED['shared_memory']}"
+        )
 
 
 def _trailers(headers: dict[str, str]) -> tuple[tuple[str, str], ...]:

@@ -274,6 +274,31 @@ def test_model_statistics_count_what_the_gateway_answered_in_tritons_schema(fron
     assert {s["name"] for s in everyone} == set(MODELS)
 
 
+def test_shared_memory_status_and_unregister_say_no_region_is_registered(front: GatewayProcess):
+    client = grpcclient.InferenceServerClient(front.grpc_address)
+    client.unregister_system_shared_memory()
+    client.unregister_cuda_shared_memory()
+    assert client.get_system_shared_memory_status(as_json=True) == {}
+    assert client.get_cuda_shared_memory_status(as_json=True) == {}
+
+
+@pytest.mark.parametrize(
+    ("rpc", "why"),
+    [
+        (lambda c: c.register_system_shared_memory("r", "/r", 64), "no shared memory"),
+        (lambda c: c.register_cuda_shared_memory("r", b"", 0, 64), "no shared memory"),
+        (lambda c: c.load_model("digits"), "load and unload models on the hubs"),
+        (lambda c: c.unload_model("digits"), "load and unload models on the hubs"),
+        (lambda c: c.get_trace_settings(), "--log-level"),
+        (lambda c: c.get_log_settings(), "--log-level"),
+    ],
+    ids=["register-system-shm", "register-cuda-shm", "load", "unload", "trace", "log"],
+)
+def test_rpcs_the_gateway_does_not_serve_are_unimplemented_saying_why(front: GatewayProcess, rpc, why: str):
+    error = _error(lambda: rpc(grpcclient.InferenceServerClient(front.grpc_address)))
+    assert error.status() == "StatusCode.UNIMPLEMENTED" and why in error.message(), error.message()
+
+
 # -- inference programs ---------------------------------------------------------------------------
 
 
