@@ -114,6 +114,11 @@ def cell(hub: str, field: str) -> str:
     )
 
 
+def model_cell(model: str, field: str) -> str:
+    """A JS expression: the text of ``field`` in ``model``'s row of the models table ('' until it exists)."""
+    return f"((document.querySelector('#models tr[data-model=\"{model}\"] [data-field=\"{field}\"]') || {{}}).textContent || '')"
+
+
 def send_traffic(url: str, n: int, stop: threading.Event | None = None) -> None:
     """Up to ``n`` requests one after another (until ``stop``); failures (a hub killed mid-way) are let be."""
     for _ in range(n):
@@ -153,9 +158,10 @@ def test_dashboard_shows_every_hub_a_drain_and_a_killed_hub(
         refreshed = browser.wait("Number(document.body.dataset.refreshes || 0) >= 2", 10_000)
         assert refreshed["ok"], (refreshed, browser.command("eval", js="document.getElementById('state').textContent"))
         assert browser.command("eval", js=cell("west-1", "region"))["value"] == "west"
-        assert browser.command("eval", js="document.querySelector('#models tr[data-model=\"digits\"]') !== null")[
-            "value"
-        ]
+        rate, p99 = model_cell("digits", "rate"), model_cell("digits", "p99")  # parsed from /metrics in the page
+        live = browser.wait(f"Number({rate}) > 0 && / ms/.test({p99})", 10_000)
+        assert live["ok"], f"digits shows no request rate or p99: {live}"
+        assert browser.wait("document.querySelectorAll('#decisions tbody tr td').length > 1", 5_000)["ok"]
 
         drain = urllib.request.Request(f"{gateway.url}/admin/hubs/east-1/drain", method="POST")
         with urllib.request.urlopen(drain, timeout=10) as reply:
