@@ -132,7 +132,7 @@ def front(foreign_hub: Hub, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "local": {"enabled": False},
         "health": {"probe_interval_s": 0.5, "warmup": True},
     }
-    g = GatewayProcess(tmp_path_factory.mktemp("foreign-gw"), config).start()
+    g = GatewayProcess(tmp_path_factory.mktemp("foreign-gw"), config, log_level="INFO").start()
     yield g
     g.stop()
 
@@ -162,6 +162,7 @@ def test_the_hub_is_served_with_every_model_after_warm_up(front: GatewayProcess)
     assert "backends=foreign(up)" in line, line
     assert front.models == MODELS
     assert _discovery_and_warm_up_failures(front) == []
+    assert any("event=hub_warmed hub=foreign models=5 warmed=5" in ln for ln in front.child.output)
     client = httpclient.InferenceServerClient(front.address)
     assert all(client.is_model_ready(m) for m in MODELS)
     assert client.get_model_metadata("bytes_identity")["versions"] == ["1", "2"]
