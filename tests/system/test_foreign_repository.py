@@ -188,7 +188,12 @@ def http_sync(address: str, case: Case, compression: str | None = None) -> dict[
     client = httpclient.InferenceServerClient(address)
     inputs, outputs = _http_inputs(httpclient, case)
     result = client.infer(
-        case.model, inputs, model_version=case.version, outputs=outputs, request_compression_algorithm=compression
+        case.model,
+        inputs,
+        model_version=case.version,
+        outputs=outputs,
+        request_compression_algorithm=compression,
+        response_compression_algorithm=compression,
     )
     return {n: result.as_numpy(n) for n in case.outputs}
 
