@@ -100,29 +100,17 @@ async def read_body(
 async def _read(
     request: web.Request, declared: int | None, limit: int, setting: str, charge: Callable[[int], None]
 ) -> bytearray:
-    """The body into one buffer: sized once when the length is declared (no growing copies), else grown
-    chunk by chunk with each growth charged first."""
+    """The body, grown as it arrives: memory follows what was sent, not what was declared (a slow client
+    that declares the maximum and trickles holds its reservation, not the bytes). A body of undeclared
+    length is charged as it grows; a declared one was charged in full before the first byte."""
     content = request.content
-    if declared is not None:
-        body = bytearray(declared)
-        view, filled = memoryview(body), 0
-        while filled < declared:
-            chunk = await content.readany()
-            if not chunk:
-                break
-            if filled + len(chunk) > declared:
-                raise PayloadTooLarge(f"body is longer than its Content-Length of {declared} bytes")
-            view[filled : filled + len(chunk)] = chunk
-            filled += len(chunk)
-        view.release()
-        if filled < declared:
-            del body[filled:]  # a short body: the decoder reports what is missing
-        return body
+    cap, cap_setting = (declared, "its Content-Length") if declared is not None else (limit, setting)
     body = bytearray()
     while chunk := await content.readany():
         size = len(body) + len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body of more than {limit} bytes is over {setting} ({limit} bytes)")
-        charge(size)
-        body += chunk
+        if size > cap:
+            raise PayloadTooLarge(f"body of more than {cap} bytes is over {cap_setting} ({cap} bytes)")
+        if declared is None:
+            charge(size)
+        body += chunk  # large buffers grow in place (realloc of a mapped block), not by copying
     return body
