@@ -61,6 +61,9 @@ class EdgeConfig:
     gateway_url: str | None = None  # None: offline-only device
     gateway_api_key: str | None = None  # sent as "Authorization: Bearer <key>" when the gateway has tenants
     repository: str = "models/repository"  # the device's local copy of the model repository
+    # The device's own region, for residency: a call whose X-Allowed-Regions leave it out never runs
+    # on the device (only on the gateway, within those regions).
+    region: str = "device"
     models: tuple[str, ...] = ()  # models to hold locally and sync; empty: every model in the repository
     policy: str = OffloadPolicy.AUTO  # auto | local | remote (default for calls that name none)
     budget_ms: float = 100.0  # default latency budget for calls that carry none

@@ -78,6 +78,7 @@ class _Plan:
     budget_s: float
     local_ms: float | None
     ticket: Ticket | None = None  # the circuit's pass for a remote call: settled by the link, or released
+    outside: str | None = None  # why residency keeps the call off the device, if it does
 
 
 class EdgeRuntime:
@@ -202,7 +203,7 @@ class EdgeRuntime:
         if self._loop is None:
             raise RuntimeError("EdgeRuntime is not started: await start() (or use `async with`) first")
         try:
-            plan = self._plan(model, inputs, budget_ms, policy, version)
+            plan = self._plan(model, inputs, budget_ms, policy, version, headers)
             reason = plan.decision.reason
             if plan.decision.where == REMOTE:
                 timeout_s = self._remote_window(model, plan)
@@ -237,7 +238,7 @@ class EdgeRuntime:
         if threading.get_ident() == self._loop_thread_id:
             raise RuntimeError("infer_sync() called on the runtime's event loop; use `await infer()` there")
         try:
-            plan = self._plan(model, inputs, budget_ms, policy, version)
+            plan = self._plan(model, inputs, budget_ms, policy, version, headers)
             reason = plan.decision.reason
             if plan.decision.where == REMOTE:
                 reply, reason = self._remote_from_thread(loop, model, version, inputs, plan, headers)
@@ -251,7 +252,13 @@ class EdgeRuntime:
             raise
 
     def _plan(
-        self, model: str, inputs: Mapping[str, np.ndarray], budget_ms: float | None, policy: str | None, version: str
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        budget_ms: float | None,
+        policy: str | None,
+        version: str,
+        headers: dict[str, str] | None = None,
     ) -> _Plan:
         policy = self.config.policy if policy is None else policy
         if policy not in POLICIES:
@@ -263,6 +270,9 @@ class EdgeRuntime:
         lane = self._lanes.get(model)
         if lane is not None and version and version != lane.model.version:
             lane = None  # the device holds another version: only the gateway can serve this one
+        outside = self._outside_residency(headers)
+        if outside is not None:
+            lane = None  # residency: only the gateway, within the call's regions, may serve it
         feed, rows, local_ms = None, 1, None
         if lane is not None:
             feed, rows = lane.model.prepare(inputs)
@@ -281,8 +291,18 @@ class EdgeRuntime:
                 decision = choose(link=Link.DOWN)
         self.metrics.decision(model, decision.where, decision.reason)
         if decision.where == NONE:
-            raise self._unavailable(model, policy)
-        return _Plan(decision, lane, feed, rows, now + budget_ms / 1000, budget_ms / 1000, local_ms, ticket)
+            raise self._unavailable(model, policy, outside)
+        return _Plan(decision, lane, feed, rows, now + budget_ms / 1000, budget_ms / 1000, local_ms, ticket, outside)
+
+    def _outside_residency(self, headers: dict[str, str] | None) -> str | None:
+        """Why the call's allowed regions (X-Allowed-Regions) leave out the device, or None if they do not."""
+        text = next((v for k, v in (headers or {}).items() if k.lower() == "x-allowed-regions"), None)
+        if text is None:
+            return None
+        allowed = {r.strip() for r in text.split(",")}
+        if self.config.region in allowed:
+            return None
+        return f"region {self.config.region} is outside the call's allowed regions [{', '.join(sorted(allowed))}]"
 
     def _remote_window(self, model: str, plan: _Plan) -> float | None:
         """Seconds a remote call may take: what leaves room for a local run after it (None: no room left)."""
@@ -344,9 +364,10 @@ class EdgeRuntime:
     def _fall_back(self, model: str, plan: _Plan, exc: RemoteFailed) -> str:
         """The fallback cause after a failed remote call, or raise when the model cannot run locally."""
         if plan.lane is None:
+            where = f"may not run on this device ({plan.outside})" if plan.outside else "is not on this device"
             if exc.timeout:
-                raise DeadlineExceeded(f"model {model!r} is not on this device and the gateway {exc}")
-            raise ModelUnavailable(f"model {model!r} is not on this device and the gateway failed: {exc}")
+                raise DeadlineExceeded(f"model {model!r} {where} and the gateway {exc}")
+            raise ModelUnavailable(f"model {model!r} {where} and the gateway failed: {exc}")
         return self._fallback(model, "remote_timeout" if exc.timeout else "remote_failed")
 
     def _fallback(self, model: str, cause: str) -> str:
@@ -367,11 +388,16 @@ class EdgeRuntime:
         children[1].observe(latency_s)
         return EdgeResult(outputs, served_by, reason, latency_s * 1000, path == REMOTE)
 
-    def _unavailable(self, model: str, policy: str) -> EdgeError:
+    def _unavailable(self, model: str, policy: str, outside: str | None = None) -> EdgeError:
         """Why a call has nowhere to run: ModelRefused when the local copy failed verification."""
         why = self._refused.get(model)
-        error = ModelRefused if why else ModelUnavailable
-        base = f"model {model!r} cannot run on this device ({why})" if why else f"model {model!r} is not on this device"
+        error = ModelRefused if why and not outside else ModelUnavailable
+        if outside:
+            base = f"model {model!r} may not run on this device ({outside})"
+        elif why:
+            base = f"model {model!r} cannot run on this device ({why})"
+        else:
+            base = f"model {model!r} is not on this device"
         if policy == OffloadPolicy.LOCAL:
             return error(f"{base}, and policy 'local' keeps it off the gateway")
         if self.link is None:
