@@ -71,9 +71,11 @@ async def warm_up(backend: Backend, router: Router, timeout_s: float) -> None:
         if not ok:
             continue
         rows = 1 if info.max_batch_size > 0 else 0
+        samples = warmup_samples(info)
+        inputs = warmup_inputs(info, rows, samples[0] if samples else None)
         start = loop.time()
         try:
-            await backend.infer(info.name, "", warmup_inputs(info, rows), _outputs(info), deadline)
+            await backend.infer(info.name, "", inputs, _outputs(info), deadline)
         except Exception as exc:  # warm-up never takes a model out of service
             _log_failure(backend, info, exc)
             continue

@@ -87,6 +87,7 @@ class RefusingBackend(Backend):
         self.models = {m.name: m for m in models}
         self.refused = refused
         self.calls: list[str] = []
+        self.shapes: list[tuple[int, ...]] = []
 
     async def discover(self) -> dict[str, ModelInfo]:
         return self.models
@@ -98,6 +99,7 @@ class RefusingBackend(Backend):
         self, model: str, version: str, inputs: dict[str, np.ndarray], outputs: list[str], deadline: float
     ) -> dict[str, np.ndarray]:
         self.calls.append(model)
+        self.shapes.extend(a.shape for a in inputs.values())
         if model in self.refused:
             raise HubError("hub west-1 answered 500: onnxruntime failed: stoll")
         return {name: next(iter(inputs.values())) for name in outputs}
@@ -123,3 +125,13 @@ async def test_a_model_whose_warm_up_fails_is_logged_and_the_others_are_warmed(
     assert router.reports == [("west-1", "int_math")]  # only the warmed model seeds an estimate
     assert "event=warmup_failed hub=west-1 model=str_math" in caplog.text
     assert backend.calls.count("int_math") == len(warmup_batches(good)) + 1
+
+
+async def test_every_warm_up_call_takes_the_sample_s_dims_for_variable_ones() -> None:
+    warmup = [
+        {"name": "s", "batch_size": 1, "inputs": {"IN": {"data_type": "TYPE_STRING", "dims": [3], "zero_data": True}}}
+    ]
+    info = model("bytes_identity", {"IN": ("BYTES", (-1, -1))}, max_batch=4, warmup=warmup)
+    backend = RefusingBackend([info], refused=set())
+    await warm_up(backend, RecordingRouter(), timeout_s=5.0)  # type: ignore[arg-type]
+    assert sorted(backend.shapes) == [(1, 3), (1, 3), (2, 3), (4, 3)]  # the sizes, then the seeding row
