@@ -2,7 +2,9 @@
 
 This is the asyncio shell around the pure ``BatchQueue`` policy and the router. Each batch key
 has a lane: a queue, a runner task that applies the flush decision, and the count of its batches in
-flight. Every task here is owned by the pipeline and cancelled or awaited in ``close``.
+flight. A lane with nothing queued or in flight for ``batching.idle_lane_s`` is removed and its
+runner returns: part of the key (the allowed regions) is the client's choice, so lanes must not
+outlive their traffic. Every task here is owned by the pipeline and cancelled or awaited in ``close``.
 
 Deadlines and flush timers are on the event loop's clock (asyncio's timers run on it). Queue time is
 measured on ``clock``, the router's by default: high resolution, where uvloop's ``loop.time()``
