@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from edge.offload import OffloadPolicy
 from railcore.settings import ConfigError, build_section, read_yaml
+from railcore.signing import BadKey, key_id, parse_public_key
 
 POLICIES: tuple[OffloadPolicy, ...] = tuple(OffloadPolicy)
 
@@ -47,6 +48,9 @@ class Sync:
     enabled: bool = True  # pull ``models`` from the gateway (needs gateway_url)
     interval_s: float = 300.0  # 0: only at start-up
     timeout_s: float = 30.0  # one model's download
+    # Ed25519 public keys (base64 or hex) whose signature a model's manifest needs; two during a rotation.
+    # Empty: updates are checked by the sha256 the gateway declares, unsigned (a warning at start-up).
+    trusted_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +123,14 @@ def _check(config: EdgeConfig) -> None:
     if config.sync.interval_s < 0:
         raise ConfigError(f"sync.interval_s: must be >= 0 (0: only at start-up), got {config.sync.interval_s}")
     _positive(config.sync.timeout_s, "sync.timeout_s")
+    ids: set[str] = set()
+    for i, text in enumerate(config.sync.trusted_keys):
+        try:
+            ids.add(key_id(parse_public_key(text)))
+        except BadKey as exc:
+            raise ConfigError(f"sync.trusted_keys[{i}]: {exc}") from None
+        if len(ids) != i + 1:
+            raise ConfigError(f"sync.trusted_keys[{i}]: the same key is listed twice")
     _positive(config.circuit.failure_threshold, "circuit.failure_threshold")
     _positive(config.circuit.backoff_s, "circuit.backoff_s")
     if config.circuit.max_backoff_s < config.circuit.backoff_s:

@@ -41,6 +41,10 @@ class EdgeMetrics:
             "railgate_edge_syncs", "Model sync outcomes (updated, current, refused, failed)", ["model", "outcome"],
             registry=r,
         )  # fmt: skip
+        self.sync_refusals = Counter(
+            "railgate_edge_sync_refusals", "Model syncs refused, by why (hash_mismatch, bad_signature, ...)",
+            ["model", "reason"], registry=r,
+        )  # fmt: skip
         self.model_info = Gauge(
             "railgate_edge_local_model", "1 for each model runnable on the device, with its sha256", ["model", "sha256"],
             registry=r,

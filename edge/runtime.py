@@ -47,6 +47,7 @@ from railcore.breaker import Ticket
 from railcore.catalog import ModelInfo
 from railcore.errors import BadRequest, Cause, DeadlineExceeded, ModelNotFound, RailgateError
 from railcore.onnx import choose_providers
+from railcore.signing import TrustedKeys
 
 log = logging.getLogger("railgate.edge")
 
@@ -88,6 +89,7 @@ class EdgeRuntime:
         self.config = config
         self.metrics = EdgeMetrics()
         self.store = ModelStore(Path(config.repository))
+        self._trusted = TrustedKeys.parse(config.sync.trusted_keys)  # the keys a model's manifest must be signed by
         workers = config.batching.max_concurrent_runs + 2
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="railgate-edge-ort")
         self.local = LocalModels(config, self.store, self._pool, self.metrics)
@@ -117,6 +119,11 @@ class EdgeRuntime:
             if self.link is not None:
                 await self.link.start()
                 syncing = self.config.sync.enabled and bool(self.config.models)
+                if syncing and not self._trusted:
+                    log.warning(
+                        "event=sync_unsigned detail=no sync.trusted_keys: model updates are checked against the "
+                        "sha256 the gateway declares, without a signature"
+                    )
                 if syncing:
                     await self.sync_now()
                 if self.config.probe_interval_s > 0:
@@ -428,9 +435,12 @@ class EdgeRuntime:
             timeout_s=self.config.sync.timeout_s,
             current=current,
             prepare=self._prepare,
+            trusted=self._trusted,
         )
         for o in outcomes:
             self.metrics.syncs.labels(o.model, o.outcome).inc()
+            if o.reason is not None:
+                self.metrics.sync_refusals.labels(o.model, o.reason).inc()
             if o.outcome in ("refused", "failed"):
                 log.warning("event=sync_%s model=%s detail=%s", o.outcome, o.model, o.detail)
                 if o.model not in self._lanes and o.outcome == "refused":

@@ -242,7 +242,12 @@ def _sync(config: EdgeConfig) -> int:
         return 2
     outcomes = asyncio.run(
         sync_once(
-            config.gateway_url, Path(config.repository), config.models, config.sync.timeout_s, config.gateway_api_key
+            config.gateway_url,
+            Path(config.repository),
+            config.models,
+            config.sync.timeout_s,
+            config.gateway_api_key,
+            config.sync.trusted_keys,
         )
     )
     for outcome in outcomes:

@@ -170,6 +170,14 @@ class ModelStore:
             )
         return parts[1]
 
+    def version(self, model: str) -> str | None:
+        """The version the manifest records for ``model``, unverified (None: none recorded, or unreadable)."""
+        try:
+            entry = self.entry(model)
+            return None if entry is None else self._version(model, entry)
+        except ModelRefused:
+            return None
+
     def model_path(self, model: str, version: str) -> Path:
         return self.root / model / version / MODEL_FILE
 
@@ -214,10 +222,12 @@ class ModelStore:
         sha256: str,
         config_sha256: str,
         source: str,
+        signed_by: str | None = None,
     ) -> None:
         """Move verified, fsynced part files in, then record them in the manifest (call under ``writing``).
 
-        ``onnx_part`` None: only the config changed; the model file stays.
+        ``onnx_part`` None: only the config changed; the model file stays. ``signed_by``: the id of the
+        pinned key whose signature the gateway's manifest carried (None: synced hash-only).
         """
         model_path = self.model_path(model, version)
         config_path = self.config_path(model)
@@ -234,6 +244,7 @@ class ModelStore:
             "sha256": sha256,
             "config_sha256": config_sha256,
             "source": source,
+            "signed_by": signed_by,
             "synced_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         write_atomic(self.root / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())

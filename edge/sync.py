@@ -1,10 +1,16 @@
 """Model sync: pull the device's models from the gateway, verify them, and install them without a gap.
 
-For each model, ``GET /v1/models/{m}/artifact`` with ``If-None-Match: "<sha256 of the verified local
-copy>"``: 304 means current; 200 streams the ONNX file into a ``.part`` file beside its target while
-hashing it. A hash that differs from the one the gateway declared (``X-Model-Sha256`` / ``ETag``) is
-refused: the part file is deleted and the current version keeps serving. Then the config
-(``GET /v1/models/{m}/config.pbtxt``), the same way.
+For each model, first ``GET /v1/models/{m}/manifest``: the version and each file's sha256 and size,
+signed by the gateway (``railcore.signing``). With ``sync.trusted_keys`` pinned, a manifest that is
+unsigned, signed by another key, or whose bytes do not match its signature is refused; with none
+pinned, the manifest is taken as the gateway sends it (hash-only, as before signing). Everything after
+trusts the manifest only, never a reply's own headers: a file and its manifest tampered with together
+fail the signature, a file alone fails its hash.
+
+A model whose files already match the manifest is current and nothing is downloaded. Otherwise
+``GET /v1/models/{m}/artifact`` streams the ONNX file into a ``.part`` file beside its target while
+hashing it, then ``GET /v1/models/{m}/config.pbtxt``. A hash or size that differs from the manifest's
+is refused: the part files are deleted and the current version keeps serving.
 
 The config.pbtxt is copied, not derived from the gateway's ``/v2/models/{m}/config`` JSON: that JSON
 describes whichever backend serves the model behind the gateway (a dev hub re-declares every model for
@@ -25,18 +31,39 @@ import hashlib
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import aiohttp
 
 from edge.remote import auth_headers
-from edge.store import ModelStore, StoreBusy, VerifiedModel, part_path, sha256_hex
+from edge.store import CONFIG_FILE, MODEL_FILE, ModelStore, StoreBusy, VerifiedModel, part_path, sha256_hex
 from railcore.errors import RailgateError
+from railcore.signing import (
+    KEY_ID_HEADER,
+    NO_KEYS,
+    SIGNATURE_HEADER,
+    ManifestError,
+    ManifestFile,
+    ModelManifest,
+    SignatureError,
+    TrustedKeys,
+)
 
 # The runtime's hook: build what the new version needs; return the callable that puts it in service.
 Prepare = Callable[[VerifiedModel], Awaitable[Callable[[], None]]]
 
 _CHUNK = 1 << 20
+
+
+class Refusal(StrEnum):
+    """Why a sync was refused (the ``reason`` label of ``railgate_edge_sync_refusals``)."""
+
+    HASH_MISMATCH = "hash_mismatch"  # a file differs from the manifest's sha256 or size
+    BAD_MANIFEST = "bad_manifest"  # not a manifest of this model
+    UNSIGNED = "unsigned"  # trusted keys are pinned and the manifest carries no signature
+    UNTRUSTED_KEY = "untrusted_key"  # signed, by a key the device does not pin
+    BAD_SIGNATURE = "bad_signature"  # the signature does not match the manifest's bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,24 +72,21 @@ class SyncOutcome:
     outcome: str  # updated | current | refused | failed
     sha256: str | None  # the version the device now holds (None: none)
     detail: str = ""
+    reason: Refusal | None = None  # set when refused
+    signed_by: str | None = None  # key id that signed the manifest (None: unsigned, or no keys pinned)
 
     def line(self) -> str:
         sha = (self.sha256 or "-")[:16]
-        return f"{self.model:10s} {self.outcome:8s} sha256={sha} {self.detail}".rstrip()
+        signed = f" signed_by={self.signed_by}" if self.signed_by else ""
+        return f"{self.model:10s} {self.outcome:8s} sha256={sha}{signed} {self.detail}".rstrip()
 
 
 class _Refused(Exception):
-    """The download does not match the hash the gateway declared."""
+    """What the gateway sent does not verify (``reason`` says how)."""
 
-
-def declared_sha(headers: Mapping[str, str], header: str) -> str | None:
-    """The sha256 a reply declares: its explicit header, else its ETag. A disagreement is refused."""
-    explicit = headers.get(header)
-    etag = headers.get("ETag")
-    etag = etag.removeprefix("W/").strip('"') if etag else None
-    if explicit and etag and explicit != etag:
-        raise _Refused(f"{header} {explicit} and ETag {etag} disagree")
-    return explicit or etag
+    def __init__(self, reason: Refusal, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 async def sync_models(
@@ -74,8 +98,10 @@ async def sync_models(
     timeout_s: float = 30.0,
     current: dict[str, str] | None = None,
     prepare: Prepare | None = None,
+    trusted: TrustedKeys = NO_KEYS,
 ) -> list[SyncOutcome]:
-    """Sync ``models`` one after another. ``current``: sha256 of the versions in service (else hashed from disk)."""
+    """Sync ``models`` one after another. ``current``: sha256 of the versions in service (else hashed from disk);
+    ``trusted``: the pinned keys a manifest must be signed by (none: hash-only)."""
     loop = asyncio.get_running_loop()
     try:
         with store.writing():
@@ -84,7 +110,7 @@ async def sync_models(
                 sha = (current or {}).get(model)
                 if sha is None:
                     sha = await loop.run_in_executor(None, _verified_sha, store, model)
-                outcomes.append(await sync_model(http, gateway_url, store, model, sha, timeout_s, prepare))
+                outcomes.append(await sync_model(http, gateway_url, store, model, sha, timeout_s, prepare, trusted))
             return outcomes
     except StoreBusy as exc:
         return [SyncOutcome(m, "failed", (current or {}).get(m), str(exc)) for m in models]
@@ -97,6 +123,39 @@ def _verified_sha(store: ModelStore, model: str) -> str | None:
         return None
 
 
+def verified_manifest(
+    model: str, body: bytes, headers: Mapping[str, str], trusted: TrustedKeys
+) -> tuple[ModelManifest, str | None]:
+    """The manifest in ``body`` and the pinned key that signed it (None: no keys pinned); _Refused otherwise.
+
+    The signature is checked over the bytes as received, before they are parsed.
+    """
+    signed_by = None
+    if trusted:
+        try:
+            signed_by = trusted.verify(body, headers.get(KEY_ID_HEADER), headers.get(SIGNATURE_HEADER))
+        except SignatureError as exc:
+            raise _Refused(Refusal(exc.fault.value), str(exc)) from None
+    try:
+        manifest = ModelManifest.from_bytes(body)
+        if manifest.model != model:
+            raise ManifestError(f"the manifest is for model {manifest.model!r}, not {model!r}")
+        manifest.file(f"{manifest.version}/{MODEL_FILE}")
+        manifest.file(CONFIG_FILE)
+    except ManifestError as exc:
+        raise _Refused(Refusal.BAD_MANIFEST, str(exc)) from None
+    return manifest, signed_by
+
+
+def _check_file(entry: ManifestFile, sha256: str, size: int, what: str) -> None:
+    if sha256 != entry.sha256 or size != entry.size:
+        raise _Refused(
+            Refusal.HASH_MISMATCH,
+            f"downloaded {what} has sha256 {sha256} ({size} bytes), its manifest says {entry.sha256} "
+            f"({entry.size} bytes)",
+        )
+
+
 async def sync_model(
     http: aiohttp.ClientSession,
     gateway_url: str,
@@ -105,41 +164,44 @@ async def sync_model(
     current_sha: str | None,
     timeout_s: float,
     prepare: Prepare | None = None,
+    trusted: TrustedKeys = NO_KEYS,
 ) -> SyncOutcome:
-    """Bring one model (its ONNX file and its config) up to the gateway's version (call under ``store.writing()``)."""
+    """Bring one model (its ONNX file and its config) up to its manifest (call under ``store.writing()``)."""
     base = gateway_url.rstrip("/")
     parts: list[Path] = []
+    signed_by: str | None = None
     try:
         async with asyncio.timeout(timeout_s):
-            headers = {"If-None-Match": f'"{current_sha}"'} if current_sha else {}
+            async with http.get(f"{base}/v1/models/{model}/manifest") as reply:
+                if reply.status != 200:
+                    return SyncOutcome(model, "failed", current_sha, await _failure(reply, "manifest"))
+                manifest, signed_by = verified_manifest(model, await reply.read(), reply.headers, trusted)
+            version = manifest.version
+            onnx_entry = manifest.file(f"{version}/{MODEL_FILE}")
+            config_entry = manifest.file(CONFIG_FILE)
+            sha = onnx_entry.sha256
+            onnx_current = current_sha == sha and await asyncio.to_thread(store.version, model) == version
+            if onnx_current:
+                local_config = await asyncio.to_thread(_read_or_none, store.config_path(model))
+                if local_config is not None and sha256_hex(local_config) == config_entry.sha256:
+                    return SyncOutcome(model, "current", current_sha, signed_by=signed_by)
             onnx_part: Path | None = None
-            async with http.get(f"{base}/v1/models/{model}/artifact", headers=headers) as reply:
-                if reply.status not in (200, 304):
-                    return SyncOutcome(model, "failed", current_sha, await _failure(reply, "artifact"))
-                if reply.status == 200:
-                    sha, version = _declared_artifact(reply)
-                    target = store.model_path(model, version)
-                    await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
-                    onnx_part = part_path(target)
-                    parts.append(onnx_part)
-                    got = await _download(reply, onnx_part)
-                    if got != sha:
-                        raise _Refused(f"downloaded artifact has sha256 {got}, the gateway declared {sha}")
-            if onnx_part is None:  # 304: the model file is current; its bytes are needed only if the config changed
-                local = await asyncio.to_thread(store.load, model)
-                sha, version, onnx = local.sha256, local.version, local.onnx
+            if not onnx_current:
+                target = store.model_path(model, version)
+                await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+                onnx_part = part_path(target)
+                parts.append(onnx_part)
+                async with http.get(f"{base}/v1/models/{model}/artifact") as reply:
+                    if reply.status != 200:
+                        return SyncOutcome(model, "failed", current_sha, await _failure(reply, "artifact"))
+                    got, size = await _download(reply, onnx_part)
+                _check_file(onnx_entry, got, size, "artifact")
             async with http.get(f"{base}/v1/models/{model}/config.pbtxt") as reply:
                 if reply.status != 200:
                     return SyncOutcome(model, "failed", current_sha, await _failure(reply, "config.pbtxt"))
                 config_bytes = await reply.read()
-                config_sha = sha256_hex(config_bytes)
-                declared = declared_sha(reply.headers, "X-Config-Sha256")
-                if declared is not None and declared != config_sha:
-                    raise _Refused(f"config.pbtxt has sha256 {config_sha}, the gateway declared {declared}")
-            if onnx_part is None:
-                current_config = await asyncio.to_thread(store.config_path(model).read_bytes)
-                if current_config == config_bytes:
-                    return SyncOutcome(model, "current", current_sha)
+            config_sha = sha256_hex(config_bytes)
+            _check_file(config_entry, config_sha, len(config_bytes), CONFIG_FILE)
             config_part = part_path(store.config_path(model))
             parts.append(config_part)
             await asyncio.to_thread(_write_synced, config_part, config_bytes)
@@ -148,18 +210,22 @@ async def sync_model(
                 onnx = await asyncio.to_thread(onnx_part.read_bytes)
                 if sha256_hex(onnx) != sha:
                     raise _Refused(
-                        f"artifact changed on disk after download (sha256 {sha256_hex(onnx)}, expected {sha})"
+                        Refusal.HASH_MISMATCH,
+                        f"artifact changed on disk after download (sha256 {sha256_hex(onnx)}, expected {sha})",
                     )
+            else:  # only the config changed: the model file in service is the manifest's
+                onnx = (await asyncio.to_thread(store.load, model)).onnx
             verified = await asyncio.to_thread(store.verify, model, version, onnx, sha, config_part)
         install = await prepare(verified) if prepare is not None else None
-        await asyncio.to_thread(store.commit, model, version, onnx_part, config_part, sha, config_sha, base)
+        await asyncio.to_thread(store.commit, model, version, onnx_part, config_part, sha, config_sha, base, signed_by)
         parts.clear()
         if install is not None:
             install()
-        return SyncOutcome(model, "updated", sha, f"version {version}" if onnx_part else "config.pbtxt only")
+        detail = f"version {version}" if onnx_part else "config.pbtxt only"
+        return SyncOutcome(model, "updated", sha, detail, signed_by=signed_by)
     except _Refused as exc:
         kept = "the current version" if current_sha else "nothing"
-        return SyncOutcome(model, "refused", current_sha, f"{exc}; kept {kept}")
+        return SyncOutcome(model, "refused", current_sha, f"{exc}; kept {kept}", reason=exc.reason)
     except TimeoutError:
         return SyncOutcome(model, "failed", current_sha, f"timed out after {timeout_s:g} s")
     except (aiohttp.ClientError, OSError) as exc:
@@ -172,15 +238,11 @@ async def sync_model(
                 part.unlink()
 
 
-def _declared_artifact(reply: aiohttp.ClientResponse) -> tuple[str, str]:
-    """The sha256 and version a 200 artifact reply declares (refused when missing or malformed)."""
-    sha = declared_sha(reply.headers, "X-Model-Sha256")
-    if not sha:
-        raise _Refused("the gateway declared no sha256 (X-Model-Sha256 / ETag)")
-    version = reply.headers.get("X-Model-Version", "1")
-    if not version.isdigit():
-        raise _Refused(f"X-Model-Version {version!r} is not a version number")
-    return sha, version
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 async def _failure(reply: aiohttp.ClientResponse, what: str) -> str:
@@ -188,18 +250,20 @@ async def _failure(reply: aiohttp.ClientResponse, what: str) -> str:
     return f"{what}: gateway answered {reply.status}: {text}"
 
 
-async def _download(reply: aiohttp.ClientResponse, path: Path) -> str:
-    """Stream the body into ``path`` (fsynced) and return its sha256. A short body raises ClientPayloadError."""
+async def _download(reply: aiohttp.ClientResponse, path: Path) -> tuple[str, int]:
+    """Stream the body into ``path`` (fsynced); its sha256 and size. A short body raises ClientPayloadError."""
     digest = hashlib.sha256()
+    size = 0
     file = await asyncio.to_thread(open, path, "wb")
     try:
         async for chunk in reply.content.iter_chunked(_CHUNK):
             digest.update(chunk)
+            size += len(chunk)
             await asyncio.to_thread(file.write, chunk)
         await asyncio.to_thread(_flush, file)
     finally:
         file.close()
-    return digest.hexdigest()
+    return digest.hexdigest(), size
 
 
 def _flush(file) -> None:
@@ -215,8 +279,15 @@ def _write_synced(path: Path, data: bytes) -> None:
 
 
 async def sync_once(
-    gateway_url: str, repository: Path, models: tuple[str, ...], timeout_s: float, api_key: str | None = None
+    gateway_url: str,
+    repository: Path,
+    models: tuple[str, ...],
+    timeout_s: float,
+    api_key: str | None = None,
+    trusted_keys: tuple[str, ...] = (),
 ) -> list[SyncOutcome]:
     """``railgate edge sync``: one pass over ``models``, no runtime (verify and commit only)."""
+    trusted = TrustedKeys.parse(trusted_keys)
     async with aiohttp.ClientSession(headers=auth_headers(api_key)) as http:
-        return await sync_models(http, gateway_url, ModelStore(repository), models, timeout_s=timeout_s)
+        store = ModelStore(repository)
+        return await sync_models(http, gateway_url, store, models, timeout_s=timeout_s, trusted=trusted)

@@ -2,6 +2,13 @@
 
     GET /v1/models/{model}/artifact       the model.onnx of the version manifest.json points at
     GET /v1/models/{model}/config.pbtxt   the model's Triton config, as in the repository
+    GET /v1/models/{model}/manifest       both files' names, sha256 and sizes, and the version: the
+                                          canonical JSON of ``railcore.signing.ModelManifest``, signed
+                                          (``X-Manifest-Signature``, ``X-Manifest-Key-Id``) when
+                                          ``artifacts.signing_key_file`` is set
+
+The device trusts the manifest's hashes, not the headers of the file replies: with the signature, a
+file tampered with on the way (and its manifest with it) is refused by a device that pins the key.
 
 The ONNX file's ETag (and ``X-Model-Sha256``) is the sha256 that ``manifest.json`` recorded when the
 repository was built, not a hash of whatever is on disk now: the device hashes what it receives and
@@ -24,15 +31,29 @@ from typing import Any, BinaryIO
 
 from aiohttp import web
 
+from railcore.signing import ManifestFile, ModelManifest, SigningKey, load_signing_key
+
 _CHUNK = 1 << 20
 
 
-def add_routes(app: web.Application, repository: Path, exportable: tuple[str, ...], prefix: str = "/v1/models") -> None:
+def add_routes(
+    app: web.Application,
+    repository: Path,
+    exportable: tuple[str, ...],
+    prefix: str = "/v1/models",
+    signer: SigningKey | None = None,
+) -> None:
     """Serve the artifacts of the ``exportable`` models of ``repository`` under ``{prefix}/{model}/``
-    (``prefix=""`` for a sub-app mounted at ``/v1/models/``)."""
-    artifacts = _Artifacts(Path(repository), frozenset(exportable))
+    (``prefix=""`` for a sub-app mounted at ``/v1/models/``); manifests signed by ``signer`` when given."""
+    artifacts = _Artifacts(Path(repository), frozenset(exportable), signer)
     app.router.add_get(prefix + "/{model}/artifact", artifacts.model_file)
     app.router.add_get(prefix + "/{model}/config.pbtxt", artifacts.config_file)
+    app.router.add_get(prefix + "/{model}/manifest", artifacts.manifest)
+
+
+def load_signer(signing_key_file: str | None) -> SigningKey | None:
+    """The key ``artifacts.signing_key_file`` names (None: manifests go unsigned); the config check read it first."""
+    return load_signing_key(signing_key_file) if signing_key_file else None
 
 
 class _NotServed(Exception):
@@ -65,9 +86,10 @@ def _error(status: int, message: str) -> web.Response:
 
 
 class _Artifacts:
-    def __init__(self, repository: Path, exportable: frozenset[str]) -> None:
+    def __init__(self, repository: Path, exportable: frozenset[str], signer: SigningKey | None = None) -> None:
         self.repository = repository
         self.exportable = exportable
+        self.signer = signer
         self._manifest: tuple[tuple[int, int], dict[str, Any]] | None = None
 
     def _models(self) -> dict[str, Any]:
@@ -151,3 +173,29 @@ class _Artifacts:
         if etag_matches(request.headers.get("If-None-Match"), sha):
             return web.Response(status=304, headers=headers)
         return web.Response(body=data, headers={**headers, "Content-Type": "text/plain; charset=utf-8"})
+
+    async def manifest(self, request: web.Request) -> web.Response:
+        model = request.match_info["model"]
+        try:
+            artifact = self._artifact(model)
+            manifest = await asyncio.get_running_loop().run_in_executor(None, _model_manifest, model, artifact)
+        except _NotServed as exc:
+            return _error(404, str(exc))
+        body = manifest.to_bytes()
+        headers = {"Cache-Control": "no-cache", **(self.signer.sign(body) if self.signer else {})}
+        return web.Response(body=body, headers=headers, content_type="application/json")
+
+
+def _model_manifest(model: str, artifact: _Artifact) -> ModelManifest:
+    """The manifest of what the artifact routes serve now: the model file's recorded sha256, the config's bytes."""
+    config_path = artifact.path.parents[1] / "config.pbtxt"
+    try:
+        size = artifact.path.stat().st_size
+        config = config_path.read_bytes()
+    except OSError as exc:
+        raise _NotServed(f"model {model!r}: cannot read its files: {exc.strerror}") from exc
+    files = (
+        ManifestFile(f"{artifact.version}/model.onnx", artifact.sha256, size),
+        ManifestFile("config.pbtxt", hashlib.sha256(config).hexdigest(), len(config)),
+    )
+    return ModelManifest(model, artifact.version, files)

@@ -80,6 +80,26 @@ def _keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_signing(args: argparse.Namespace) -> int:
+    import os
+
+    from railcore.signing import SigningKey
+
+    key = SigningKey.generate()
+    try:  # O_EXCL: never overwrite a key devices may already pin
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        print(f"railgate keys signing: cannot create {args.out}: {exc.strerror}", file=sys.stderr)
+        return 1
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_pem())
+    print(f"wrote the private key to {args.out} (key id {key.key_id}); in the gateway config:")
+    print(f"  artifacts: {{signing_key_file: {args.out}}}")
+    print("pin the public key on each device (edge.yaml; keep the old one there during a rotation):")
+    print(f'  sync: {{trusted_keys: ["{key.public_text()}"]}}')
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     tool = _dev_tool("devtools.demo", "demo")
     return 1 if tool is None else tool.run(args)
@@ -125,12 +145,17 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         link.add_arguments(link_parser)
     link_parser.set_defaults(func=_link)
 
-    keys = commands.add_parser("keys", help="API keys for tenants")
+    keys = commands.add_parser("keys", help="API keys for tenants, the model-signing key")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     keys_new = keys_commands.add_parser("new", help="print a new API key and the hash to put in the config")
     keys_new.add_argument("tenant")
     keys_new.add_argument("--admin", action="store_true", help="an admin key (for /admin/*)")
     keys_new.set_defaults(func=_keys_new)
+    signing = keys_commands.add_parser(
+        "signing", help="write a new Ed25519 key pair for signed model sync and print the public key"
+    )
+    signing.add_argument("--out", type=Path, required=True, help="where the private key (PEM) goes; never overwritten")
+    signing.set_defaults(func=_keys_signing)
 
     demo = commands.add_parser("demo", help="start hubs and the gateway, send real requests, print a summary")
     demo.add_argument("--repository", type=Path, default=Path("models/repository"))

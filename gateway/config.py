@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from gateway.routing.policy import POLICIES
 from railcore.settings import ConfigError, build_section, read_yaml
+from railcore.signing import BadKey, load_signing_key
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 _KEY_HASH = re.compile(r"^sha256\$[0-9a-f]{32}\$[0-9a-f]{64}$")
@@ -146,10 +147,12 @@ class Health:
 
 @dataclass(frozen=True, slots=True)
 class Artifacts:
-    """Model files edge devices pull (`railgate edge sync`): GET /v1/models/{m}/artifact and /config.pbtxt."""
+    """Model files edge devices pull (`railgate edge sync`): GET /v1/models/{m}/artifact, /config.pbtxt, /manifest."""
 
     repository: str | None = None  # None: local.repository
     exportable: tuple[str, ...] = ()  # models devices may download; none by default
+    # Ed25519 private key (PEM or 32 raw bytes) that signs each model's manifest; None: served unsigned
+    signing_key_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +321,11 @@ def _check(config: GatewayConfig) -> None:
     for j, stored in enumerate(config.admin_keys):
         if not _KEY_HASH.match(stored):
             raise ConfigError(f"admin_keys[{j}]: expected sha256$<salt>$<digest>")
+    if config.artifacts.signing_key_file is not None:
+        try:
+            load_signing_key(config.artifacts.signing_key_file)
+        except BadKey as exc:
+            raise ConfigError(f"artifacts.signing_key_file: {exc}") from None
     for name in AccessLevels.__dataclass_fields__:
         level = getattr(config.access, name)
         if level not in ACCESS_LEVELS:

@@ -250,7 +250,8 @@ def _artifacts_app(config: GatewayConfig) -> web.Application:
     app = web.Application()
     if config.artifacts.exportable:
         repository = Path(config.artifacts.repository or config.local.repository)
-        artifacts.add_routes(app, repository, config.artifacts.exportable, prefix="")
+        signer = artifacts.load_signer(config.artifacts.signing_key_file)
+        artifacts.add_routes(app, repository, config.artifacts.exportable, prefix="", signer=signer)
     return app
 
 
