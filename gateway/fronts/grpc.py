@@ -10,8 +10,9 @@ The gRPC deadline is a budget too: the tighter of it, ``x-latency-budget-ms`` an
 parameter wins. Errors become status codes (``STATUS_CODES``) with the HTTP front's messages. A
 cancelled call is dropped before its batch is sent (grpc.aio cancels the handler; the pipeline
 skips a member whose waiter is gone). ``ModelStreamInfer`` answers each message on its own (an
-error answers that one message and the stream stays open), at most ``STREAM_WINDOW`` at a time per
-stream, so one stream cannot queue without bound.
+error answers that one message and the stream stays open), with at most ``STREAM_WINDOW`` of one
+stream's messages read and not yet written back, so a stream cannot queue without bound, nor can a
+client that sends and never reads make the gateway hold its answers without bound.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ log = logging.getLogger("railgate.grpc")
 
 VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "latency_budget"]
-STREAM_WINDOW = 256  # messages of one stream in the gateway at once; the next is read when one is answered
+STREAM_WINDOW = 256  # messages of one stream in the gateway at once; the next is read when an answer is written
 
 # Why the Triton RPCs the gateway does not serve answer UNIMPLEMENTED (the generated base class would
 # say only "Method not implemented!").
@@ -89,10 +90,11 @@ def call_from_context(context: grpc.aio.ServicerContext, metadata: dict[str, str
 class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
     """The v2 gRPC service over one gateway."""
 
-    def __init__(self, gateway: Gateway, decode_limits: DecodeLimits) -> None:
+    def __init__(self, gateway: Gateway, decode_limits: DecodeLimits, stream_window: int = STREAM_WINDOW) -> None:
         self.gateway = gateway
         self.service = gateway.service
         self.decode_limits = decode_limits
+        self.stream_window = stream_window
 
     # -- inference --------------------------------------------------------------------------------
 
@@ -123,7 +125,7 @@ class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[Any]:
         metadata = _metadata(context)
         answers: asyncio.Queue[Any] = asyncio.Queue()
-        window = asyncio.Semaphore(STREAM_WINDOW)
+        window = asyncio.Semaphore(self.stream_window)
         running: set[asyncio.Task[None]] = set()
 
         def failed(message: service_pb2.ModelInferRequest, error: str) -> service_pb2.ModelStreamInferResponse:
@@ -140,8 +142,6 @@ class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
             except Exception:  # a bug answers its own message; the stream and its other messages go on
                 log.exception("event=stream_message_failed model=%s id=%s", message.model_name[:80], message.id[:80])
                 answers.put_nowait(failed(message, "internal error in the gateway"))
-            finally:
-                window.release()
 
         async def read() -> None:
             loop = asyncio.get_running_loop()
@@ -162,7 +162,8 @@ class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
         reader = asyncio.get_running_loop().create_task(read())
         try:
             while (item := await answers.get()) is not None:
-                yield item
+                yield item  # returns once grpc has taken the answer: only then is the next message read
+                window.release()
             await reader  # re-raises what the reader met (e.g. a broken client stream)
         finally:
             reader.cancel()

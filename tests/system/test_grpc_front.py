@@ -407,6 +407,13 @@ def test_a_failed_stream_message_comes_back_with_its_id(front: GatewayProcess):
     assert by_id["ok-1"] == "" and "input 'pixels'" in by_id["bad"]
 
 
+def test_a_stream_longer_than_its_window_is_answered_in_full(front: GatewayProcess):
+    messages = [_digits_message(request_id=f"w{i}") for i in range(300)]  # the window is 256
+    replies = list(_stub(front.grpc_address).ModelStreamInfer(iter(messages), timeout=60))
+    assert sorted(r.infer_response.id for r in replies) == sorted(m.id for m in messages)
+    assert all(r.error_message == "" for r in replies)
+
+
 def test_a_stream_message_over_the_body_limit_ends_the_stream_resource_exhausted(front: GatewayProcess):
     messages = [_digits_message(request_id="ok-1"), _digits_message(LIMIT_BYTES // (64 * 4) + 16)]
     replies = []
