@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.config import ConfigError, GatewayConfig, Listen, load_config
+from gateway.listener import close_without_resets, listening_socket
 from railcore.errors import RailgateError
 
 if TYPE_CHECKING:
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from gateway.gateway import Gateway
 
 log = logging.getLogger("railgate.server")
+# Past the drain, how long the listener may take to empty its accept queue and answer what it accepted.
+LISTENER_CLOSE_S = 2.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,7 +137,9 @@ async def serve(app: web.Application, listen: Listen, grace_s: float, drain_s: f
     await runner.setup()
     grpc_server: GrpcServer | None = None
     try:
-        site = web.TCPSite(runner, listen.host, listen.port, backlog=1024, reuse_port=reuse_port or None)
+        # Our own listening socket, so that the drain can close it without resetting its backlog.
+        sock = listening_socket(listen.host, listen.port, backlog=1024, reuse_port=reuse_port)
+        site = web.SockSite(runner, sock)
         await site.start()
         port = runner.addresses[0][1] if runner.addresses else listen.port
         gateway = app[GATEWAY]
@@ -159,6 +164,7 @@ async def serve(app: web.Application, listen: Listen, grace_s: float, drain_s: f
         for task in reloads:
             task.cancel()
         await drain(gateway, grace_s, drain_s)
+        await close_without_resets(runner, site, sock, timeout_s=LISTENER_CLOSE_S)
     finally:
         if grpc_server is not None:
             await grpc_server.stop(grace_s)
@@ -172,7 +178,8 @@ async def drain(gateway: Gateway, grace_s: float, drain_s: float) -> None:
 
     For ``drain_s`` the listener stays open while every reply says "Connection: close", so clients
     with pooled connections move off them instead of racing a closing socket. Then new requests
-    are refused (503, Retry-After) rather than reset, until the accepted ones are answered.
+    are refused (503, Retry-After) rather than reset, until the accepted ones are answered; the
+    caller then closes the listener without resetting its backlog (``listener.close_without_resets``).
     """
     gateway.draining = True
     log.info("event=draining active=%d grace_s=%.0f", gateway.pipeline.active, grace_s)

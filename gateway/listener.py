@@ -1,0 +1,95 @@
+"""The HTTP listening socket, and closing it without resetting the connections in its accept backlog.
+
+Closing a listening socket resets every connection the kernel has accepted for it and the process
+has not: those clients connected, sent a request and get a reset. So the drain closes it in steps:
+
+1. new handshakes are dropped at the socket (a classic BPF filter that accepts no packet): a client
+   retries its SYN, finds the port closed, and never connected;
+2. the accept queue empties: the event loop accepts what is queued, and each request is answered
+   (served, or refused 503 with Retry-After and Connection: close, as the drain has reached);
+3. the listening socket closes (nothing is queued behind it any more);
+4. the connections already accepted are given a bounded moment to be answered and closed, before the
+   runner closes whatever is left (idle keep-alive connections).
+
+Linux only for steps 1-2 (elsewhere the filter and the queue length are skipped, and step 4 still runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import socket
+import struct
+import sys
+import time
+
+from aiohttp import web
+
+log = logging.getLogger("railgate.server")
+
+_SO_ATTACH_FILTER = 26  # linux/asm-generic/socket.h
+_BPF_RET_K = 0x06  # BPF_RET | BPF_K: return the constant (bytes of the packet to keep; 0 drops it)
+_TCPI_UNACKED = 24  # offset of tcpi_unacked in struct tcp_info: a listener's accept queue length
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def listening_socket(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
+    """A bound, listening TCP socket (SO_REUSEADDR; SO_REUSEPORT when asked), for ``web.SockSite``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=backlog, reuse_port=reuse_port)
+    sock.setblocking(False)
+    return sock
+
+
+def refuse_new_connections(sock: socket.socket) -> bool:
+    """Drop every new handshake at ``sock`` while it stays open; whether the filter is in place."""
+    if not sys.platform.startswith("linux"):
+        return False
+    drop = (_SockFilter * 1)(_SockFilter(_BPF_RET_K, 0, 0, 0))
+    program = _SockFprog(1, drop)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, bytes(program))
+    except OSError as exc:
+        log.warning("event=listener_filter_failed error=%s", exc)
+        return False
+    return True
+
+
+def accept_queue_length(sock: socket.socket) -> int | None:
+    """Connections the kernel holds for ``sock`` that the process has not accepted yet (None: unknown)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    except OSError:
+        return None
+    return int(struct.unpack_from("I", info, _TCPI_UNACKED)[0])
+
+
+async def close_without_resets(
+    runner: web.AppRunner, site: web.SockSite, sock: socket.socket, timeout_s: float, poll_s: float = 0.005
+) -> None:
+    """Close ``site``'s listener without resetting what is queued on it (steps 1-4 above), within ``timeout_s``."""
+    end = time.monotonic() + timeout_s
+    if refuse_new_connections(sock):
+        # Polled: the kernel's queue length has no event to wait on. The loop accepts them meanwhile.
+        while (queued := accept_queue_length(sock)) and time.monotonic() < end:  # noqa: ASYNC110
+            await asyncio.sleep(poll_s)
+        if queued:
+            log.warning("event=listener_closed_with_backlog queued=%d", queued)
+    await site.stop()
+    server = runner.server
+    # Accepted connections are answered, then closed (Connection: close); aiohttp has no event for that.
+    while server is not None and server.connections and time.monotonic() < end:  # noqa: ASYNC110
+        await asyncio.sleep(poll_s)
+    with contextlib.suppress(OSError):
+        sock.close()
