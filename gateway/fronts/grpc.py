@@ -101,16 +101,22 @@ class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def _answer(
         self, message: service_pb2.ModelInferRequest, call: Call
     ) -> tuple[service_pb2.ModelInferResponse, dict[str, str]]:
+        """One message answered, or a ``RailgateError`` (counted) for every way it can fail."""
         try:
             request = decode_infer_request(message, self.decode_limits)
             served = await self.service.answer(call, request)
+            return encode_infer_response(served.response), served.headers
         except RailgateError as exc:
             self.service.record_failure(message.model_name, exc, call)
             raise
         except asyncio.CancelledError:  # the client cancelled (or its deadline passed): counted as 499
             self.service.record_failure(message.model_name, ClientGone("client cancelled the call"), call)
             raise
-        return encode_infer_response(served.response), served.headers
+        except Exception as exc:  # a bug: logged with its traceback; the client gets INTERNAL, not our internals
+            log.exception("event=infer_failed model=%s id=%s", message.model_name[:80], message.id[:80])
+            error = RailgateError("internal error in the gateway; it is logged")
+            self.service.record_failure(message.model_name, error, call)
+            raise error from exc
 
     async def ModelInfer(self, request, context):
         call = call_from_context(context, _metadata(context), asyncio.get_running_loop().time())
@@ -137,11 +143,8 @@ class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
             try:
                 response, _ = await self._answer(message, call)
                 answers.put_nowait(service_pb2.ModelStreamInferResponse(infer_response=response))
-            except RailgateError as exc:
+            except RailgateError as exc:  # a failure (a bug too) answers its own message; the stream goes on
                 answers.put_nowait(failed(message, exc.message))
-            except Exception:  # a bug answers its own message; the stream and its other messages go on
-                log.exception("event=stream_message_failed model=%s id=%s", message.model_name[:80], message.id[:80])
-                answers.put_nowait(failed(message, "internal error in the gateway"))
 
         async def read() -> None:
             loop = asyncio.get_running_loop()
