@@ -78,9 +78,9 @@ def tenant_front(hub: Hub, tmp_path_factory) -> Iterator[GatewayProcess]:
 
 @pytest.fixture(scope="module")
 def slow_front(hub: Hub, tmp_path_factory) -> Iterator[GatewayProcess]:
-    """The hub 100 ms away each way, one batch in flight per lane and no flush on delay: the requests
+    """The hub 250 ms away each way, one batch in flight per lane and no flush on delay: the requests
     that arrive while a batch is on the backbone wait in the queue and leave together when it returns."""
-    with LinkProcess(hub.config.http_port, delay_ms=100) as link:
+    with LinkProcess(hub.config.http_port, delay_ms=250) as link:
         g = _grpc_gateway(
             tmp_path_factory.mktemp("grpc-slow"),
             [{"name": "far", "url": link.url, "region": "west"}],
@@ -539,8 +539,8 @@ def test_a_tiny_grpc_deadline_is_deadline_exceeded_without_reaching_the_hub(fron
 
 
 def test_a_budget_tighter_than_the_grpc_deadline_wins(slow_front: GatewayProcess):
-    """The hub is 200 ms away; a 50 ms budget ends the call with the gateway's own 504 long before
-    the 20 s gRPC deadline."""
+    """The hub is a 500 ms round trip away; a 50 ms budget ends the call with the gateway's own 504
+    long before the 20 s gRPC deadline."""
     t0 = time.monotonic()
     error = _error(
         lambda: _infer(
@@ -553,7 +553,7 @@ def test_a_budget_tighter_than_the_grpc_deadline_wins(slow_front: GatewayProcess
 
 
 def test_a_grpc_deadline_tighter_than_the_budget_wins(slow_front: GatewayProcess):
-    """A 60 s budget but a 150 ms gRPC deadline against the 200 ms backbone: the call ends at the
+    """A 60 s budget but a 150 ms gRPC deadline against the 500 ms round trip: the call ends at the
     deadline and the gateway stops working on it then (counted failed: its own 504, or 499 when the
     client's cancel arrives first), not after the budget."""
 
@@ -641,7 +641,7 @@ def test_a_refusal_says_when_to_retry_in_its_trailers(tenant_front: GatewayProce
 
 def test_grpc_and_http_requests_share_batches(slow_front: GatewayProcess):
     """gRPC calls of one row and HTTP calls of ten, all at once: while the first batch is on the
-    200 ms backbone the rest queue together, so a gRPC reply reporting more rows than all the gRPC
+    500 ms round trip the rest queue together, so a gRPC reply reporting more rows than all the gRPC
     calls had was batched with HTTP requests."""
     grpc_calls, http_calls = 6, 4
 
@@ -669,7 +669,7 @@ def test_grpc_and_http_requests_share_batches(slow_front: GatewayProcess):
 
 
 async def test_a_cancelled_call_is_dropped_before_its_batch_is_sent(slow_front: GatewayProcess, hub: Hub):
-    """One vision batch holds the lane for the 200 ms backbone; a gRPC call queued behind it is
+    """One vision batch holds the lane for the 500 ms round trip; a gRPC call queued behind it is
     cancelled; the call after it is answered, and the hub only ever saw the other two."""
     before = _hub_inference_count(hub, "vision")
     gone_before = _metric(slow_front, "railgate_requests_total", model="vision", status="499")
