@@ -274,6 +274,22 @@ def test_model_statistics_count_what_the_gateway_answered_in_tritons_schema(fron
     assert {s["name"] for s in everyone} == set(MODELS)
 
 
+def _flat(value, path: str = "") -> dict[str, str]:
+    """Statistics as path -> value, zeros left out (protobuf's JSON omits them and writes uint64 as text)."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{path}.{key}").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in _flat(item, f"{path}[{i}]").items()}
+    return {} if value in (0, "0", "", [], None) else {path: str(value)}
+
+
+def test_model_statistics_over_grpc_equal_the_http_fronts(front: GatewayProcess):
+    _infer(front.grpc_address, "vocab", sample_inputs("vocab", batch=2))
+    over_grpc = grpcclient.InferenceServerClient(front.grpc_address).get_inference_statistics("vocab", as_json=True)
+    over_http = httpclient.InferenceServerClient(front.address).get_inference_statistics("vocab")
+    assert _flat(over_grpc) == _flat(over_http)
+
+
 def test_shared_memory_status_and_unregister_say_no_region_is_registered(front: GatewayProcess):
     client = grpcclient.InferenceServerClient(front.grpc_address)
     client.unregister_system_shared_memory()
