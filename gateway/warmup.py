@@ -73,13 +73,13 @@ async def warm_up(backend: Backend, router: Router, timeout_s: float) -> None:
         rows = 1 if info.max_batch_size > 0 else 0
         samples = warmup_samples(info)
         inputs = warmup_inputs(info, rows, samples[0] if samples else None)
-        start = loop.time()
+        start = router.clock()  # a duration: the router's high-resolution clock, not the loop's 1 ms steps
         try:
             await backend.infer(info.name, "", inputs, _outputs(info), deadline)
         except Exception as exc:  # warm-up never takes a model out of service
             _log_failure(backend, info, exc)
             continue
-        router.report(backend, info.name, max(rows, 1), loop.time() - start, ok=True)
+        router.report(backend, info.name, max(rows, 1), router.clock() - start, ok=True)
         seeded += 1
     log.info("event=hub_warmed hub=%s models=%d warmed=%d", backend.name, len(models), seeded)
 
