@@ -4,6 +4,7 @@ and a model whose warm-up fails still served (no real hub: a backend that answer
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -108,6 +109,7 @@ class RefusingBackend(Backend):
 class RecordingRouter:
     def __init__(self) -> None:
         self.reports: list[tuple[str, str]] = []
+        self.clock = time.monotonic  # warm-up times its seeding call on the router's clock
 
     def report(self, backend: Backend, model: str, rows: int, latency_s: float, ok: bool) -> None:
         self.reports.append((backend.name, model))
