@@ -321,9 +321,14 @@ class GrpcServer:
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceFront(gateway, decode_limits), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(Health(gateway), self.server)
         self.host = host
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        # grpc says it could not bind by raising RuntimeError (older versions: by returning port 0);
+        # either way `railgate serve` exits saying which port, as it does for the HTTP one.
+        try:
+            self.port = self.server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen for gRPC on {host}:{port}")
+            raise RailgateError(f"cannot listen for gRPC on {host}:{port}: the address is in use or not available")
 
     async def start(self) -> None:
         await self.server.start()

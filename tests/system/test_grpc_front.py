@@ -12,6 +12,7 @@ import contextlib
 import json
 import queue
 import signal
+import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from devtools.devstack import StartError
 from gateway.tenants import hash_key, new_key
 from hub.server import Hub
 from tests.conftest import GatewayProcess, LinkProcess, hub_entry
@@ -750,6 +752,17 @@ def test_workers_share_one_grpc_port_named_in_the_banner(hub: Hub, tmp_path: Pat
         _assert_same(_outputs(result, "digits"), _hub_answer(hub, "digits", arrays))
     finally:
         assert gw.stop() == 0
+
+
+def test_serve_refuses_a_grpc_port_in_use_naming_it(tmp_path: Path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        gw = GatewayProcess(tmp_path, {"listen": {"grpc_port": port}})
+        with pytest.raises(StartError, match=f"cannot listen for gRPC on 127.0.0.1:{port}") as caught:
+            gw.start()
+    assert "Traceback" not in str(caught.value)
 
 
 # -- grpc.health.v1 -------------------------------------------------------------------------------
