@@ -15,7 +15,6 @@ import pytest
 
 from devtools.devstack import StartError
 from hub.server import Hub
-
 from tests.conftest import GatewayProcess, LinkProcess, hub_entry, start_hub
 
 
@@ -46,7 +45,13 @@ async def _post(url: str, body: bytes, headers: dict[str, str] | None = None) ->
         ("digits", _digits_body(), {"X-Latency-Budget-Ms": "0"}, 504, "budget"),
         ("digits", _digits_body(), {"X-Route-Policy": "fastest"}, 400, "valid: nearest, cheapest, balanced"),
         ("digits", _digits_body(), {"X-Allowed-Regions": "west,,east"}, 400, "X-Allowed-Regions"),
-        ("digits", _digits_body(), {"X-Allowed-Regions": "east"}, 503, "allowed regions [east]"),
+        (
+            "digits",
+            _digits_body(),
+            {"X-Allowed-Regions": "east"},
+            400,
+            "unknown region(s) east; this gateway's regions are",
+        ),
     ],
     ids=[
         "malformed",
@@ -62,7 +67,7 @@ async def _post(url: str, body: bytes, headers: dict[str, str] | None = None) ->
         "budget-spent",
         "unknown-policy",
         "malformed-regions",
-        "residency-unmet",
+        "unknown-region",
     ],
 )
 async def test_bad_requests_get_a_clear_error(
