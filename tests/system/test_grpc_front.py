@@ -28,6 +28,7 @@ import tritonclient.http as httpclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc._utils import _get_inference_request
 from tritonclient.utils import InferenceServerException
 
 from devtools.devstack import StartError
@@ -60,6 +61,14 @@ def front(hub: Hub, tmp_path_factory) -> Iterator[GatewayProcess]:
         health={"probe_interval_s": 0.5},
         limits={"max_body_bytes": LIMIT_BYTES},
     )
+    yield g
+    g.stop()
+
+
+@pytest.fixture(scope="module")
+def grpc_hub_front(hub: Hub, tmp_path_factory) -> Iterator[GatewayProcess]:
+    """gRPC end to end: the gateway's gRPC front, and gRPC from the gateway to the hub."""
+    g = _grpc_gateway(tmp_path_factory.mktemp("grpc-grpc"), [hub_entry(hub, name="west-grpc", grpc=True)])
     yield g
     g.stop()
 
@@ -143,6 +152,14 @@ def _digits_message(
     for name in outputs:
         message.outputs.add(name=name)
     return message
+
+
+def _message(model: str, arrays: dict[str, np.ndarray]) -> service_pb2.ModelInferRequest:
+    """A raw ``ModelInferRequest`` as tritonclient builds one."""
+    return _get_inference_request(
+        model_name=model, inputs=_inputs(arrays), model_version="", request_id="", outputs=None,
+        sequence_id=0, sequence_start=False, sequence_end=False, priority=0, timeout=None, parameters=None,
+    )  # fmt: skip
 
 
 def _timeout_message(timeout_us: int) -> service_pb2.ModelInferRequest:
@@ -340,6 +357,14 @@ def test_only_the_requested_outputs_come_back(front: GatewayProcess, hub: Hub):
 def test_a_version_asked_for_is_the_version_answered(front: GatewayProcess):
     result = _infer(front.grpc_address, "digits", sample_inputs("digits", 1), model_version="1")
     assert (result.get_response().model_name, result.get_response().model_version) == ("digits", "1")
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_grpc_to_a_grpc_hub_equals_the_hubs_answer(grpc_hub_front: GatewayProcess, hub: Hub, model: str):
+    arrays = sample_inputs(model, batch=3, seed=15)
+    reply, call = _stub(grpc_hub_front.grpc_address).ModelInfer.with_call(_message(model, arrays), timeout=30)
+    _assert_same(_outputs(grpcclient.InferResult(reply), model), _hub_answer(hub, model, arrays))
+    assert dict(call.trailing_metadata())["x-served-by"] == "west-grpc"
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -781,6 +806,26 @@ def test_health_check_is_serving_when_ready(front: GatewayProcess, service: str)
 def test_health_check_of_an_unknown_service_is_not_found(front: GatewayProcess):
     error = _rpc_error(lambda: _health(front.grpc_address, "nosuch.Service"))
     assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_call_in_flight_at_sigterm_is_answered_before_the_gateway_exits(hub: Hub, tmp_path: Path):
+    with LinkProcess(hub.config.http_port, delay_ms=250) as link:
+        gw = _grpc_gateway(tmp_path, [{"name": "far", "url": link.url}], drain_s=0.2, shutdown_grace_s=10.0)
+        try:
+            client = aiogrpcclient.InferenceServerClient(gw.grpc_address)
+            arrays = sample_inputs("digits", batch=2)
+            try:
+                call = asyncio.ensure_future(client.infer("digits", _inputs(arrays, aiogrpcclient), request_id="late"))
+                await asyncio.to_thread(
+                    _wait_until, lambda: _metric(gw, "railgate_backend_inflight_batches") >= 1, "a batch in flight"
+                )
+                gw.child.process.send_signal(signal.SIGTERM)
+                result = await call
+            finally:
+                await client.close()
+            assert result.get_response().id == "late" and result.as_numpy("label").shape == (2, 1)
+        finally:
+            assert gw.stop() == 0
 
 
 def test_health_check_is_not_serving_while_the_gateway_drains(hub: Hub, tmp_path: Path):
