@@ -7,9 +7,11 @@ tenants and bills) and the answer is encoded. The reply headers travel as traili
 (``x-served-by``, ``x-batch-size``, ``x-route-reason``, ``x-queue-ms``, ``x-backend-ms``).
 
 The gRPC deadline is a budget too: the tighter of it, ``x-latency-budget-ms`` and the ``timeout``
-parameter wins. Errors become status codes (``STATUS_CODES``) with the HTTP front's messages. A
-cancelled call is dropped before its batch is sent (grpc.aio cancels the handler; the pipeline
-skips a member whose waiter is gone). ``ModelStreamInfer`` answers each message on its own (an
+parameter wins. Errors become status codes (``STATUS_CODES``) with the HTTP front's messages; a bug
+is INTERNAL, logged, its text kept back. A cancelled call is dropped before its batch is sent
+(grpc.aio cancels the handler, which gives up its place in the queue) and counted as a 499.
+Triton's model control, trace and log settings and shared-memory registration are not served
+(``NOT_SERVED`` says why). ``ModelStreamInfer`` answers each message on its own (an
 error answers that one message and the stream stays open), with at most ``STREAM_WINDOW`` of one
 stream's messages read and not yet written back, so a stream cannot queue without bound, nor can a
 client that sends and never reads make the gateway hold its answers without bound.
