@@ -66,11 +66,35 @@ async def test_batch_outputs_are_split_back_per_request(pipeline: Pipeline):
 
 
 async def test_request_whose_deadline_passes_in_the_queue_gets_504_and_is_not_sent(pipeline: Pipeline):
+    """A request admitted in time waits behind a batch the backend holds; its deadline passes in the
+    queue: it is answered 504 at its deadline and never reaches the backend, not even in the batch of
+    a later request of its lane that is sent once the lane is free."""
     info = pipeline.router.model("digits")
     loop = asyncio.get_running_loop()
-    with pytest.raises(DeadlineExceeded):
-        await pipeline.submit(_request(3), info, 1, loop.time() - 0.001, gone=lambda: False)
-    assert _batches_sent(pipeline) == 0
+    backend = pipeline.router.backends[0]
+    real_infer, at_backend, held, rows_sent = backend.infer, asyncio.Event(), asyncio.Event(), []
+
+    async def hold_then_infer(model, version, inputs, *args, **kwargs):  # type: ignore[no-untyped-def]
+        rows_sent.append(next(iter(inputs.values())).shape[0])
+        at_backend.set()
+        await held.wait()
+        return await real_infer(model, version, inputs, *args, **kwargs)
+
+    backend.infer = hold_then_infer  # type: ignore[method-assign]
+    # Budgets of 200 and 100 ms share a lane (one budget class); the lane sends one batch at a time.
+    first = asyncio.ensure_future(pipeline.submit(_request(4, rows=2), info, 2, loop.time() + 0.2, gone=lambda: False))
+    async with asyncio.timeout(5):
+        await at_backend.wait()  # the first batch is at the backend, held: the lane is busy
+    admitted_at = loop.time()
+    with pytest.raises(DeadlineExceeded, match="ran out"):
+        await pipeline.submit(_request(3), info, 1, admitted_at + 0.1, gone=lambda: False)
+    assert loop.time() - admitted_at >= 0.09, "answered before its deadline: it never waited in the queue"
+    later = asyncio.ensure_future(pipeline.submit(_request(5), info, 1, loop.time() + 0.2, gone=lambda: False))
+    await asyncio.sleep(0.001)  # queued behind the held batch, where the expired request was
+    held.set()
+    await asyncio.gather(first, later, return_exceptions=True)
+    await asyncio.sleep(0.1)  # the lane is free again: a row still queued would be sent now
+    assert rows_sent == [2, 1], f"rows per batch that reached the backend: {rows_sent}"
 
 
 async def test_local_backend_carries_bytes_tensors_through_a_batch(repository: Path):
