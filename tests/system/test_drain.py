@@ -33,6 +33,21 @@ def post(url: str, headers: dict[str, str] | None = None) -> tuple[int | str, di
         return f"refused: {exc}", {}, time.monotonic() - t0
 
 
+def ready_status(url: str) -> int | str:
+    try:
+        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=5) as reply:
+            return reply.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, ConnectionError) as exc:
+        return f"refused: {exc}"
+
+
+# A request sent this long after SIGTERM reaches a gateway that has seen the signal (it is handled
+# in well under this on the loop), so its reply must say the gateway is going.
+SIGNAL_SEEN_S = 0.2
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_under_load_answers_every_accepted_request(hub: Hub, tmp_path: Path, workers: int):
     with LinkProcess(hub.config.http_port, delay_ms=40) as link:
@@ -42,23 +57,40 @@ def test_sigterm_under_load_answers_every_accepted_request(hub: Hub, tmp_path: P
             gw.service.args += ["--workers", str(workers)]
         gw.start()
         sent_before: list[tuple[int | str, float]] = []
-        sent_after: list[int | str] = []
+        # After the signal: (status, reply headers, seconds from the signal to the send).
+        sent_after: list[tuple[int | str, dict[str, str], float]] = []
+        readiness: list[int | str] = []
+        signalled_at: list[float] = []
         signalled = threading.Event()
         stop = threading.Event()
 
         def client() -> None:
             while not stop.is_set():
                 before = not signalled.is_set()
-                status, _, _ = post(gw.url)
-                (sent_before.append((status, 0.0)) if before else sent_after.append(status))
+                sent = time.monotonic()
+                status, headers, _ = post(gw.url)
+                if before:
+                    sent_before.append((status, 0.0))
+                else:
+                    sent_after.append((status, headers, sent - signalled_at[0]))
                 if isinstance(status, str):
                     return  # the listener is closed: this client is done
 
-        with ThreadPoolExecutor(12) as pool:
-            futures = [pool.submit(client) for _ in range(12)]
+        def probe_readiness() -> None:
+            signalled.wait()
+            while not stop.is_set():
+                status = ready_status(gw.url)
+                readiness.append(status)
+                if isinstance(status, str):
+                    return
+                time.sleep(0.02)  # a load balancer's probe, much faster than any real one
+
+        with ThreadPoolExecutor(13) as pool:
+            futures = [pool.submit(client) for _ in range(12)] + [pool.submit(probe_readiness)]
             deadline = time.monotonic() + 20
             while len(sent_before) < 50 and time.monotonic() < deadline:
                 time.sleep(0.02)  # wait until load is flowing (a condition with a bound)
+            signalled_at.append(time.monotonic())
             signalled.set()
             gw.service.process.send_signal(signal.SIGTERM)
             code = gw.service.process.wait(timeout=40)
@@ -72,9 +104,21 @@ def test_sigterm_under_load_answers_every_accepted_request(hub: Hub, tmp_path: P
     assert all(isinstance(s, str) and "refused" in s for s in lost), lost[:3]
     assert len(lost) <= 12, f"{len(lost)} requests raced the signal; at most one per client may"
     # After the signal: answered, refused with 503 while draining, or refused at the closed listener.
-    assert all(s in (200, 503) or (isinstance(s, str) and "refused" in s) for s in sent_after), [
-        s for s in sent_after if s not in (200, 503)
+    statuses = [s for s, _, _ in sent_after]
+    assert all(s in (200, 503) or (isinstance(s, str) and "refused" in s) for s in statuses), [
+        s for s in statuses if s not in (200, 503)
     ][:5]
+    # Readiness fails at once, while the listener still answers: a load balancer stops sending.
+    assert 503 in readiness, f"readiness never failed during the drain: {readiness[:10]}"
+    # Every reply after the signal tells the client to leave its connection: Connection: close.
+    replies = [(s, h) for s, h, after_s in sent_after if isinstance(s, int) and after_s >= SIGNAL_SEEN_S]
+    assert replies, "no reply came during the drain window (drain_s): nothing was checked"
+    kept_open = [(s, h.get("Connection")) for s, h in replies if h.get("Connection", "").lower() != "close"]
+    assert kept_open == [], f"{len(kept_open)} of {len(replies)} drain replies without Connection: close"
+    # A refusal says when to come back.
+    refused = [h for s, h, _ in sent_after if s == 503]
+    assert refused, "nothing was refused (503) between the drain window and the listener's close"
+    assert all(h.get("Retry-After") == "1" for h in refused), [h.get("Retry-After") for h in refused][:5]
 
 
 def test_overload_is_refused_fast_and_service_recovers(hub: Hub, tmp_path: Path):
