@@ -214,12 +214,25 @@ def test_locust_ran_every_user_class_and_encoding(locust_run: Path) -> None:
         assert any(marker in name for name in names), f"no {marker} requests in {sorted(names)}"
 
 
+# A deadline miss is the gateway's own (loadtests.stats.judge: its X-Gateway-Ms past the budget, or
+# its 504); the load generator's lateness is tallied apart. On a healthy stack hardly any request
+# misses, even with the edge's 10-25 ms budgets on a busy machine: past this share the gateway is late.
+MAX_DEADLINE_MISS_SHARE = 0.01
+
+
 @pytest.mark.hub
-def test_locust_saw_no_failure_but_deadline_misses(locust_run: Path) -> None:
+def test_locust_saw_no_failure_and_hardly_any_deadline_miss(locust_run: Path) -> None:
     failures = _csv(Path(f"{locust_run}_failures.csv"))
     unexpected = [f for f in failures if not f["Error"].startswith("deadline miss")]
     assert unexpected == []
     assert _csv(Path(f"{locust_run}_exceptions.csv")) == []
+    misses = sum(int(f["Occurrences"]) for f in failures if f["Error"].startswith("deadline miss"))
+    (total,) = [int(r["Request Count"]) for r in _csv(Path(f"{locust_run}_stats.csv")) if r["Name"] == "Aggregated"]
+    assert total > 0
+    assert misses <= MAX_DEADLINE_MISS_SHARE * total, (
+        f"{misses} of {total} requests missed their deadline: "
+        + "; ".join(f"{f['Occurrences']}x {f['Name']}: {f['Error']}" for f in failures[:5])
+    )
 
 
 @pytest.mark.hub
