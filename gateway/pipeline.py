@@ -35,6 +35,7 @@ from railcore.errors import (
     DeadlineExceeded,
     Draining,
     HubFailed,
+    HubModelFailed,
     PredictedMiss,
     QueueFull,
     RailgateError,
@@ -343,52 +344,65 @@ class Pipeline:
             pending.item.future.set_exception(error)
 
     async def _dispatch(self, lane: Lane, batch: list[Pending[Admitted]]) -> None:
-        info = lane.info
         start = self.clock()
-        rows = sum(p.rows for p in batch)
-        key = lane.key
         try:
-            inputs = await self._gather(batch)
-            forwarded = await self.forwarder.forward(
-                Batch(
-                    key.model,
-                    key.version,
-                    key.route,
-                    inputs,
-                    _union_outputs(info, batch),
-                    rows if info.max_batch_size else 0,
-                    # Routed for its tightest member; cut off at its loosest. A tight member whose
-                    # deadline passes is answered 504 by its own timeout while the others still wait.
-                    deadline=max(p.deadline for p in batch),
-                    route_deadline=min(p.deadline for p in batch),
-                )
-            )
-            self.statistics.executed(info.name, key.version or info.versions[-1], rows, forwarded.backend_s)
-            offset = 0
-            for pending in batch:
-                if info.max_batch_size:
-                    share = {k: v[offset : offset + pending.rows] for k, v in forwarded.outputs.items()}
-                else:
-                    share = forwarded.outputs
-                offset += pending.rows
-                if not pending.item.future.done():
-                    queue_s = start - pending.item.queued_at
-                    self.metrics.queue_wait.labels(info.name).observe(queue_s)
-                    result = BatchResult(share, forwarded.backend, rows, forwarded.reason, queue_s, forwarded.backend_s)
-                    pending.item.future.set_result(result)
+            try:
+                await self._send(lane, batch, start)
+            except HubModelFailed:
+                if len(batch) == 1:
+                    raise
+                # The hub ran the model and it failed on the batch's data: one member's input (a
+                # string its model cannot parse) must not fail the others, so each runs alone.
+                log.info("event=batch_split model=%s members=%d", lane.info.name, len(batch))
+                await asyncio.gather(*(self._alone(lane, pending, start) for pending in batch))
         except RailgateError as exc:
-            for pending in batch:
-                if not pending.item.future.done():
-                    pending.item.future.set_exception(exc)
+            _fail_all(batch, exc)
         except Exception as exc:
-            log.exception("event=dispatch_failed model=%s", info.name)
-            for pending in batch:
-                if not pending.item.future.done():
-                    pending.item.future.set_exception(HubFailed(f"batch for {info.name!r} failed: {exc}"))
+            log.exception("event=dispatch_failed model=%s", lane.info.name)
+            _fail_all(batch, HubFailed(f"batch for {lane.info.name!r} failed: {exc}"))
         finally:
             lane.inflight -= 1
             lane.estimates.clear()
             lane.wakeup.set()
+
+    async def _alone(self, lane: Lane, pending: Pending[Admitted], start: float) -> None:
+        try:
+            await self._send(lane, [pending], start)
+        except RailgateError as exc:
+            _fail_all([pending], exc)
+
+    async def _send(self, lane: Lane, batch: list[Pending[Admitted]], start: float) -> None:
+        """Send ``batch`` as one call and answer each member with its rows of the outputs."""
+        info, key = lane.info, lane.key
+        rows = sum(p.rows for p in batch)
+        inputs = await self._gather(batch)
+        forwarded = await self.forwarder.forward(
+            Batch(
+                key.model,
+                key.version,
+                key.route,
+                inputs,
+                _union_outputs(info, batch),
+                rows if info.max_batch_size else 0,
+                # Routed for its tightest member; cut off at its loosest. A tight member whose
+                # deadline passes is answered 504 by its own timeout while the others still wait.
+                deadline=max(p.deadline for p in batch),
+                route_deadline=min(p.deadline for p in batch),
+            )
+        )
+        self.statistics.executed(info.name, key.version or info.versions[-1], rows, forwarded.backend_s)
+        offset = 0
+        for pending in batch:
+            if info.max_batch_size:
+                share = {k: v[offset : offset + pending.rows] for k, v in forwarded.outputs.items()}
+            else:
+                share = forwarded.outputs
+            offset += pending.rows
+            if not pending.item.future.done():
+                queue_s = start - pending.item.queued_at
+                self.metrics.queue_wait.labels(info.name).observe(queue_s)
+                result = BatchResult(share, forwarded.backend, rows, forwarded.reason, queue_s, forwarded.backend_s)
+                pending.item.future.set_result(result)
 
     async def _gather(self, batch: list[Pending[Admitted]]) -> dict[str, np.ndarray]:
         """The batch's inputs, one array per input name, requests stacked along the batch dim."""
@@ -440,3 +454,9 @@ def _union_outputs(info: ModelInfo, batch: list[Pending[Admitted]]) -> list[str]
             return [o.name for o in info.outputs]
         wanted.update(o.name for o in requested)
     return [o.name for o in info.outputs if o.name in wanted]
+
+
+def _fail_all(batch: list[Pending[Admitted]], error: RailgateError) -> None:
+    for pending in batch:
+        if not pending.item.future.done():
+            pending.item.future.set_exception(error)

@@ -20,7 +20,10 @@
     ├── HubFailed                 502  a backend did not serve the batch (fails over; raise a subclass)
     │   ├── HubUnreachable        502  connect refused, connection reset or closed mid-reply
     │   ├── HubProtocolError      502  garbage, a short or missing output, an undecodable reply
-    │   └── HubError              502  the hub's own error (its 5xx), or the local runtime failing
+    │   └── HubError              502  the hub's own error (its 5xx other than a model's failure)
+    ├── HubModelFailed            502  the hub (or the local runtime) ran the model and the model failed
+    │                                  on this data: no mark against the hub, no failover (every hub
+    │                                  would fail it), and a batch is split so only its culprit fails
     ├── NoBackend                 503  no healthy backend serves the model (within the constraints)
     └── DeadlineExceeded          504  the request's latency budget ran out
 
@@ -46,6 +49,7 @@ class Cause(enum.StrEnum):
     ERROR = "error"  # the hub's own error (5xx): counts against the hub
     TIMEOUT = "timeout"  # no answer within the hub's own p95: counts against the hub
     REJECTED = "rejected"  # the hub's 4xx: the request's fault, never counts against the hub
+    MODEL = "model"  # the model failed on this data (Triton's 500 with its error, gRPC INTERNAL): not the hub
 
 
 class RailgateError(Exception):
@@ -138,6 +142,16 @@ class HubProtocolError(HubFailed):
 
 class HubError(HubFailed):
     cause = Cause.ERROR
+
+
+class HubModelFailed(RailgateError):
+    """The model ran and failed on the batch's data (e.g. a string its ``Cast`` cannot parse).
+
+    Not a ``HubFailed``: the hub is healthy (it answered, with the model's error), another hub
+    would fail the same data, and one client's input must not eject a hub for every model."""
+
+    status = 502
+    cause: ClassVar[Cause] = Cause.MODEL
 
 
 class NoBackend(RailgateError):

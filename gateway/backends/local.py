@@ -3,7 +3,7 @@
 Sessions run in a thread pool: ONNX Runtime releases the GIL, so the event loop keeps serving while
 a batch computes. A run whose result is no longer wanted (past its deadline, or cancelled: a hedge
 loser, a closed pipeline) is told to stop in its thread (``RunOptions.terminate``).
-ONNX Runtime's failures become ``HubError`` here, once (``_ort_errors``).
+ONNX Runtime's failures become ``HubModelFailed`` here, once (``_ort_errors``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import onnxruntime as ort
 from gateway.backends import Backend, BackendKind
 from gateway.config import Local
 from railcore.catalog import ModelInfo
-from railcore.errors import DeadlineExceeded, HubError, ModelNotFound, NoBackend
+from railcore.errors import DeadlineExceeded, HubModelFailed, ModelNotFound, NoBackend
 from railcore.onnx import bytes_elements, choose_providers, ort_strings
 from railcore.repository import RepositoryError, model_info, read_repository
 
@@ -36,7 +36,8 @@ def _ort_errors(model: str) -> Iterator[None]:
     except TimeoutError:
         raise DeadlineExceeded(f"deadline passed while {model!r} ran locally") from None
     except Exception as exc:
-        raise HubError(f"local onnxruntime failed on {model!r}: {exc}") from exc
+        # ONNX Runtime ran the model and it failed on this data: the local backend itself is fine.
+        raise HubModelFailed(f"local onnxruntime failed on {model!r}: {exc}") from exc
 
 
 def _discard_outcome(future: asyncio.Future[list[np.ndarray]]) -> None:

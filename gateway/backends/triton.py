@@ -31,6 +31,7 @@ from railcore.catalog import ModelInfo, build_model_info
 from railcore.errors import (
     DeadlineExceeded,
     HubError,
+    HubModelFailed,
     HubProtocolError,
     HubRejected,
     HubUnreachable,
@@ -82,8 +83,19 @@ def _http_status(hub: str, status: int, raw: bytes) -> None:
         raise DeadlineExceeded(f"hub {hub} dropped the request at its budget: {_error_text(raw)}")
     if 400 <= status < 500:  # the request's fault, not the hub's: no failover, no mark against it
         raise HubRejected(f"hub {hub} refused the request ({status}): {_error_text(raw)}")
+    if status == 500 and _is_error_reply(raw):  # Triton's own answer: the model failed on this data
+        raise HubModelFailed(f"hub {hub} answered {status}: {_error_text(raw)}")
     if status != 200:
         raise HubError(f"hub {hub} answered {status}: {_error_text(raw)}")
+
+
+def _is_error_reply(raw: bytes) -> bool:
+    """Whether ``raw`` is Triton's ``{"error": "..."}``: the server is up and reports its model's failure."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("error"), str)
 
 
 def _decoded(hub: str, raw: bytes, length: str | None, outputs: list[str]) -> dict[str, np.ndarray]:
@@ -368,6 +380,8 @@ def _grpc_errors(hub: str, model: str) -> Iterator[None]:
             raise HubRejected(f"hub {hub} refused the request ({code}): {exc.message()}") from exc
         if code == "UNAVAILABLE":
             raise HubUnreachable(f"hub {hub} failed: {exc.message()}") from exc
+        if code == "INTERNAL":  # Triton's status for a model that failed on the request's data
+            raise HubModelFailed(f"hub {hub} failed: {exc.message()}") from exc
         raise HubError(f"hub {hub} failed: {exc.message()}") from exc
 
 

@@ -35,7 +35,7 @@ from gateway.config import Routing
 from gateway.metrics import Metrics
 from gateway.routing.policy import Route
 from gateway.routing.router import Router, Selection
-from railcore.errors import Cause, DeadlineExceeded, HubFailed, HubRejected, NoBackend
+from railcore.errors import Cause, DeadlineExceeded, HubFailed, HubModelFailed, HubRejected, NoBackend
 
 log = logging.getLogger("railgate.forward")
 
@@ -202,10 +202,14 @@ class Forwarder:
             exc.headers.setdefault("X-Served-By", backend.name)
             exc.headers.setdefault("X-Route-Reason", selection.reason)
             raise
-        except HubRejected:
-            settled = True  # the request's fault: no mark against the hub, and no failover
-            self.router.release(backend, ticket, Cause.REJECTED)
-            self.metrics.hub_failures.labels(backend.name, Cause.REJECTED).inc()
+        except (HubRejected, HubModelFailed) as exc:
+            # The request's fault (a 4xx), or its data's (the model failed on it): no mark against
+            # the hub, and no failover (any hub would answer the same).
+            settled = True
+            self.router.release(backend, ticket, exc.cause)
+            self.metrics.hub_failures.labels(backend.name, exc.cause).inc()
+            exc.headers.setdefault("X-Served-By", backend.name)
+            exc.headers.setdefault("X-Route-Reason", selection.reason)
             raise
         except DeadlineExceeded as exc:
             exc.headers.setdefault("X-Served-By", backend.name)

@@ -379,11 +379,6 @@ def test_concurrent_requests_of_different_lengths_are_each_answered_with_their_o
         _same(got, {"OUT": case.inputs["IN"]})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the breaker counts a hub's 500 for one model's bad input against the whole hub: three "
-    "requests whose strings do not parse eject it for every model (routing, not discovery or warm-up)",
-)
 def test_strings_that_do_not_parse_never_take_the_hub_s_other_models_down(
     foreign_hub: Hub, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

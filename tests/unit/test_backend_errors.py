@@ -19,6 +19,7 @@ from railcore.errors import (
     DeadlineExceeded,
     HubError,
     HubFailed,
+    HubModelFailed,
     HubProtocolError,
     HubRejected,
     HubUnreachable,
@@ -61,17 +62,22 @@ def test_the_deadline_passing_is_a_deadline_not_a_hub_failure() -> None:
     [
         (400, HubRejected, r"hub near refused the request \(400\): bad shape"),
         (404, HubRejected, r"refused the request \(404\)"),
-        (500, HubError, "hub near answered 500: bad shape"),
+        (500, HubModelFailed, "hub near answered 500: bad shape"),
         (503, HubError, "hub near answered 503"),
     ],
 )
-def test_the_hubs_status_is_the_requests_fault_for_4xx_and_the_hubs_for_5xx(
+def test_the_hubs_status_is_the_requests_fault_for_4xx_the_models_for_its_500_and_the_hubs_otherwise(
     status: int, expected: type, message: str
 ) -> None:
     with pytest.raises(expected, match=message) as caught:
         _http_status("near", status, json.dumps({"error": "bad shape"}).encode())
     assert caught.value.status == (400 if status < 500 else 502)
     assert isinstance(caught.value, BadRequest) == (status < 500), "a 4xx neither fails over nor marks the hub"
+
+
+def test_a_500_that_is_not_tritons_error_reply_is_the_hubs_error() -> None:
+    with pytest.raises(HubError, match="answered 500"):
+        _http_status("near", 500, b"<html>proxy error</html>")
 
 
 def test_a_200_passes() -> None:
@@ -100,7 +106,7 @@ def test_short_outputs_are_the_hubs_protocol_error() -> None:
         ("StatusCode.UNAVAILABLE", HubUnreachable),
         ("StatusCode.INVALID_ARGUMENT", HubRejected),
         ("StatusCode.NOT_FOUND", HubRejected),
-        ("StatusCode.INTERNAL", HubError),
+        ("StatusCode.INTERNAL", HubModelFailed),
         ("StatusCode.RESOURCE_EXHAUSTED", HubError),
         ("StatusCode.DEADLINE_EXCEEDED", DeadlineExceeded),
         (None, HubError),

@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
 from gateway.config import Batching, Limits, Routing
 from gateway.metrics import Metrics
 from gateway.pipeline import BatchResult, Pipeline
-from railcore.errors import HubFailed
+from railcore.breaker import BreakerState
+from railcore.errors import HubFailed, HubModelFailed
 from railcore.protocol.types import InferRequest, Tensor
 from tests.fakes import CHEAPEST, MODEL, ScriptedBackend, answer, hub_failed, now, router_over, virtual_time
 
@@ -48,3 +51,55 @@ async def test_with_no_retry_budget_a_request_whose_hub_fails_gets_the_hubs_erro
     with pytest.raises(HubFailed, match="scripted"):
         await submit_one(Pipeline(router_over(cheap, mid), Batching(), Limits(), Metrics(), routing))
     assert mid.calls == []
+
+
+class ParsingHub(ScriptedBackend):
+    """A fake hub whose model fails on a NaN, as a model that parses its strings fails on ``""``:
+    Triton answers 500 with the model's error, which the client turns into ``HubModelFailed``."""
+
+    def __init__(self, gate: asyncio.Event) -> None:
+        super().__init__("parse", handler=self._model)
+        self.gate = gate
+        self.seen: list[np.ndarray] = []
+
+    async def infer(self, model, version, inputs, outputs, deadline, timeout_s=None):
+        self.seen.append(inputs["x"])
+        return await super().infer(model, version, inputs, outputs, deadline, timeout_s)
+
+    async def _model(self, call) -> dict[str, np.ndarray]:
+        x = self.seen[len(self.calls) - 1]
+        if len(self.calls) == 1:
+            await self.gate.wait()  # holds the lane so the next requests queue into one batch
+        if np.isnan(x).any():
+            raise HubModelFailed("hub parse answered 500: onnxruntime failed: stoll")
+        return {"y": x[:, :1].copy()}
+
+
+def _request(value: float) -> InferRequest:
+    return InferRequest("m", "1", [Tensor("x", "FP32", (1, 4), np.full((1, 4), value, np.float32))])
+
+
+@virtual_time
+async def test_one_members_bad_data_fails_only_that_member_and_never_the_hub() -> None:
+    gate = asyncio.Event()
+    hub = ParsingHub(gate)
+    router = router_over(hub)
+    pipeline = Pipeline(router, Batching(max_inflight_batches=1), Limits(), Metrics())
+    try:
+        first = asyncio.ensure_future(pipeline.submit(_request(0.0), MODEL, 1, now() + 1.0, lambda: False, CHEAPEST))
+        await hub.started(1)
+        calls = [
+            asyncio.ensure_future(pipeline.submit(_request(v), MODEL, 1, now() + 1.0, lambda: False, CHEAPEST))
+            for v in (1.0, float("nan"), 3.0)
+        ]
+        await asyncio.sleep(0)
+        gate.set()
+        await first
+        results = await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        await pipeline.close()
+    assert [len(x) for x in hub.seen] == [1, 3, 1, 1, 1], "the failed batch of 3 was split, each member alone"
+    assert results[0].outputs["y"].tolist() == [[1.0]] and results[2].outputs["y"].tolist() == [[3.0]]
+    assert isinstance(results[1], HubModelFailed) and "stoll" in results[1].message
+    breaker = router.breakers["parse"]
+    assert breaker.state is BreakerState.CLOSED and breaker.consecutive_failures == 0, "data errors never eject"
