@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import tritonclient.http as tritonhttp  # geventhttpclient inside: cooperative under gevent
-from locust import User, between, constant_pacing, events, tag, task
+from locust import User, between, events, tag, task
 from locust.contrib.fasthttp import FastHttpUser
 from tritonclient.utils import InferenceServerException
 
@@ -100,7 +100,12 @@ def _post(user: GatewayHttpUser, payload: Payload, budget_ms: float | None) -> N
             error = f"{type(reply.error).__name__}: {reply.error}"
         elif status != 200:
             error = error_text(reply_headers, content)
-        failure = stats.judge(status, reply.request_meta["response_time"], budget_ms, problem=problem, error=error)
+        elapsed_ms = reply.request_meta["response_time"]
+        gateway_ms = stats.header_ms(reply_headers)
+        failure = stats.judge(status, elapsed_ms, budget_ms, problem=problem, error=error, gateway_ms=gateway_ms)
+        late = stats.generator_late_ms(status, elapsed_ms, budget_ms, gateway_ms)
+        if late is not None:
+            reply.request_meta["context"]["generator_late_ms"] = late
         if failure is None:
             reply.success()
         else:
@@ -172,7 +177,6 @@ class AppClient(GatewayHttpUser):
 class EdgeDevice(GatewayHttpUser):
     """One device on the edge: a small msgpack request every period, under its own tight budget."""
 
-    wait_time = constant_pacing(SETTINGS.edge_period_s)
     network_timeout = 10.0
     connection_timeout = 2.0
     _serial = itertools.count()
@@ -183,6 +187,17 @@ class EdgeDevice(GatewayHttpUser):
         budgets = SETTINGS.edge_budgets_ms
         self.budget_ms = budgets[number % len(budgets)]  # a fleet mixes device generations
         self.rng = random.Random(SETTINGS.seed * 1_000_003 + number)
+        # Devices keep their own clocks: each takes its readings at its own phase of the period.
+        time.sleep(self.rng.uniform(0.0, SETTINGS.edge_period_s))
+        self.next_reading = time.monotonic()
+
+    def wait_time(self) -> float:
+        """Until this device's next reading, on its own clock (a late reply shortens the wait, as
+        constant_pacing's would). Not constant_pacing: that anchors every user to its spawn tick, so
+        a fleet spawned in one tick fired in lockstep, all devices within ~5 ms every period, and the
+        bursts queued in the load generator and in the gateway (batches of 3-4, misses at 10 ms)."""
+        self.next_reading += SETTINGS.edge_period_s
+        return max(0.0, self.next_reading - time.monotonic())
 
     @tag("edge", "msgpack", "anomaly", "tight-budget")
     @task(4)
@@ -197,7 +212,7 @@ class EdgeDevice(GatewayHttpUser):
 
 # -- tritonclient -----------------------------------------------------------------------------------
 
-RAILGATE_HEADERS = ("X-Served-By", "X-Batch-Size", "X-Route-Reason", "X-Queue-Ms", "X-Backend-Ms")
+RAILGATE_HEADERS = ("X-Served-By", "X-Batch-Size", "X-Route-Reason", "X-Queue-Ms", "X-Backend-Ms", "X-Gateway-Ms")
 
 
 @dataclass(slots=True)
@@ -296,14 +311,19 @@ class TritonClientUser(User):
             status, error = 0, f"{type(exc).__name__}: {exc}"
         elapsed_ms = (time.perf_counter() - start) * 1000
         reply = self.client.last_reply or TritonReply(status)
-        failure = stats.judge(status, elapsed_ms, budget_ms, problem=problem, error=error)
+        gateway_ms = stats.header_ms(reply.headers)
+        failure = stats.judge(status, elapsed_ms, budget_ms, problem=problem, error=error, gateway_ms=gateway_ms)
+        context: dict[str, Any] = {"model": request.model, "budget_ms": budget_ms}
+        late = stats.generator_late_ms(status, elapsed_ms, budget_ms, gateway_ms)
+        if late is not None:
+            context["generator_late_ms"] = late
         self.environment.events.request.fire(
             request_type="TRITON",
             name=request.name,
             response_time=elapsed_ms,
             response_length=reply.length,
             response=reply,
-            context={"model": request.model, "budget_ms": budget_ms},
+            context=context,
             exception=failure,
             start_time=start_time,
             url=f"{self.host}/v2/models/{request.model}/infer",

@@ -1,9 +1,12 @@
 """What locust does not count on its own: who served each request, why, and whether it was in time.
 
-Every inference request's outcome is judged once (``judge``): a 200 that arrived after the request's
-own budget is a failure ("deadline miss"), like the 504 the gateway gives when it runs out of budget
-itself. Failures carry a kind (deadline, overload, error) so a report can tell a gateway that is
-slow from one that is wrong.
+Every inference request's outcome is judged once (``judge``): a 200 the gateway itself took longer
+than the request's budget to make (its ``X-Gateway-Ms``; the client's clock only where that header is
+absent) is a failure ("deadline miss"), like the 504 the gateway gives when it runs out of budget
+itself. A reply the gateway made in time that the load generator read late is no miss: that lateness
+(the client's time less the gateway's) is the load generator's own, tallied apart
+(``generator_late``) and printed when the test ends. Failures carry a kind (deadline, overload,
+error) so a report can tell a gateway that is slow from one that is wrong.
 
 ``RailgateStats`` tallies requests per (``X-Served-By``, model) and per ``X-Route-Reason``, with
 latency percentiles from a histogram rounded like locust's own. ``attach`` wires it to locust's
@@ -49,18 +52,24 @@ def judge(
     *,
     problem: str | None = None,
     error: str | None = None,
+    gateway_ms: float | None = None,
 ) -> Failure | None:
     """The failure a reply amounts to, or None when it is a success.
 
     ``status`` 0 means no HTTP reply at all (``error`` says why); ``problem`` is what is wrong with a
-    200's body; ``error`` is the gateway's ``{"error": ...}`` message for any other status.
+    200's body; ``error`` is the gateway's ``{"error": ...}`` message for any other status;
+    ``gateway_ms`` is the gateway's own time for the request (``X-Gateway-Ms``), if it said.
     """
     if status == 0:
         return Failure(ERROR, f"no reply: {error or 'connection failed'}")
     if status == 200:
         if problem is not None:
             return Failure(ERROR, f"bad reply: {problem}")
-        if budget_ms is not None and elapsed_ms > budget_ms:
+        if budget_ms is not None and gateway_ms is not None and gateway_ms > budget_ms:
+            return Failure(
+                DEADLINE, f"deadline miss: the gateway took {math.ceil(gateway_ms)} ms > budget {budget_ms:g} ms"
+            )
+        if budget_ms is not None and gateway_ms is None and elapsed_ms > budget_ms:
             return Failure(DEADLINE, f"deadline miss: {math.ceil(elapsed_ms)} ms > budget {budget_ms:g} ms")
         return None
     if status == 504:
@@ -68,6 +77,26 @@ def judge(
         return Failure(DEADLINE, f"deadline miss: 504 from the gateway ({budget})")
     kind = OVERLOAD if status in (429, 503) else ERROR
     return Failure(kind, f"HTTP {status}: {error or 'no error message'}")
+
+
+def generator_late_ms(
+    status: int, elapsed_ms: float, budget_ms: float | None, gateway_ms: float | None
+) -> float | None:
+    """For a reply the gateway made within the budget that the load generator saw past it: the time
+    spent outside the gateway (the generator's scheduling, the network). None for every other reply."""
+    if status != 200 or budget_ms is None or gateway_ms is None:
+        return None
+    if gateway_ms > budget_ms or elapsed_ms <= budget_ms:
+        return None
+    return elapsed_ms - gateway_ms
+
+
+def header_ms(headers: Mapping[str, str] | None, name: str = "X-Gateway-Ms") -> float | None:
+    """A millisecond figure from a reply header, None when absent or unreadable."""
+    try:
+        return float((headers or {})[name])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def failure_kind(exception: BaseException | str | None) -> str:
@@ -207,10 +236,26 @@ class RailgateStats:
     def __init__(self) -> None:
         self.by_backend: dict[tuple[str, str], Tally] = defaultdict(Tally)
         self.by_route: dict[str, Tally] = defaultdict(Tally)
+        # Replies the gateway made in time and the load generator read late: time outside the gateway.
+        self.generator_late = LatencyHistogram()
 
     def reset(self) -> None:
         self.by_backend.clear()
         self.by_route.clear()
+        self.generator_late = LatencyHistogram()
+
+    def record_generator_late(self, ms: float) -> None:
+        self.generator_late.add(ms)
+
+    def generator_late_line(self) -> str:
+        late = self.generator_late
+        if not late.total:
+            return "load generator lateness: none (every reply made in time was read in time)"
+        return (
+            f"load generator lateness: {late.total} replies the gateway made within their budget were read "
+            f"late by the load generator (not deadline misses): time outside the gateway p50 "
+            f"{late.percentile(0.5):g} ms, p99 {late.percentile(0.99):g} ms, max {late.max_ms:.1f} ms"
+        )
 
     def record(self, *, backend: str, model: str, route: str, ms: float, kind: str, batch_size: int = 0) -> None:
         self.by_backend[(backend, model)].add(ms, kind, batch_size, backend)
@@ -246,6 +291,7 @@ class RailgateStats:
         return {
             "by_backend": [[b, m, t.to_wire()] for (b, m), t in self.by_backend.items()],
             "by_route": [[r, t.to_wire()] for r, t in self.by_route.items()],
+            "generator_late": self.generator_late.to_wire(),
         }
 
     def merge_wire(self, data: Mapping[str, Any]) -> None:
@@ -253,6 +299,8 @@ class RailgateStats:
             self.by_backend[(backend, model)].merge(Tally.from_wire(tally))
         for route, tally in data["by_route"]:
             self.by_route[route].merge(Tally.from_wire(tally))
+        if "generator_late" in data:
+            self.generator_late.merge(LatencyHistogram.from_wire(data["generator_late"]))
 
 
 # -- CSV -------------------------------------------------------------------------------------------
@@ -333,6 +381,9 @@ def attach(environment: Any, stats: RailgateStats) -> None:
         if model is None:
             return
         stats.record_reply(model, getattr(response, "headers", None), response_time, failure_kind(exception))
+        late = (context or {}).get("generator_late_ms")
+        if late is not None:
+            stats.record_generator_late(late)
 
     @events.test_start.add_listener
     def _on_test_start(**_: Any) -> None:
@@ -362,3 +413,9 @@ def attach(environment: Any, stats: RailgateStats) -> None:
     # the process exits: a master hears its workers' last reports only after the test stopped.
     events.test_stop.add_listener(_write)
     events.quit.add_listener(_write)
+
+    @events.quitting.add_listener
+    def _say_generator_lateness(**_: Any) -> None:
+        options = environment.parsed_options
+        if options is None or not getattr(options, "worker", False):
+            print(stats.generator_late_line(), flush=True)

@@ -10,6 +10,7 @@ middleware (fronts/access.py), from the family each route is registered under (`
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,7 @@ def _count_failed_inference(request: web.Request, exc: RailgateError) -> None:
 
 
 async def infer(request: web.Request) -> web.Response:
+    started = time.perf_counter()  # the gateway's own time for the call, reported as X-Gateway-Ms
     front = request.app[_INFER]
     transport = request.transport
     call = call_from_metadata(
@@ -147,6 +149,8 @@ async def infer(request: web.Request) -> web.Response:
         ticket.release()
     chunks, headers = encode_response(served.response, decoded)
     headers.update(served.headers)
+    # A client (or load generator) tells the gateway's lateness from its own by this.
+    headers["X-Gateway-Ms"] = f"{(time.perf_counter() - started) * 1000:.3f}"
     return web.Response(body=chunks[0] if len(chunks) == 1 else b"".join(chunks), headers=headers)
 
 
