@@ -72,6 +72,10 @@ async def read_body(
     declared = request.content_length
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over {setting} ({limit} bytes)")
+    if request.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity"):
+        # Content-Length counts the compressed bytes; aiohttp hands over the inflated body. Charge and
+        # cap what arrives instead (which also bounds a decompression bomb at the limit).
+        declared = None
     held = 0
 
     def charge(size: int) -> None:

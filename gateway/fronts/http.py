@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +26,8 @@ from gateway.gateway import Gateway
 from gateway.openapi import openapi_route
 from gateway.service import InferenceService
 from railcore.catalog import ModelInfo
-from railcore.errors import BadRequest, ModelNotFound, RailgateError
-from railcore.protocol.codec import HEADER_LENGTH, DecodeLimits, decode_request, encode_response
+from railcore.errors import ModelNotFound, RailgateError
+from railcore.protocol.codec import DecodeLimits, decode_request, encode_response, header_length
 from railcore.web import errors_middleware
 
 VERSION = "0.1.0"
@@ -152,16 +151,6 @@ async def infer(request: web.Request) -> web.Response:
     # A client (or load generator) tells the gateway's lateness from its own by this.
     headers["X-Gateway-Ms"] = f"{(time.perf_counter() - started) * 1000:.3f}"
     return web.Response(body=chunks[0] if len(chunks) == 1 else b"".join(chunks), headers=headers)
-
-
-def header_length(headers: Mapping[str, str]) -> int | None:
-    """``Inference-Header-Content-Length`` (Triton's binary extension): the JSON header's byte length."""
-    raw = headers.get(HEADER_LENGTH)
-    if raw is None:
-        return None
-    if not (raw.isascii() and raw.isdigit()):  # str.isdigit alone takes '²' and Arabic-Indic digits
-        raise BadRequest(f"{HEADER_LENGTH} must be a non-negative integer, got {raw[:40]!r}")
-    return int(raw)
 
 
 # -- server and model endpoints ----------------------------------------------------------------
