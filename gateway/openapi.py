@@ -50,6 +50,7 @@ _STATISTICS = {
         }
     },
 }
+_HTML = {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}}
 _USAGE_COUNTERS = ("requests", "inferences", "inferences_today", "daily_quota", "spend")
 
 # Status -> when the inference route answers it. Every one carries {"error": "..."}.
@@ -191,6 +192,17 @@ def _operation_paths() -> dict[str, Any]:
                 "Prometheus text exposition; every metric is prefixed railgate_.",
                 {200: {"description": "Metrics.", "content": {_TEXT: {"schema": {"type": "string"}}}}},
             )
+        },
+        "/dashboard": {"get": _op("dashboard", "operations", "The live status page (HTML).", {200: _HTML})},
+        "/dashboard/": {"get": _op("dashboardIndex", "operations", "The live status page (HTML).", {200: _HTML})},
+        "/dashboard/{asset}": {
+            "parameters": [{"name": "asset", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "get": _op(
+                "dashboardAsset",
+                "operations",
+                "One of the page's static files (CSS, JS).",
+                {200: {"description": "The file."}, 404: _error("No such file.")},
+            ),
         },
         "/status": {
             "get": _op(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from railcore.errors import PayloadTooLarge, RequestTimeout, Shedding
+from railcore.errors import BadRequest, PayloadTooLarge, RequestTimeout, Shedding
 from railcore.protocol.codec import HEADER_LENGTH
 from railcore.protocol.msgpack_codec import is_msgpack
 
@@ -53,7 +53,7 @@ class BodyLimits:
 
     def for_request(self, content_type: str | None, header_length: int | None) -> tuple[int, str]:
         """The byte limit of this request's body, and the setting that names it."""
-        if is_msgpack(content_type) or header_length is not None:
+        if is_msgpack(content_type) or header_length is not None or self.max_body_bytes <= self.max_json_body_bytes:
             return self.max_body_bytes, "limits.max_body_bytes"
         return self.max_json_body_bytes, "limits.max_json_body_bytes"
 
@@ -65,11 +65,13 @@ async def read_body(
     """The request's body, charged to ``budget`` until the block exits; refused before a byte is read
     when its declared length is over its limit (413) or does not fit the budget (503)."""
     limit, setting = limits.for_request(request.content_type, header_length)
+    declared = request.content_length
+    if header_length is not None and declared is not None and header_length > declared:
+        raise BadRequest(f"{HEADER_LENGTH} {str(header_length)[:40]} is larger than the body ({declared} bytes)")
     if header_length is not None and header_length > limits.max_json_body_bytes:
         raise PayloadTooLarge(
-            f"{HEADER_LENGTH} {header_length} is over limits.max_json_body_bytes ({limits.max_json_body_bytes} bytes)"
+            f"{HEADER_LENGTH} {str(header_length)[:40]} is over limits.max_json_body_bytes ({limits.max_json_body_bytes} bytes)"
         )
-    declared = request.content_length
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over {setting} ({limit} bytes)")
     if request.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity"):
