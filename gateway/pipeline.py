@@ -14,14 +14,13 @@ moves in 1 ms steps, and virtual when the router's is.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from gateway.config import Admission, Batching, Limits, Priority, Routing
+from gateway.lanes import DEFAULT_ROUTE, Admitted, BatchResult, Lane, LaneKey, budget_class
 from gateway.metrics import Metrics
 from gateway.routing.forward import Batch, Forwarder
 from gateway.routing.policy import Route
@@ -45,41 +44,8 @@ from railcore.protocol.types import InferRequest
 
 log = logging.getLogger("railgate.pipeline")
 
-DEFAULT_ROUTE = Route()
-# Budgets are batched by class: a batch carries its tightest member's deadline, so one 40 ms request
-# in a batch of 1 s requests would drag all of them to the nearest (and dearest) hub.
-BUDGET_CLASSES_S = (0.02, 0.05, 0.2, 1.0, 5.0)
-
-
-def budget_class(budget_s: float) -> int:
-    return bisect.bisect_left(BUDGET_CLASSES_S, budget_s)
-
-
 # Concatenating more than this many bytes runs off the event loop.
 _OFFLOAD_BYTES = 1 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class BatchResult:
-    """One request's share of a batch's outputs (views into the batch's arrays, not copies)."""
-
-    outputs: dict[str, np.ndarray]
-    backend: str
-    batch_size: int
-    route_reason: str
-    queue_s: float
-    backend_s: float
-
-
-@dataclass(slots=True)
-class Admitted:
-    request: InferRequest
-    future: asyncio.Future[BatchResult]
-    gone: Callable[[], bool]  # the client went away
-    queued_at: float  # on the pipeline's measuring clock, for queue time
-
-    def abandoned(self) -> bool:
-        return self.future.done() or self.gone()
 
 
 class Slot:
@@ -95,32 +61,6 @@ class Slot:
         pipeline, self._pipeline = self._pipeline, None
         if pipeline is not None:
             pipeline._release()
-
-
-@dataclass(frozen=True, slots=True)
-class LaneKey:
-    """The batch key: requests share a batch only if all four agree."""
-
-    model: str
-    version: str
-    route: Route  # policy and residency
-    budget_class: int  # index into BUDGET_CLASSES_S
-
-    def _index(self) -> tuple[str, str, Route, int]:
-        return (self.model, self.version, self.route, self.budget_class)
-
-
-@dataclass(slots=True)
-class Lane:
-    key: LaneKey
-    info: ModelInfo
-    queue: BatchQueue[Admitted]
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    inflight: int = 0
-    runner: asyncio.Task[None] | None = None
-    # Expected service time by batch bucket: asked on every arrival, it changes only when a batch
-    # returns (new measurements), so it is kept until then instead of re-derived per request.
-    estimates: dict[int, float] = field(default_factory=dict)
 
 
 class Pipeline:

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from gateway.config import Admission, Batching, Health, Limits, Priority
+from gateway.lanes import LaneKey
 from gateway.metrics import Metrics
-from gateway.pipeline import LaneKey, Pipeline
+from gateway.pipeline import Pipeline
 from gateway.routing.policy import Policy, Route
 from gateway.routing.router import Router
 from railcore.errors import Draining, PredictedMiss, QueueFull, Shedding

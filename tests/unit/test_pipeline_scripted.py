@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from gateway.config import Batching, Limits, Routing
+from gateway.lanes import BatchResult
 from gateway.metrics import Metrics
-from gateway.pipeline import BatchResult, Pipeline
+from gateway.pipeline import Pipeline
 from railcore.breaker import BreakerState
 from railcore.errors import HubFailed, HubModelFailed
 from railcore.protocol.types import InferRequest, Tensor
