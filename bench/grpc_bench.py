@@ -125,6 +125,7 @@ async def _concurrent(address: str, model: str, concurrency: int, duration_s: fl
 
 async def _stream(address: str, model: str, window: int, duration_s: float, warmup_s: float, shape, watch):
     """One ModelStreamInfer stream with ``window`` requests in flight; latency per request from send to answer."""
+    import grpc
     import tritonclient.grpc.aio as aioclient
 
     client = aioclient.InferenceServerClient(address)
@@ -150,21 +151,30 @@ async def _stream(address: str, model: str, window: int, duration_s: float, warm
         latencies: list[float] = []
         errors = 0
         marks: dict[str, Any] = {}
-        async for result, error in client.stream_infer(requests()):
-            now = loop.time()
-            if now >= measure_from and "before" not in marks:
-                marks["before"], marks["t"] = cpu_sample(watch), time.perf_counter()
-            credits.release()
-            if error is not None:
-                errors += now >= measure_from
-            else:
-                t0 = sent.pop(result.get_response().id, None)
-                if t0 is not None and now >= measure_from:
-                    latencies.append((time.perf_counter() - t0) * 1000)
-            if done_sending.is_set() and not sent:
-                break
+        try:
+            async for result, error in client.stream_infer(requests()):
+                now = loop.time()
+                if now >= measure_from and "before" not in marks:
+                    marks["before"], marks["t"] = cpu_sample(watch), time.perf_counter()
+                credits.release()
+                if error is not None:
+                    errors += now >= measure_from
+                else:
+                    t0 = sent.pop(result.get_response().id, None)
+                    if t0 is not None and now >= measure_from:
+                        latencies.append((time.perf_counter() - t0) * 1000)
+                if done_sending.is_set() and not sent:
+                    break
+        except (aioclient.InferenceServerException, grpc.aio.AioRpcError) as exc:  # the stream itself broke: what was in flight is lost
+            if "before" not in marks:
+                raise
+            errors += len(sent)
+            marks["broken"] = str(exc)[:200]
         elapsed = time.perf_counter() - marks["t"]
-        return _record(latencies, errors, elapsed, _cpu_delta(marks["before"], cpu_sample(watch)))
+        record = _record(latencies, errors, elapsed, _cpu_delta(marks["before"], cpu_sample(watch)))
+        if "broken" in marks:
+            record["error_kinds"] = {"stream broken": errors}
+        return record
     finally:
         await client.close()
 
