@@ -19,7 +19,6 @@ local run to still fit the budget, and falls back to local when it fails.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import math
 import threading
@@ -34,28 +33,22 @@ from typing import Any
 import numpy as np
 
 from edge.config import POLICIES, EdgeConfig
-from edge.engine import LocalModel, MicroBatcher
+from edge.engine import LocalModel
 from edge.errors import EdgeError, ModelRefused, ModelUnavailable
 from edge.link import GatewayLink
 from edge.local import LocalModels
 from edge.metrics import EdgeMetrics
-from edge.offload import LOCAL, NONE, REMOTE, Decision, Link, OffloadPolicy, decide
-from edge.remote import GatewayRejected, RemoteFailed, RemoteReply
+from edge.offload import LOCAL, NONE, REMOTE, Link, OffloadPolicy, decide
+from edge.offloading import Offload, Plan
+from edge.remote import GatewayRejected, RemoteFailed
 from edge.store import ModelStore, VerifiedModel
 from edge.sync import SyncOutcome, sync_models
-from railcore.breaker import Ticket
 from railcore.catalog import ModelInfo
-from railcore.errors import BadRequest, Cause, DeadlineExceeded, ModelNotFound, RailgateError
+from railcore.errors import BadRequest, ModelNotFound, RailgateError
 from railcore.onnx import choose_providers
 from railcore.signing import TrustedKeys
 
 log = logging.getLogger("railgate.edge")
-
-# A remote call is cut early enough to leave room for the fallback run: 1.5x its predicted time, plus
-# slack for late timers and thread wake-ups on a loaded device (a floor and a share of the budget).
-_FALLBACK_RESERVE = 1.5
-_FALLBACK_FLOOR_S = 0.002
-_FALLBACK_BUDGET_SHARE = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,19 +60,6 @@ class EdgeResult:
     reason: str  # the offload reason (offload.REASONS)
     latency_ms: float  # inside the runtime, call to result
     offloaded: bool = False  # True when the gateway answered (served_by alone cannot tell: the gateway has a "local")
-
-
-@dataclass(slots=True)
-class _Plan:
-    decision: Decision
-    lane: MicroBatcher | None
-    feed: dict[str, np.ndarray] | None
-    rows: int
-    deadline: float  # time.monotonic()
-    budget_s: float
-    local_ms: float | None
-    ticket: Ticket | None = None  # the circuit's pass for a remote call: settled by the link, or released
-    outside: str | None = None  # why residency keeps the call off the device, if it does
 
 
 class EdgeRuntime:
@@ -94,6 +74,7 @@ class EdgeRuntime:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="railgate-edge-ort")
         self.local = LocalModels(config, self.store, self._pool, self.metrics)
         self.link = GatewayLink(config.gateway_url, config, self.metrics) if config.gateway_url else None
+        self.offload = Offload(self.link, self.metrics)
         self._lanes = self.local.lanes  # the hot path reads it directly
         self._refused = self.local.refused
         self._remote_info: dict[str, ModelInfo] = {}
@@ -213,11 +194,11 @@ class EdgeRuntime:
             plan = self._plan(model, inputs, budget_ms, policy, version, headers)
             reason = plan.decision.reason
             if plan.decision.where == REMOTE:
-                timeout_s = self._remote_window(model, plan)
+                timeout_s = self.offload.window(model, plan)
                 if timeout_s is None:
-                    reason = self._fallback(model, "remote_timeout")
+                    reason = self.offload.fallback(model, "remote_timeout")
                 else:
-                    reply, reason = await self._remote(model, version, inputs, plan, headers, timeout_s)
+                    reply, reason = await self.offload.call(model, version, inputs, plan, headers, timeout_s)
                     if reply is not None:
                         return self._served(model, reply.outputs, reply.served_by, reason, started, REMOTE)
             assert plan.lane is not None and plan.feed is not None
@@ -248,7 +229,7 @@ class EdgeRuntime:
             plan = self._plan(model, inputs, budget_ms, policy, version, headers)
             reason = plan.decision.reason
             if plan.decision.where == REMOTE:
-                reply, reason = self._remote_from_thread(loop, model, version, inputs, plan, headers)
+                reply, reason = self.offload.call_from_thread(loop, model, version, inputs, plan, headers)
                 if reply is not None:
                     return self._served(model, reply.outputs, reply.served_by, reason, started, REMOTE)
             assert plan.lane is not None and plan.feed is not None
@@ -266,7 +247,7 @@ class EdgeRuntime:
         policy: str | None,
         version: str,
         headers: dict[str, str] | None = None,
-    ) -> _Plan:
+    ) -> Plan:
         policy = self.config.policy if policy is None else policy
         if policy not in POLICIES:
             raise BadRequest(f"offload policy {policy!r} is not one of {', '.join(POLICIES)}")
@@ -299,7 +280,7 @@ class EdgeRuntime:
         self.metrics.decision(model, decision.where, decision.reason)
         if decision.where == NONE:
             raise self._unavailable(model, policy, outside)
-        return _Plan(decision, lane, feed, rows, now + budget_ms / 1000, budget_ms / 1000, local_ms, ticket, outside)
+        return Plan(decision, lane, feed, rows, now + budget_ms / 1000, budget_ms / 1000, local_ms, ticket, outside)
 
     def _outside_residency(self, headers: dict[str, str] | None) -> str | None:
         """Why the call's allowed regions (X-Allowed-Regions) leave out the device, or None if they do not."""
@@ -310,76 +291,6 @@ class EdgeRuntime:
         if self.config.region in allowed:
             return None
         return f"region {self.config.region} is outside the call's allowed regions [{', '.join(sorted(allowed))}]"
-
-    def _remote_window(self, model: str, plan: _Plan) -> float | None:
-        """Seconds a remote call may take: what leaves room for a local run after it (None: no room left)."""
-        reserve_s = 0.0
-        if plan.lane is not None:
-            local_s = (plan.local_ms or 0.0) / 1000
-            reserve_s = local_s * _FALLBACK_RESERVE + _FALLBACK_FLOOR_S + plan.budget_s * _FALLBACK_BUDGET_SHARE
-        timeout_s = plan.deadline - time.monotonic() - reserve_s
-        if timeout_s > 0:
-            return timeout_s
-        assert self.link is not None
-        self.link.release(plan.ticket)  # the call is not sent: a trial it held may go to another
-        if plan.lane is None:
-            raise DeadlineExceeded(f"budget spent before {model!r} could be sent to the gateway")
-        return None
-
-    async def _remote(
-        self,
-        model: str,
-        version: str,
-        inputs: Mapping[str, np.ndarray],
-        plan: _Plan,
-        headers: dict[str, str] | None,
-        timeout_s: float,
-    ) -> tuple[RemoteReply | None, str]:
-        """The gateway's reply and the decision's reason, or (None, fallback cause) when the call runs locally."""
-        assert self.link is not None
-        try:
-            reply = await self.link.infer(model, version, dict(inputs), timeout_s, headers, plan.ticket)
-        except RemoteFailed as exc:
-            return None, self._fall_back(model, plan, exc)
-        return reply, plan.decision.reason
-
-    def _remote_from_thread(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        model: str,
-        version: str,
-        inputs: Mapping[str, np.ndarray],
-        plan: _Plan,
-        headers: dict[str, str] | None,
-    ) -> tuple[RemoteReply | None, str]:
-        """The remote call on the loop, cut by this thread's own timed wait: the fallback starts on time, not
-        after a late loop timer and a hop back between threads."""
-        timeout_s = self._remote_window(model, plan)
-        if timeout_s is None:
-            return None, self._fallback(model, "remote_timeout")
-        future = asyncio.run_coroutine_threadsafe(self._remote(model, version, inputs, plan, headers, timeout_s), loop)
-        try:
-            return future.result(timeout_s)
-        except concurrent.futures.TimeoutError:
-            if not future.cancel():  # it finished meanwhile: take its answer
-                return future.result()
-        assert self.link is not None
-        cut = RemoteFailed(f"did not answer {model!r} within {timeout_s * 1000:.1f} ms", Cause.TIMEOUT)
-        self.link.failed(model, cut, timeout_s, plan.ticket)
-        return None, self._fall_back(model, plan, cut)
-
-    def _fall_back(self, model: str, plan: _Plan, exc: RemoteFailed) -> str:
-        """The fallback cause after a failed remote call, or raise when the model cannot run locally."""
-        if plan.lane is None:
-            where = f"may not run on this device ({plan.outside})" if plan.outside else "is not on this device"
-            if exc.timeout:
-                raise DeadlineExceeded(f"model {model!r} {where} and the gateway {exc}")
-            raise ModelUnavailable(f"model {model!r} {where} and the gateway failed: {exc}")
-        return self._fallback(model, "remote_timeout" if exc.timeout else "remote_failed")
-
-    def _fallback(self, model: str, cause: str) -> str:
-        self.metrics.fallbacks.labels(model, cause).inc()
-        return cause
 
     def _served(
         self, model: str, outputs: dict[str, np.ndarray], served_by: str, reason: str, started: float, path: str
