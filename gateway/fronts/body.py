@@ -66,7 +66,10 @@ async def read_body(
     when its declared length is over its limit (413) or does not fit the budget (503)."""
     limit, setting = limits.for_request(request.content_type, header_length)
     declared = request.content_length
-    if header_length is not None and declared is not None and header_length > declared:
+    # Content-Length counts the bytes on the wire; with a Content-Encoding aiohttp hands over the
+    # inflated body, so only an identity body's length bounds its JSON header.
+    encoded = request.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
+    if header_length is not None and declared is not None and not encoded and header_length > declared:
         raise BadRequest(f"{HEADER_LENGTH} {str(header_length)[:40]} is larger than the body ({declared} bytes)")
     if header_length is not None and header_length > limits.max_json_body_bytes:
         raise PayloadTooLarge(
@@ -74,9 +77,7 @@ async def read_body(
         )
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over {setting} ({limit} bytes)")
-    if request.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity"):
-        # Content-Length counts the compressed bytes; aiohttp hands over the inflated body. Charge and
-        # cap what arrives instead (which also bounds a decompression bomb at the limit).
+    if encoded:  # charge and cap what arrives instead (which also bounds a decompression bomb)
         declared = None
     held = 0
 

@@ -47,3 +47,21 @@ async def test_a_compressed_body_that_inflates_past_the_limit_is_413_naming_it(c
     )
     assert reply.status == 413
     assert "limits.max_json_body_bytes" in (await reply.json())["error"]
+
+
+async def test_a_compressed_binary_body_whose_header_length_exceeds_its_content_length_is_served(client):
+    """tritonclient's binary extension with compression: the header length counts inflated bytes."""
+    tensor = {"name": "pixels", "datatype": "FP32", "shape": [1, 64], "parameters": {"binary_data_size": 256}}
+    header = json.dumps({"id": "r" * 2000, "inputs": [tensor]}).encode()  # a long id compresses well
+    body = gzip.compress(header + bytes(256))
+    assert len(body) < len(header)
+    reply = await client.post(
+        "/v2/models/digits/infer",
+        data=body,
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Encoding": "gzip",
+            "Inference-Header-Content-Length": str(len(header)),
+        },
+    )
+    assert reply.status == 200, await reply.text()
