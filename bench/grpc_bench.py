@@ -165,7 +165,10 @@ async def _stream(address: str, model: str, window: int, duration_s: float, warm
                         latencies.append((time.perf_counter() - t0) * 1000)
                 if done_sending.is_set() and not sent:
                     break
-        except (aioclient.InferenceServerException, grpc.aio.AioRpcError) as exc:  # the stream itself broke: what was in flight is lost
+        except (
+            aioclient.InferenceServerException,
+            grpc.aio.AioRpcError,
+        ) as exc:  # the stream itself broke: what was in flight is lost
             if "before" not in marks:
                 raise
             errors += len(sent)
