@@ -154,7 +154,9 @@ class InferenceService:
         if loop.time() >= deadline:
             raise DeadlineExceeded("latency budget already spent on arrival; the request was not sent to a backend")
         rows = info.validate(request, text_bytes=self.limits.bytes_must_be_utf8)
-        if tenant is None:
+        if tenant is not None:
+            self.tenants.admit(tenant, info.name, rows)  # reserves the rows against today's quota ...
+        try:
             result = await self.pipeline.submit(
                 request,
                 info,
@@ -165,22 +167,10 @@ class InferenceService:
                 priority=ticket.priority,
                 slot=ticket.slot,
             )
-        else:
-            self.tenants.admit(tenant, info.name, rows)  # reserves the rows against today's quota ...
-            try:
-                result = await self.pipeline.submit(
-                    request,
-                    info,
-                    rows,
-                    deadline,
-                    gone=call.gone,
-                    route=ticket.route,
-                    priority=ticket.priority,
-                    slot=ticket.slot,
-                )
-            except BaseException:  # ... and a call that is not answered (failed, cancelled) gives them back
+        except BaseException:  # ... and a call that is not answered (failed, cancelled) gives them back
+            if tenant is not None:
                 self.tenants.release(tenant, rows)
-                raise
+            raise
         datatypes = {t.name: t.datatype for t in info.outputs}
         names = [o.name for o in request.outputs] or [o.name for o in info.outputs]
         outputs = [Tensor(n, datatypes[n], result.outputs[n].shape, result.outputs[n]) for n in names]
