@@ -52,10 +52,12 @@ def faulty_windows(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def _train(rng: np.random.Generator):
     from sklearn.neural_network import MLPRegressor
+    from threadpoolctl import threadpool_limits
 
     train = normal_windows(rng, 6000)
     ae = MLPRegressor(hidden_layer_sizes=(48, 12, 48), max_iter=300, random_state=SEED, tol=1e-6)
-    ae.fit(train, train)
+    with threadpool_limits(limits=1):  # one BLAS thread: the weights must not depend on the thread count
+        ae.fit(train, train)
     return ae
 
 

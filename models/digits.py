@@ -22,6 +22,7 @@ def _train():
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     x, y = load_digits(return_X_y=True)
     x = x.astype(np.float32)
@@ -30,7 +31,10 @@ def _train():
         StandardScaler(),
         MLPClassifier(hidden_layer_sizes=(64,), max_iter=500, random_state=SEED),
     )
-    clf.fit(x_train, y_train)
+    # One BLAS thread: a matrix product split over more threads sums in another order, and the
+    # trained weights (so the file's bytes) would depend on the machine's thread count.
+    with threadpool_limits(limits=1):
+        clf.fit(x_train, y_train)
     return clf, x_test, y_test
 
 
