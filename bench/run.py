@@ -32,6 +32,7 @@ from typing import Any
 from bench.report import markdown, write_report
 from bench.scenarios import SECTIONS, Bench, Plan
 from devtools.devstack import ROOT, StartError, nginx_binary, nginx_version, start_hub
+from railcore.progress import Progress
 
 PACKAGES = ("aiohttp", "uvloop", "numpy", "msgpack", "tritonclient", "nvidia-pytriton", "onnxruntime", "matplotlib")
 
@@ -149,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         hub = stack.enter_context(start_hub(args.repository, "bench", models=(plan.model,), grpc=True))
         say(f"hub ready at {hub.http_url} in {time.monotonic() - t0:.1f} s")
         bench = Bench(plan, hub, workdir, nginx, say)
+        progress = Progress("bench", len(args.only))  # a line per section, to stderr
         for name in args.only:
+            progress.phase(f"section {name} ...")
             section: dict[str, Any] = {"cases": []}
             report["sections"][name] = section
             try:
@@ -160,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"{name} failed: {exc}")
                 section["error"] = f"{type(exc).__name__}: {exc}"
                 status = 1
+            progress.step(f"{name} {'failed' if 'error' in section else 'done'}, {len(section['cases'])} cases")
+        progress.done()
     except KeyboardInterrupt:
         say("interrupted: stopping every process ...")
         report["notes"].append("Interrupted before the end: the sections below are partial.")

@@ -32,6 +32,7 @@ from edge.runtime import EdgeRuntime
 from edge.sync import sync_once
 from railcore.budget import BUDGET_HEADER, requested_budget_ms
 from railcore.errors import BadRequest, PayloadTooLarge, RailgateError
+from railcore.progress import Progress
 from railcore.protocol.codec import DecodeLimits, decode_request, encode_response, header_length
 from railcore.protocol.types import InferResponse, Tensor, triton_datatype
 from railcore.settings import ConfigError
@@ -240,6 +241,7 @@ def _sync(config: EdgeConfig) -> int:
     if not config.models:
         print("railgate edge sync: models is empty; list the models to pull from the gateway", file=sys.stderr)
         return 2
+    progress = Progress("edge sync", len(config.models))  # to stderr; stdout keeps one line per model
     outcomes = asyncio.run(
         sync_once(
             config.gateway_url,
@@ -248,8 +250,10 @@ def _sync(config: EdgeConfig) -> int:
             config.sync.timeout_s,
             config.gateway_api_key,
             config.sync.trusted_keys,
+            on_outcome=lambda o: progress.step(f"{o.model} {o.outcome}"),
         )
     )
+    progress.done()
     for outcome in outcomes:
         print(outcome.line())
     return 0 if all(o.outcome in ("updated", "current") for o in outcomes) else 1

@@ -99,9 +99,11 @@ async def sync_models(
     current: dict[str, str] | None = None,
     prepare: Prepare | None = None,
     trusted: TrustedKeys = NO_KEYS,
+    on_outcome: Callable[[SyncOutcome], None] | None = None,
 ) -> list[SyncOutcome]:
     """Sync ``models`` one after another. ``current``: sha256 of the versions in service (else hashed from disk);
-    ``trusted``: the pinned keys a manifest must be signed by (none: hash-only)."""
+    ``trusted``: the pinned keys a manifest must be signed by (none: hash-only); ``on_outcome``: told of
+    each model's outcome as it comes (a progress line)."""
     loop = asyncio.get_running_loop()
     try:
         with store.writing():
@@ -111,6 +113,8 @@ async def sync_models(
                 if sha is None:
                     sha = await loop.run_in_executor(None, _verified_sha, store, model)
                 outcomes.append(await sync_model(http, gateway_url, store, model, sha, timeout_s, prepare, trusted))
+                if on_outcome is not None:
+                    on_outcome(outcomes[-1])
             return outcomes
     except StoreBusy as exc:
         return [SyncOutcome(m, "failed", (current or {}).get(m), str(exc)) for m in models]
@@ -285,9 +289,12 @@ async def sync_once(
     timeout_s: float,
     api_key: str | None = None,
     trusted_keys: tuple[str, ...] = (),
+    on_outcome: Callable[[SyncOutcome], None] | None = None,
 ) -> list[SyncOutcome]:
     """``railgate edge sync``: one pass over ``models``, no runtime (verify and commit only)."""
     trusted = TrustedKeys.parse(trusted_keys)
     async with aiohttp.ClientSession(headers=auth_headers(api_key)) as http:
         store = ModelStore(repository)
-        return await sync_models(http, gateway_url, store, models, timeout_s=timeout_s, trusted=trusted)
+        return await sync_models(
+            http, gateway_url, store, models, timeout_s=timeout_s, trusted=trusted, on_outcome=on_outcome
+        )

@@ -21,12 +21,17 @@ def _models_build(args: argparse.Namespace) -> int:
         return 1
     if tool is None:
         return 1
-    names = tuple(n for n in args.models.split(",") if n)
+    from railcore.progress import Progress
+
+    names = tuple(n for n in args.models.split(",") if n) or tool.MODEL_NAMES
+    progress = Progress("models build", len(names))  # to stderr: stdout keeps the manifest's lines
     try:
-        manifest = tool.build_repository(args.repository, names) if names else tool.build_repository(args.repository)
+        manifest = tool.build_repository(args.repository, names, progress)
     except tool.BuildError as exc:
+        progress.close()
         print(f"railgate models build: {exc}", file=sys.stderr)
         return 1
+    progress.done(f"{args.repository}")
     for name, entry in manifest["models"].items():
         metrics = " ".join(f"{k}={v}" for k, v in entry["metrics"].items())
         print(f"{name:8s} sha256={entry['sha256'][:16]} {metrics}")

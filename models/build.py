@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from models.spec import ModelSpec, write_model
+from railcore.progress import Progress
 
 DEFAULT_REPOSITORY = Path("models/repository")
 MODEL_NAMES = ("digits", "vision", "anomaly", "vocab")
@@ -38,8 +39,13 @@ def _manifest_entry(spec: ModelSpec, sha256: str) -> dict[str, object]:
     return entry
 
 
-def build_repository(repository: Path = DEFAULT_REPOSITORY, names: tuple[str, ...] = MODEL_NAMES) -> dict:
-    """Build the named models into ``repository``; return the manifest written beside them."""
+def build_repository(
+    repository: Path = DEFAULT_REPOSITORY, names: tuple[str, ...] = MODEL_NAMES, progress: Progress | None = None
+) -> dict:
+    """Build the named models into ``repository``; return the manifest written beside them.
+
+    ``progress`` (if given) gets a step per model written.
+    """
     from threadpoolctl import threadpool_limits
 
     repository = Path(repository)
@@ -59,6 +65,8 @@ def build_repository(repository: Path = DEFAULT_REPOSITORY, names: tuple[str, ..
         for name in names:
             spec, model = builders[name]()
             models[name] = _manifest_entry(spec, write_model(repository, spec, model))
+            if progress is not None:
+                progress.step(f"{name} written")
     manifest = {"format": 1, "models": models}
     tmp = repository / ".manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

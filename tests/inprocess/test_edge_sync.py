@@ -498,6 +498,13 @@ async def test_railgate_edge_sync_pulls_the_configured_models(gateway_repo: Path
             assert process.returncode == 0, err.decode()
             lines = out.decode().splitlines()
             assert [line.split()[:2] for line in lines] == [["digits", expected], ["anomaly", expected]]
+            # A line per model as it is done, on stderr (a log line may sit between them).
+            progress = [line for line in err.decode().splitlines() if line.startswith("edge sync")]
+            assert [line.split("  ")[:2] for line in progress[:2]] == [
+                ["edge sync 1/2 (50%)", f"digits {expected}"],
+                ["edge sync 2/2 (100%)", f"anomaly {expected}"],
+            ]
+            assert progress[2].startswith("edge sync done: 2/2 in ")
         assert ModelStore(edge_repo).load("anomaly").sha256 == sha256(gateway_repo / "anomaly" / "1" / "model.onnx")
         outcomes = await sync_once(url, edge_repo, ("vision",), 5)
         assert outcomes[0].outcome == "failed" and "not exportable" in outcomes[0].detail

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import sys
 from pathlib import Path
@@ -96,3 +97,25 @@ def test_build_into_unwritable_path_names_it(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert str(blocked / "repo") in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_build_reports_a_progress_step_per_model_written(tmp_path: Path) -> None:
+    from models.build import build_repository
+    from railcore.progress import Progress
+
+    out = io.StringIO()
+    progress = Progress("models build", 2, stream=out, clock=lambda: 0.0, tty=False)
+    build_repository(tmp_path / "repo", ("digits", "vocab"), progress)
+    assert out.getvalue().splitlines() == [
+        "models build 1/2 (50%)  digits written  elapsed 0.0 s  ETA 0.0 s",
+        "models build 2/2 (100%)  vocab written  elapsed 0.0 s",
+    ]
+
+
+def test_the_cli_prints_build_progress_to_stderr_and_the_manifest_to_stdout(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "gateway.cli", "models", "build", "--repository", str(tmp_path), "--models", "vocab"]
+    result = procs.run(cmd, timeout_s=120)
+    assert result.returncode == 0, result.stderr
+    assert "models build 1/1 (100%)  vocab written" in result.stderr
+    assert "models build done: 1/1 in " in result.stderr
+    assert "models build" not in result.stdout and result.stdout.startswith("vocab ")
