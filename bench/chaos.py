@@ -7,6 +7,10 @@ in every row; a row with a memory bound (slow-bodies: the gateway's peak RSS) al
 Each scenario is bounded in time; all traffic stays on loopback.
 
     python -m bench.chaos [--seconds S] [--only a,b] [--out DIR]
+
+A progress line per scenario goes to stderr while it runs; the report (``chaos.md``, ``chaos.json``)
+has ``chaos.png`` beside its table: per row the requests answered, refused, errored and lost, and
+the latencies (p50, p99) of the answered ones.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,8 +29,10 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
+from bench.plot import stacked_and_bars
 from devtools.devstack import DevStack, python_module
 from devtools.procs import ROOT, Child
+from railcore.progress import Progress
 
 REPOSITORY = ROOT / "models" / "repository"
 BODY = json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [1.0] * 64}]}).encode()
@@ -53,7 +60,9 @@ class Tally:
         return self.lost > 0 or over
 
     def row(self) -> dict[str, object]:
-        p99 = float(np.percentile(self.latencies, 99) * 1000) if self.latencies else None
+        p50, p99 = (
+            (float(v) * 1000 for v in np.percentile(self.latencies, [50, 99])) if self.latencies else (None, None)
+        )
         return {
             "scenario": self.scenario,
             "sent": self.sent,
@@ -61,6 +70,7 @@ class Tally:
             "refused": self.refused,
             "errors": self.errors,
             "lost": self.lost,
+            "p50_ms": round(p50, 1) if p50 is not None else None,
             "p99_ms": round(p99, 1) if p99 is not None else None,
             "peak_rss_mb": self.peak_rss_mb,
             "notes": self.notes[:3],
@@ -325,12 +335,41 @@ SCENARIOS: dict[str, Callable[[DevStack, float], Tally]] = {
 }
 
 
-def run_scenarios(names: list[str], seconds: float) -> list[dict[str, object]]:
+def run_scenarios(names: list[str], seconds: float, progress: Progress | None = None) -> list[dict[str, object]]:
+    """Each scenario on a stack of its own; a progress step per scenario with its counts (to stderr)."""
+    progress = progress or Progress("chaos", len(names))
     rows = []
     for name in names:
+        progress.phase(f"{name}: starting its processes, then {seconds:g} s of load")
         with DevStack(REPOSITORY) as stack:
             rows.append(SCENARIOS[name](stack, seconds).row())
+        r = rows[-1]
+        progress.step(
+            f"{name}: sent {r['sent']} ok {r['ok']} refused {r['refused']} errors {r['errors']} lost {r['lost']}"
+        )
+    progress.done()
     return rows
+
+
+def plot(rows: list[dict[str, object]], path: Path) -> bool:
+    """chaos.png: per scenario what became of the requests (stacked), and the answered ones' p50 and p99."""
+    labels = [str(r["scenario"]) for r in rows]
+    counts = lambda key: [float(r[key]) for r in rows]  # type: ignore[arg-type]  # noqa: E731
+    return stacked_and_bars(
+        path,
+        "Chaos scenarios: every request counted",
+        labels,
+        [
+            ("answered OK", "tab:green", counts("ok")),
+            ("refused (429/503)", "tab:orange", counts("refused")),
+            ("errors (clear, JSON)", "tab:purple", counts("errors")),
+            ("lost", "tab:red", counts("lost")),
+        ],
+        "requests",
+        [("p50", [r.get("p50_ms") for r in rows]), ("p99", [r["p99_ms"] for r in rows])],  # type: ignore[misc]
+        "latency of the answered (ms)",
+        notes=[f"lost {r['lost']}" for r in rows],
+    )
 
 
 def table(rows: list[dict[str, object]]) -> str:
@@ -360,7 +399,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {r['scenario']}: {note}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "chaos.json").write_text(json.dumps(rows, indent=2))
-    (args.out / "chaos.md").write_text(f"# Chaos ({args.seconds:.0f} s per scenario)\n\n{text}\n")
+    picture = "![requests and latency per scenario](chaos.png)" if plot(rows, args.out / "chaos.png") else ""
+    (args.out / "chaos.md").write_text(f"# Chaos ({args.seconds:.0f} s per scenario)\n\n{text}\n\n{picture}\n")
+    print(f"report: {args.out / 'chaos.md'}", file=sys.stderr)
     return 0 if not any(r["failed"] for r in rows) else 1
 
 

@@ -1,7 +1,12 @@
-"""latency.png: throughput against p99 for every path and load of a report (matplotlib, if installed)."""
+"""Plots for the reports (matplotlib's Agg backend, if installed): latency.png of the benchmark, and helpers.
+
+``pyplot()`` gives matplotlib's pyplot on the Agg backend (no display needed), or None where
+matplotlib is missing; ``bar_panels`` draws one bar chart per figure of a table's rows, side by side.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +101,88 @@ def plot(report: dict[str, Any], path: Path) -> str | None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return None
+
+
+def pyplot() -> Any | None:
+    """matplotlib.pyplot on the Agg backend (writes files, needs no display); None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def bar_panels(
+    path: Path,
+    title: str,
+    labels: Sequence[str],
+    panels: Sequence[tuple[str, Sequence[float | None]]],
+    *,
+    log: Sequence[bool] = (),
+) -> bool:
+    """One bar chart per ``(y label, values)`` over ``labels``, side by side, into ``path``.
+
+    A value of None is drawn as no bar (not measured). False where matplotlib is missing.
+    """
+    plt = pyplot()
+    if plt is None:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6), squeeze=False)
+    positions = list(range(len(labels)))
+    for i, (ax, (ylabel, values)) in enumerate(zip(axes[0], panels, strict=True)):
+        heights = [float("nan") if v is None else float(v) for v in values]
+        bars = ax.bar(positions, heights, color="tab:blue")
+        ax.bar_label(bars, labels=["-" if v is None else f"{v:.4g}" for v in values], fontsize=7, padding=2)
+        ax.set_xticks(positions, labels, rotation=35, ha="right", fontsize=8)
+        ax.set_ylabel(ylabel)
+        if i < len(log) and log[i]:
+            ax.set_yscale("log")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def stacked_and_bars(
+    path: Path,
+    title: str,
+    labels: Sequence[str],
+    stacks: Sequence[tuple[str, str, Sequence[float]]],
+    stack_label: str,
+    bars: Sequence[tuple[str, Sequence[float | None]]],
+    bar_label: str,
+    notes: Sequence[str] = (),
+) -> bool:
+    """Left: ``stacks`` (name, colour, values) stacked per label, ``notes`` written above them; right:
+    ``bars`` (name, values) grouped per label."""
+    plt = pyplot()
+    if plt is None:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
+    positions = list(range(len(labels)))
+    bottom = [0.0] * len(labels)
+    for name, colour, values in stacks:
+        left.bar(positions, values, bottom=bottom, label=name, color=colour)
+        bottom = [b + float(v) for b, v in zip(bottom, values, strict=True)]
+    for position, top, note in zip(positions, bottom, notes, strict=False):
+        left.annotate(note, (position, top), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8)
+    left.set_ylabel(stack_label)
+    width = 0.8 / max(len(bars), 1)
+    for i, (name, values) in enumerate(bars):
+        heights = [float("nan") if v is None else float(v) for v in values]
+        right.bar([p + (i - (len(bars) - 1) / 2) * width for p in positions], heights, width, label=name)
+    right.set_ylabel(bar_label)
+    for ax in (left, right):
+        ax.set_xticks(positions, labels, rotation=30, ha="right", fontsize=8)
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

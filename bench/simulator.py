@@ -19,15 +19,18 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import sys
 from pathlib import Path
 
 from bench.sim.oracle import Oracle, clairvoyant
-from bench.sim.report import LEGEND, markdown, plot, targets
+from bench.sim.report import LEGEND, markdown, plot, plot_policies, targets
 from bench.sim.run import BASELINES, POLICIES, Simulation, quiet_logs
 from bench.sim.scenario import Workload, workload
+from railcore.progress import Progress
 
 __all__ = ["BASELINES", "POLICIES", "clairvoyant_row", "main", "markdown", "run_all", "simulate", "targets"]
 
+PICTURES = "![SLO attainment, cost per 1k and p99 per policy](sim_policies.png)\n\n![cost vs SLO misses](sim.png)"
 DEFAULT_REQUESTS = 100_000  # 1M per policy took ~40 s on the old copy; the real pipeline does ~3,000/s of CPU
 
 
@@ -49,14 +52,21 @@ def clairvoyant_row(requests: int, rate: float = 4000.0, seed: int = 7) -> dict[
     return oracle.report(world)
 
 
-def run_all(policies: list[str], requests: int, rate: float = 4000.0, seed: int = 7) -> list[dict[str, object]]:
-    """The clairvoyant's row first, then one row per policy."""
+def run_all(
+    policies: list[str], requests: int, rate: float = 4000.0, seed: int = 7, progress: Progress | None = None
+) -> list[dict[str, object]]:
+    """The clairvoyant's row first, then one row per policy (a progress step each, to stderr)."""
+    progress = progress or Progress("sim", len(policies) + 1)
+    progress.phase(f"the world and its clairvoyant ({requests} requests)")
     rows = [clairvoyant_row(requests, rate, seed)]
+    progress.step("clairvoyant")
     for policy in policies:
         rows.append(simulate(policy, requests, rate, seed))
         row = rows[-1]
         print(f"{policy:14s} {requests} requests in {row['wall_s']} s wall, {row['cpu_s']} s CPU "
               f"({row['requests_per_s']} requests per CPU second)", flush=True)  # fmt: skip
+        progress.step(f"{policy} (SLO {100 * float(row['slo_attainment']):.2f}%, lost {row['lost']})")  # type: ignore[arg-type]
+    progress.done()
     return rows
 
 
@@ -74,9 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{table}\n\n{summary}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sim.json").write_text(json.dumps(results, indent=2))
+    drawn = plot(results, args.out / "sim.png") & plot_policies(results, args.out / "sim_policies.png")
+    pictures = PICTURES if drawn else "(no plots: matplotlib is not installed)"
     (args.out / "sim.md").write_text(f"# Routing simulator\n\n{args.requests} requests per policy, "
-                                     f"{args.rate:.0f}/s virtual, seed {args.seed}\n\n{table}\n\n{summary}\n\n{LEGEND}\n")  # fmt: skip
-    plot(results, args.out / "sim.png")
+                                     f"{args.rate:.0f}/s virtual, seed {args.seed}\n\n{table}\n\n{pictures}\n\n"
+                                     f"{summary}\n\n{LEGEND}\n")  # fmt: skip
+    print(f"report: {args.out / 'sim.md'} (plots sim.png, sim_policies.png)", file=sys.stderr)
     return 0
 
 

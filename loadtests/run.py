@@ -36,12 +36,14 @@ from typing import Any
 from devtools import procs
 from loadtests import shapes, summary
 from loadtests.settings import SHAPE_NAMES, SettingsError, read_settings
+from railcore.progress import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 REPORTS = ROOT / "reports" / "loadtest"
 DEFAULT_RUN_TIME = "30s"
 STOP_TIMEOUT_S = 3  # users finish the request in flight when the run ends
+PROGRESS_EVERY_S = 5.0  # a progress line (from locust's stats history) this often while it runs
 UI_HOST, UI_PORT = "127.0.0.1", 8089
 
 
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             what = f"shape {shape} (scale {settings.shape_scale:g})" if shape != "none" else f"{args.users} users"
             print(f"locust: {what}, {run_time}, log {folder / 'locust.log'} ...", flush=True)
-            code = _run_headless(cmd, env, folder / "locust.log", bound_s or 0.0)
+            code = _run_headless(cmd, env, folder / "locust.log", bound_s or 0.0, prefix)
         with contextlib.suppress(OSError, urllib.error.URLError):
             (folder / "gateway_metrics.txt").write_bytes(fetch(f"{host}/metrics"))
     finally:
@@ -256,21 +258,52 @@ def main(argv: list[str] | None = None) -> int:
     return _report(folder, prefix, meta, code)
 
 
-def _run_headless(cmd: list[str], env: dict[str, str], log: Path, run_s: float) -> int | None:
-    """locust's exit code, or None when it overran its bound and was stopped."""
+def _run_headless(cmd: list[str], env: dict[str, str], log: Path, run_s: float, prefix: Path) -> int | None:
+    """locust's exit code, or None when it overran its bound and was stopped; progress to stderr meanwhile."""
     with log.open("wb") as out:
         proc = procs.spawn(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    return _wait_locust(proc, run_s + STOP_TIMEOUT_S + 60, grace_s=15)
+    progress = Progress("loadtest", round(run_s) or None, pace=1.0)  # steps: seconds of locust's run
+    try:
+        return _wait_locust(proc, run_s + STOP_TIMEOUT_S + 60, grace_s=15, tick=lambda: _tick(progress, prefix))
+    finally:
+        progress.close()
+
+
+def progress_note(rows: list[dict[str, float]]) -> str:
+    """What the progress line says of locust's latest stats-history row."""
+    if not rows:
+        return "locust starting"
+    r = rows[-1]
+    p99 = "-" if r["99%"] != r["99%"] else f"{r['99%']:g} ms"  # NaN: no request in the window yet
+    return f"{r['users']:.0f} users, {r['requests']:.0f} requests, {r['failures']:.0f} failures, {r['rps']:.0f} req/s, p99 {p99}"
+
+
+def _tick(progress: Progress, prefix: Path) -> None:
+    rows = summary.history(prefix)
+    done = round(rows[-1]["t_s"]) if rows else 0
+    progress.update(min(done, progress.total) if progress.total else done, progress_note(rows))
 
 
 def _run_ui(cmd: list[str], env: dict[str, str]) -> int | None:
     return _wait_locust(procs.spawn(cmd, env=env), None, grace_s=30)
 
 
-def _wait_locust(proc: subprocess.Popen[bytes], timeout_s: float | None, grace_s: float) -> int | None:
-    """Wait for locust (at most ``timeout_s``); on Ctrl-C pass it on, so it stops and writes its reports."""
+def _wait_locust(
+    proc: subprocess.Popen[bytes], timeout_s: float | None, grace_s: float, tick: Any = None
+) -> int | None:
+    """Wait for locust (at most ``timeout_s``), calling ``tick`` every ``PROGRESS_EVERY_S``; on Ctrl-C
+    pass it on, so it stops and writes its reports."""
     try:
-        return proc.wait(timeout=timeout_s)
+        if tick is None:
+            return proc.wait(timeout=timeout_s)
+        until = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            step = PROGRESS_EVERY_S if until is None else min(PROGRESS_EVERY_S, max(until - time.monotonic(), 0.0))
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                return proc.wait(timeout=step)
+            if until is not None and time.monotonic() >= until:
+                raise subprocess.TimeoutExpired(proc.args, timeout_s or 0.0)
+            tick()
     except KeyboardInterrupt:  # locust runs in a session of its own: the terminal's Ctrl-C reached only us
         proc.send_signal(signal.SIGINT)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -290,6 +323,8 @@ def _report(folder: Path, prefix: Path, meta: dict[str, Any], code: int | None) 
         _print_log_tail(folder / "locust.log")
         return 2
     result = summary.build(prefix, meta)
+    if summary.plot(prefix, folder / "loadtest.png"):
+        result["plot"] = "loadtest.png"
     (folder / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
     text = summary.markdown(result)
     (folder / "summary.md").write_text(text)

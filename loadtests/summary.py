@@ -1,6 +1,8 @@
-"""``summary.json`` and ``summary.md`` from a run's CSVs: locust's own and the per-backend/route ones.
+"""``summary.json``, ``summary.md`` and ``loadtest.png`` from a run's CSVs: locust's own and the per-backend/route ones.
 
-Pure: reads the files under one CSV prefix and returns a dict; ``markdown`` renders it.
+``build`` reads the files under one CSV prefix and returns a dict; ``markdown`` renders it;
+``history`` reads locust's stats history (one aggregated row a second) and ``plot`` draws it:
+latency percentiles and requests per second over the run.
 """
 
 from __future__ import annotations
@@ -100,6 +102,75 @@ def build(prefix: Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:
     return summary
 
 
+HISTORY_PERCENTILES = ("50%", "95%", "99%")
+
+
+def history(prefix: Path) -> list[dict[str, float]]:
+    """locust's ``<prefix>_stats_history.csv``, aggregated rows only, as numbers (``N/A`` is NaN).
+
+    Each row: ``t_s`` (seconds since the first row), ``users``, ``rps``, ``failures_per_s``,
+    ``requests`` and ``failures`` (totals so far) and the percentiles of ``HISTORY_PERCENTILES``
+    (locust's percentiles over the last ten seconds, in ms). A file still being written may end in a
+    half line: it is skipped.
+    """
+    rows = []
+    for r in _rows(Path(f"{prefix}_stats_history.csv")):
+        if r.get("Name") != "Aggregated" or not r.get("Timestamp", "").isdigit():
+            continue
+        if r.get("Total Average Content Size") is None:  # a half-written last line
+            continue
+        row = {
+            "timestamp": float(r["Timestamp"]),
+            "users": _num(r.get("User Count")),
+            "rps": _num(r.get("Requests/s")),
+            "failures_per_s": _num(r.get("Failures/s")),
+            "requests": _num(r.get("Total Request Count")),
+            "failures": _num(r.get("Total Failure Count")),
+        }
+        for key in HISTORY_PERCENTILES:
+            value = r.get(key)
+            row[key] = float("nan") if value in (None, "", "N/A") else _num(value)
+        rows.append(row)
+    for row in rows:
+        row["t_s"] = row["timestamp"] - rows[0]["timestamp"]
+    return rows
+
+
+def plot(prefix: Path, path: Path) -> bool:
+    """loadtest.png: latency percentiles (top) and requests/s with failures/s and users (bottom) over the run.
+
+    False when there is nothing to draw (no history rows) or matplotlib is missing.
+    """
+    from bench.plot import pyplot
+
+    rows = history(prefix)
+    plt = pyplot()
+    if plt is None or not rows:
+        return False
+    t = [r["t_s"] for r in rows]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    for key in HISTORY_PERCENTILES:
+        top.plot(t, [r[key] for r in rows], label=f"p{key.rstrip('%')}")
+    top.set_ylabel("latency (ms, last 10 s)")
+    top.set_title("Load test: latency percentiles and throughput over time")
+    top.legend(fontsize=8)
+    bottom.plot(t, [r["rps"] for r in rows], label="requests/s", color="tab:blue")
+    bottom.plot(t, [r["failures_per_s"] for r in rows], label="failures/s", color="tab:red")
+    bottom.set_ylabel("per second")
+    bottom.set_xlabel("seconds since the start")
+    users = bottom.twinx()
+    users.plot(t, [r["users"] for r in rows], label="users", color="tab:gray", linestyle="--")
+    users.set_ylabel("users")
+    lines = bottom.get_legend_handles_labels()[0] + users.get_legend_handles_labels()[0]
+    bottom.legend(lines, [str(line.get_label()) for line in lines], fontsize=8, loc="upper left")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 _LATE = re.compile(r"^deadline miss: (\d+) ms > budget (\S+) ms$")
 
 
@@ -187,5 +258,7 @@ def markdown(summary: dict[str, Any]) -> str:
             ["occurrences", "request", "error"],
             [[f["occurrences"], f"{f['type']} {f['name']}", f["error"]] for f in s["top_failures"]],
         )
+    if s.get("plot"):
+        lines += ["", "## Over time", "", f"![latency percentiles and requests per second over time]({s['plot']})"]
     lines += ["", "Latencies in ms, measured by the load generator (they include its own scheduling delay).", ""]
     return "\n".join(lines)

@@ -55,3 +55,19 @@ def test_a_misbehaving_hub_loses_no_request(name: str, monkeypatch: pytest.Monke
     assert sum(failures.values()) > 0, f"the {name} fault never fired: no failed batch at hub 'bad' ({row})"
     assert row["lost"] == 0, row
     assert row["ok"] > 0, row
+
+
+def test_make_chaos_with_one_short_row_writes_its_table_and_plot(tmp_path) -> None:
+    """`bench.chaos` end to end, one scenario of 2 s: the report's table, its PNG, a progress line per row."""
+    import io
+    from contextlib import redirect_stderr
+
+    from tests.unit.test_report_plots import assert_png
+
+    err = io.StringIO()
+    with redirect_stderr(err):
+        code = chaos.main(["--only", "http500", "--seconds", "2", "--out", str(tmp_path)])
+    assert code == 0, (tmp_path / "chaos.md").read_text()
+    assert_png(tmp_path / "chaos.png")
+    assert "](chaos.png)" in (tmp_path / "chaos.md").read_text()
+    assert "chaos 1/1 (100%)  http500: sent " in err.getvalue()
