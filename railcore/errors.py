@@ -15,7 +15,8 @@
     │   ├── QueueFull             429  a model's queue holds ``max_queued_requests``
     │   ├── Shedding              503  the gateway is at capacity (lower priorities are shed first)
     │   ├── PredictedMiss         503  the predicted queue wait plus service exceeds the budget
-    │   └── Draining              503  the gateway is shutting down: retry on another instance
+    │   ├── Draining              503  the gateway is shutting down: retry on another instance
+    │   └── StateUnavailable      503  the fleet's shared state (Redis) is down and state.on_outage is refuse
     ├── ClientGone                499  the client went away before its batch was sent (nobody reads it)
     ├── HubFailed                 502  a backend did not serve the batch (fails over; raise a subclass)
     │   ├── HubUnreachable        502  connect refused, connection reset or closed mid-reply
@@ -118,6 +119,10 @@ class PredictedMiss(Overloaded):
 
 
 class Draining(Overloaded):
+    status = 503
+
+
+class StateUnavailable(Overloaded):
     status = 503
 
 
