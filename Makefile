@@ -55,7 +55,7 @@ nginx:
 # npm playwright-core (drives that chromium; it downloads no browser) under .venv/node. Installed as
 # root with one apt-get update; otherwise each missing one is named, and its tests skip (and fail
 # under CI=true). A second run does nothing.
-SYSDEPS := chromium:chromium promtool:prometheus prometheus:prometheus nginx:nginx-light docker-compose:docker-compose
+SYSDEPS := redis-server:redis-server chromium:chromium promtool:prometheus prometheus:prometheus nginx:nginx-light docker-compose:docker-compose
 PLAYWRIGHT := $(VENV)/node/node_modules/playwright-core/package.json
 
 sysdeps: $(STAMP)

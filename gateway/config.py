@@ -209,6 +209,27 @@ class Admission:
     refuse_predicted_misses: bool = True  # refuse a request whose predicted wait exceeds its budget
 
 
+class OnOutage(enum.StrEnum):
+    """What admission does while Redis (``state.redis_url``) cannot be reached."""
+
+    LOCAL = "local"  # serve on local limits: each live process gets its share of the fleet's rate and quota
+    REFUSE = "refuse"  # refuse tenant calls (503) until Redis is back
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """Where tenant limits, daily quotas and the usage ledger live (``state:``; see gateway/state)."""
+
+    redis_url: str | None = None  # redis://host:port/db: shared by every worker and gateway host
+    data_dir: str | None = None  # the on-disk ledger (SQLite, WAL) and Redis's outage journal; None: memory
+    on_outage: str = OnOutage.LOCAL
+    lease_s: float = 0.05  # a process leases this many seconds of a tenant's rate from Redis at a time
+    quota_lease_rows: int = 100  # ... and this many rows of its daily quota (fewer when less is left)
+    heartbeat_s: float = 1.0  # live-process count, fleet usage for the metrics, outage recovery checks
+    timeout_ms: float = 250.0  # one Redis call; past it Redis counts as down
+    sqlite_synchronous: str = "normal"  # normal: survives a crash of the process; full: also a power loss
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     listen: Listen = field(default_factory=Listen)
@@ -224,6 +245,7 @@ class GatewayConfig:
     tenants: tuple[TenantSpec, ...] = ()
     admin_keys: tuple[str, ...] = ()  # salted hashes; needed for /admin/* once tenants or admin keys exist
     access: AccessLevels = field(default_factory=AccessLevels)
+    state: State = field(default_factory=State)
     shutdown_grace_s: float = 30.0  # on SIGTERM: finish accepted requests within this, then exit
     drain_s: float = 1.0  # ... after first serving this long with "Connection: close" on every reply
 
@@ -335,6 +357,7 @@ def _check(config: GatewayConfig) -> None:
             f"access.inference: must be tenant, got {config.access.inference!r} (the inference service checks "
             "the key and bills the tenant on every front; without tenants configured it is open)"
         )
+    _check_state(config.state)
     _positive(config.admission.max_active_requests, "admission.max_active_requests")
     if not 0 < config.admission.shed_low_at <= config.admission.shed_normal_at <= 1:
         raise ConfigError("admission: need 0 < shed_low_at <= shed_normal_at <= 1")
@@ -342,3 +365,16 @@ def _check(config: GatewayConfig) -> None:
         raise ConfigError(f"shutdown_grace_s: must be >= 0, got {config.shutdown_grace_s}")
     if not config.hubs and not config.local.enabled:
         raise ConfigError("hubs: no hubs and local.enabled is false: nothing could serve a request")
+
+
+def _check_state(state: State) -> None:
+    if state.redis_url is not None:
+        parts = urlsplit(state.redis_url)
+        if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+            raise ConfigError(f"state.redis_url: expected redis://host:port/db, got {state.redis_url!r}")
+    if state.on_outage not in tuple(OnOutage):
+        raise ConfigError(f"state.on_outage: expected one of {', '.join(OnOutage)}, got {state.on_outage!r}")
+    if state.sqlite_synchronous not in ("normal", "full"):
+        raise ConfigError(f"state.sqlite_synchronous: expected normal or full, got {state.sqlite_synchronous!r}")
+    for name in ("lease_s", "quota_lease_rows", "heartbeat_s", "timeout_ms"):
+        _positive(getattr(state, name), f"state.{name}")

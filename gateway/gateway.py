@@ -27,6 +27,7 @@ from gateway.probes import Probes
 from gateway.reload import apply_reload, plan_reload
 from gateway.routing.router import Router
 from gateway.service import InferenceService
+from gateway.state.build import build_state
 from gateway.statistics import Statistics
 from gateway.status import render_status
 from gateway.tenants import Tenants
@@ -57,6 +58,7 @@ class Gateway:
             statistics=self.statistics,
         )
         self.tenants = Tenants(config.tenants, config.admin_keys)
+        self.state = build_state(config.state, self.tenants, self.metrics)
         self.service = InferenceService(
             self.router,
             self.pipeline,
@@ -66,6 +68,7 @@ class Gateway:
             deadlines=config.deadlines,
             default_policy=config.routing.default_policy,
             statistics=self.statistics,
+            state=self.state,
         )
         self.draining = False  # set on SIGTERM: readiness fails while accepted requests finish
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -81,6 +84,7 @@ class Gateway:
         return task
 
     async def start(self) -> None:
+        await self.state.start()
         for backend in self.backends:
             await backend.start()
         await asyncio.gather(*(self.probes.refresh(b) for b in self.backends))
@@ -170,5 +174,6 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.pipeline.close()
+        await self.state.close()  # after the pipeline: what it answered is billed first
         for backend in self.backends:
             await backend.close()

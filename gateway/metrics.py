@@ -60,6 +60,15 @@ class Metrics:
         self.tenant_spend = Counter(
             "railgate_tenant_spend", "Hub price x inferences, per tenant", ["tenant"], registry=r
         )
+        # Fleet state (gateway/state): the whole fleet's billed usage as last read from Redis, and its reach.
+        self.tenant_fleet_inferences = Gauge(
+            "railgate_tenant_fleet_inferences", "Inferences billed per tenant, all gateway processes", ["tenant"],
+            registry=r,
+        )  # fmt: skip
+        self.tenant_fleet_spend = Gauge(
+            "railgate_tenant_fleet_spend", "Spend billed per tenant, all gateway processes", ["tenant"], registry=r
+        )
+        self.state_up = Gauge("railgate_state_up", "1 while the shared state (Redis) answers", registry=r)
         self.prediction_ratio = Histogram(
             "railgate_prediction_ratio", "Actual over predicted batch latency", ["backend"],
             buckets=(0.25, 0.5, 0.8, 1.0, 1.25, 1.5, 2.0, 4.0, 10.0), registry=r,

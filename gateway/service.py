@@ -12,13 +12,15 @@ in two steps, so the admission that needs no body runs before the body is read:
 No aiohttp here: the service sees a ``Call`` and protocol value objects, never a socket.
 
 The daily quota charges what was answered: ``infer`` reserves the rows at admission (so concurrent
-calls cannot overrun it) and gives them back when the call fails or is cancelled.
+calls cannot overrun it) and gives them back when the call fails or is cancelled. An answered call is
+billed (``state.bill``: its usage row committed, with its batch) before its reply is returned.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway import call as calls
 from gateway.call import Call
@@ -27,11 +29,15 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, Slot
 from gateway.routing.policy import Route
 from gateway.routing.router import Router
+from gateway.state.local import LocalState
 from gateway.statistics import Statistics
 from gateway.tenants import Tenant, Tenants
 from railcore.catalog import ModelInfo
 from railcore.errors import DeadlineExceeded, Draining, Forbidden, PayloadTooLarge, RailgateError
 from railcore.protocol.types import InferRequest, InferResponse, Tensor
+
+if TYPE_CHECKING:
+    from gateway.state.fleet import FleetState
 
 # The model label of a call to a name the catalog does not hold: a label never takes a value a client
 # chose freely (each distinct one is a new series in /metrics, kept for the process's life).
@@ -83,8 +89,11 @@ class InferenceService:
         deadlines: Deadlines,
         default_policy: str,
         statistics: Statistics | None = None,
+        state: LocalState | FleetState | None = None,
     ) -> None:
         self.router = router
+        # Limits, quotas and billing (gateway/state): this process's own, or the fleet's in Redis.
+        self.state = state if state is not None else LocalState(tenants, None)
         self.statistics = statistics or Statistics()
         self.pipeline = pipeline
         self.tenants = tenants
@@ -155,7 +164,10 @@ class InferenceService:
             raise DeadlineExceeded("latency budget already spent on arrival; the request was not sent to a backend")
         rows = info.validate(request, text_bytes=self.limits.bytes_must_be_utf8)
         if tenant is not None:
-            self.tenants.admit(tenant, info.name, rows)  # reserves the rows against today's quota ...
+            leasing = self.state.admit(tenant, info.name, rows)  # reserves the rows against today's quota ...
+            if leasing is not None:  # this process ran dry of its lease of the fleet's limits
+                await leasing
+        billing = False
         try:
             result = await self.pipeline.submit(
                 request,
@@ -167,9 +179,18 @@ class InferenceService:
                 priority=ticket.priority,
                 slot=ticket.slot,
             )
-        except BaseException:  # ... and a call that is not answered (failed, cancelled) gives them back
             if tenant is not None:
-                self.tenants.release(tenant, rows)
+                backend = self.router.backend(result.backend)
+                price = self.router.price_now(backend, info.name) if backend is not None else 0.0
+                billing = True  # from here the row is written even if this call is cancelled
+                await self.state.bill(tenant, info.name, result.backend, rows, price, request.id or "")
+        except asyncio.CancelledError:
+            if tenant is not None and not billing:
+                self.state.release(tenant, rows)
+            raise
+        except BaseException:  # ... and a call that is not answered (failed, unbilled) gives them back
+            if tenant is not None:
+                self.state.release(tenant, rows)
             raise
         datatypes = {t.name: t.datatype for t in info.outputs}
         names = [o.name for o in request.outputs] or [o.name for o in info.outputs]
@@ -183,9 +204,6 @@ class InferenceService:
             response.model_name, response.model_version, rows, elapsed, result.queue_s, result.backend_s
         )
         if tenant is not None:
-            backend = self.router.backend(result.backend)
-            price = self.router.price_now(backend, info.name) if backend is not None else 0.0
-            self.tenants.record(tenant, rows, price)
             metrics.tenant_inferences.labels(tenant.name, info.name).inc(rows)
             metrics.tenant_spend.labels(tenant.name).inc(price * rows / 1000)
         headers = {

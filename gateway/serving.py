@@ -70,6 +70,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"railgate serve: {exc}", file=sys.stderr)
         return 2
     if args.workers > 1:
+        if config.tenants and config.state.redis_url is None:
+            # Each worker would hold the tenants' limits in its own memory: N x every rate and quota.
+            print(
+                f"railgate serve: --workers {args.workers} with tenants needs shared limits: set state.redis_url "
+                "(or run one worker)",
+                file=sys.stderr,
+            )
+            return 2
         return _run_workers(args, config)
     from gateway.fronts.http import create_app  # here, so that building the CLI's parser stays light
 

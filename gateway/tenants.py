@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.config import TenantSpec
+from gateway.state.ledger import NANOS, Totals
 from railcore.errors import Forbidden, QuotaExceeded, RateLimited, Unauthorized
 
 
@@ -46,6 +47,23 @@ def key_matches(key: str, stored: str) -> bool:
         return False
     candidate = hashlib.sha256(salt + key.encode()).hexdigest()
     return hmac.compare_digest(candidate, digest)
+
+
+def quota_exceeded(tenant: Tenant, now: float) -> QuotaExceeded:
+    """The 429 for a tenant over its daily quota at wall-clock ``now``: Retry-After is UTC midnight."""
+    retry = int((int(now // 86_400) + 1) * 86_400 - now) + 1
+    return QuotaExceeded(
+        f"tenant {tenant.name!r} used its daily quota of {tenant.spec.daily_quota} inferences",
+        headers={"Retry-After": str(retry)},
+    )
+
+
+def rate_limited(tenant: Tenant, wait_s: float) -> RateLimited:
+    """The 429 for a tenant over its rate, to retry after ``wait_s``."""
+    return RateLimited(
+        f"tenant {tenant.name!r} is over its rate of {tenant.spec.rate_per_s:g} requests/s",
+        headers={"Retry-After": str(max(1, int(wait_s + 0.999)))},
+    )
 
 
 @dataclass(slots=True)
@@ -167,18 +185,11 @@ class Tenants:
         if usage.day != day:
             usage.day, usage.inferences_today = day, 0
         if spec.daily_quota and usage.inferences_today + rows > spec.daily_quota:
-            retry = int((day + 1) * 86_400 - now) + 1
-            raise QuotaExceeded(
-                f"tenant {tenant.name!r} used its daily quota of {spec.daily_quota} inferences",
-                headers={"Retry-After": str(retry)},
-            )
+            raise quota_exceeded(tenant, now)
         if spec.rate_per_s:
             wait = tenant.bucket.take(self.monotonic())
             if wait > 0:
-                raise RateLimited(
-                    f"tenant {tenant.name!r} is over its rate of {spec.rate_per_s:g} requests/s",
-                    headers={"Retry-After": str(max(1, int(wait + 0.999)))},
-                )
+                raise rate_limited(tenant, wait)
         usage.inferences_today += rows  # reserved; ``release`` gives it back if nothing is answered
 
     def release(self, tenant: Tenant, rows: int) -> None:
@@ -192,6 +203,15 @@ class Tenants:
         tenant.usage.requests += 1
         tenant.usage.inferences += rows
         tenant.usage.spend += price_per_1k * rows / 1000
+
+    def resume(self, totals: dict[str, Totals], day: int) -> None:
+        """Start from what the ledger billed before (a restart): all-time counts and ``day``'s quota use."""
+        for name, t in totals.items():
+            tenant = self.tenants.get(name)
+            if tenant is not None:
+                u = tenant.usage
+                u.requests, u.inferences, u.spend = t.requests, t.inferences, t.spend_nanos / NANOS
+                u.day, u.inferences_today = day, t.today
 
     def usage(self, only: str | None = None) -> dict[str, dict[str, float]]:
         return {

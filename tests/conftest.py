@@ -79,3 +79,14 @@ def gateway(hub: Hub, tmp_path_factory):
 
 LinkProcess = Link
 """``railgate link`` as a child: a backbone with ``delay_ms`` each way in front of a port (a context manager)."""
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path):
+    """A real redis-server on a free loopback port (append-only, its own directory), stopped after."""
+    from devtools.redis_server import RedisServer
+    from tests.sysdeps import binary
+
+    server = RedisServer(binary("redis-server", "redis-server"), tmp_path / "redis").start()
+    yield server
+    server.stop()

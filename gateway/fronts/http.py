@@ -225,16 +225,16 @@ async def status(request: web.Request) -> web.Response:
 
 async def usage(request: web.Request) -> web.Response:
     """Usage and spend per tenant: all of them for an admin key, a tenant's own for its key."""
-    tenants = request.app[GATEWAY].tenants
+    tenants, state = request.app[GATEWAY].tenants, request.app[GATEWAY].state  # state: the fleet's, with Redis
     if not tenants.enabled:
         raise ModelNotFound("no tenants are configured")
     authorization = request.headers.get("Authorization")
     try:
         tenants.authenticate_admin(authorization)
-        return web.json_response(tenants.usage())
+        return web.json_response(await state.usage())
     except RailgateError:
         tenant = tenants.authenticate(authorization)
-        return web.json_response(tenants.usage(only=tenant.name))
+        return web.json_response(await state.usage(only=tenant.name))
 
 
 def _artifacts_app(config: GatewayConfig) -> web.Application:
