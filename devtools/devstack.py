@@ -154,16 +154,27 @@ class Gateway(_Service):
             with open(fd, "w") as f:
                 f.write(yaml.safe_dump(config, sort_keys=False))
             args += ["--config", path]
-        ready = r"railgate serving (http://\S+?:(\d+))(?:\s+models=(\S*))?(?:.*?\sgrpc=\S+?:(\d+))?"
+        ready = (
+            r"railgate serving (https?://\S+?:(\d+))(?:\s+models=(\S*))?(?:.*?\sgrpc=\S+?:(\d+))?"
+            r"(?:.*?\sops=\S+?:(\d+))?"
+        )
         self.child = Child(args, f"gateway:{port}" if port else "gateway", ready_line=ready)
         self.url = ""
         self.port = port or 0
         self.models: tuple[str, ...] = ()
         self.grpc_port: int | None = None  # read back from ``grpc=HOST:PORT`` when the gRPC front is on
+        self.ops_port: int | None = None  # read back from ``ops=HOST:PORT`` when listen.ops is set
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def ops_url(self) -> str:
+        """The ops listener's URL (``listen.ops`` or ``--ops-port``), with the public port's scheme."""
+        if self.ops_port is None:
+            raise RuntimeError(f"{self.child.name} has no ops listener (set listen.ops)")
+        return f"{self.url.split(':', 1)[0]}://127.0.0.1:{self.ops_port}"
 
     @property
     def grpc_address(self) -> str:
@@ -179,6 +190,7 @@ class Gateway(_Service):
         self.url, self.port = match.group(1), int(match.group(2))
         self.models = tuple(m for m in (match.group(3) or "").split(",") if m)
         self.grpc_port = int(match.group(4)) if match.group(4) else None
+        self.ops_port = int(match.group(5)) if match.group(5) else None
         self.child.name = f"gateway:{self.port}"
         return self
 

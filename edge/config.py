@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from edge.offload import OffloadPolicy
 from railcore.settings import ConfigError, build_section, read_yaml
 from railcore.signing import BadKey, key_id, parse_public_key
+from railcore.tls import ClientTLS, client_pem
 
 POLICIES: tuple[OffloadPolicy, ...] = tuple(OffloadPolicy)
 
@@ -64,6 +65,8 @@ class Circuit:
 class EdgeConfig:
     gateway_url: str | None = None  # None: offline-only device
     gateway_api_key: str | None = None  # sent as "Authorization: Bearer <key>" when the gateway has tenants
+    # An https:// gateway's pinned CA (only it is trusted), and a client certificate for a mutual-TLS gateway.
+    gateway_tls: ClientTLS | None = None
     repository: str = "models/repository"  # the device's local copy of the model repository
     # The device's own region, for residency: a call whose X-Allowed-Regions leave it out never runs
     # on the device (only on the gateway, within those regions).
@@ -107,6 +110,10 @@ def _check(config: EdgeConfig) -> None:
         parts = urlsplit(config.gateway_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"gateway_url: expected http://host:port, got {config.gateway_url!r}")
+    if config.gateway_tls is not None:
+        if config.gateway_url is None or urlsplit(config.gateway_url).scheme != "https":
+            raise ConfigError(f"gateway_tls: set, so gateway_url must be https://, got {config.gateway_url!r}")
+        client_pem(config.gateway_tls, "gateway_tls")  # every file read and parsed now, naming a bad one
     if config.policy not in POLICIES:
         raise ConfigError(f"policy: unknown policy {config.policy!r}; one of {', '.join(POLICIES)}")
     if len(set(config.models)) != len(config.models):

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from gateway.routing.policy import POLICIES
 from railcore.settings import ConfigError, build_section, read_yaml
 from railcore.signing import BadKey, load_signing_key
+from railcore.tls import ClientTLS, ServerTLS, client_pem, server_pem
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 _KEY_HASH = re.compile(r"^sha256\$[0-9a-f]{32}\$[0-9a-f]{64}$")
@@ -33,11 +34,24 @@ class Priority(enum.StrEnum):
 PRIORITIES: tuple[Priority, ...] = tuple(Priority)
 
 
+OPS_HOST = "127.0.0.1"  # the ops listener's default address: ops routes stay on the host unless told
+
+
+@dataclass(frozen=True, slots=True)
+class OpsListen:
+    """The operations listener: /metrics, /status, /dashboard and /admin/* here, not on the public port."""
+
+    port: int  # 0: any free one (with --workers N: each worker its own, port + i)
+    host: str = OPS_HOST
+
+
 @dataclass(frozen=True, slots=True)
 class Listen:
     host: str = "127.0.0.1"
     port: int = 8000
     grpc_port: int | None = None  # the KServe v2 gRPC API on this port (0: any free one); absent: off
+    tls: ServerTLS | None = None  # HTTPS, and TLS on the gRPC port; with client_ca_file, mutual TLS
+    ops: OpsListen | None = None  # absent: the ops routes are served on the public port
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +84,7 @@ class HubSpec:
     max_connections: int = 64
     max_inflight: int = 8  # concurrent batches this gateway sends to the hub
     metrics_url: str = ""  # Triton's Prometheus endpoint (http://host:8002/metrics), optional
+    tls: ClientTLS | None = None  # https:// hubs and secure gRPC channels: pinned CA, client cert, name
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +281,19 @@ def _positive(value: float, key: str) -> None:
         raise ConfigError(f"{key}: must be > 0, got {value}")
 
 
+def _check_listen(listen: Listen) -> None:
+    if listen.tls is not None:
+        server_pem(listen.tls, "listen.tls")  # every file read and parsed now: start-up stops here, naming it
+    if listen.ops is not None:
+        ops = listen.ops
+        if not 0 <= ops.port <= 65535:
+            raise ConfigError(f"listen.ops.port: expected 0..65535, got {ops.port}")
+        if ops.port and ops.port == listen.port:
+            raise ConfigError(f"listen.ops.port: {ops.port} is listen.port; the ops listener needs a port of its own")
+        if ops.port and ops.port == listen.grpc_port:
+            raise ConfigError(f"listen.ops.port: {ops.port} is listen.grpc_port; the ops listener needs its own")
+
+
 def _check(config: GatewayConfig) -> None:
     """Constraints the types alone cannot say."""
     names = set()
@@ -281,6 +309,12 @@ def _check(config: GatewayConfig) -> None:
         parts = urlsplit(hub.url if "://" in hub.url else f"{hub.protocol}://{hub.url}")
         if parts.scheme not in ("http", "https", "grpc") or not parts.hostname or not parts.port:
             raise ConfigError(f"{key}.url (hub {hub.name}): expected http://host:port, got {hub.url!r}")
+        if hub.tls is not None:
+            if hub.protocol == "http" and parts.scheme != "https":
+                raise ConfigError(
+                    f"{key}.url (hub {hub.name}): tls is set, so the url must be https://, got {hub.url!r}"
+                )
+            client_pem(hub.tls, f"{key}.tls")
         _positive(hub.max_inflight, f"{key}.max_inflight (hub {hub.name})")
         _positive(hub.max_connections, f"{key}.max_connections (hub {hub.name})")
         if hub.price_per_1k < 0 or hub.carbon_g_per_kwh < 0:
@@ -313,6 +347,7 @@ def _check(config: GatewayConfig) -> None:
     _positive(config.local.workers, "local.workers")
     _positive(config.local.intra_op_threads, "local.intra_op_threads")
     _positive(config.listen.port + 1, "listen.port")
+    _check_listen(config.listen)
     _positive(config.health.probe_interval_s, "health.probe_interval_s")
     _positive(config.health.failures_to_eject, "health.failures_to_eject")
     _positive(config.health.base_ejection_s, "health.base_ejection_s")

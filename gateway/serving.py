@@ -4,6 +4,12 @@ One worker runs the app on aiohttp's public runner API (``AppRunner``, ``TCPSite
 ``runner.addresses``). SIGTERM or SIGINT starts the drain; SIGHUP re-reads the hub table. With
 ``--workers N`` this process only supervises: N workers share the port (SO_REUSEPORT), each
 receives the signals and drains the same way.
+
+``listen.tls`` makes the port HTTPS (and the gRPC port TLS): the context is built here, from files the
+config load already checked. ``listen.ops`` (or ``--ops-port``) serves the ops app (``/metrics``,
+``/status``, ``/dashboard``, ``/admin/*``) on a listener of its own; with ``--workers N`` each worker
+has its own ops port (``port + i``, or any free one for port 0), since each worker keeps its own
+metrics and state: a scrape of a shared port would read a different worker each time.
 """
 
 from __future__ import annotations
@@ -13,16 +19,19 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.config import ConfigError, GatewayConfig, Listen, load_config
+from gateway.config import OPS_HOST, ConfigError, GatewayConfig, Listen, OpsListen, load_config
 from gateway.listener import close_without_resets, listening_socket
 from railcore.errors import RailgateError
+from railcore.tls import server_context
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -40,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=None, help="overrides listen.host")
     parser.add_argument("--port", type=int, default=None, help="overrides listen.port")
     parser.add_argument("--grpc-port", type=int, default=None, help="overrides listen.grpc_port (the v2 gRPC API)")
+    parser.add_argument(
+        "--ops-port",
+        type=int,
+        default=None,
+        help="serve /metrics, /status, /dashboard, /admin/* here only (listen.ops)",
+    )
     parser.add_argument("--repository", default=None, help="overrides local.repository")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
@@ -49,10 +64,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_config(args: argparse.Namespace) -> GatewayConfig:
     """The config file's settings with the command line's overrides."""
     config = load_config(args.config)
-    listen = Listen(
-        args.host or config.listen.host,
-        args.port if args.port is not None else config.listen.port,
-        args.grpc_port if args.grpc_port is not None else config.listen.grpc_port,
+    ops = config.listen.ops
+    if args.ops_port is not None:
+        ops = OpsListen(args.ops_port, ops.host if ops is not None else OPS_HOST)
+    listen = dataclasses.replace(
+        config.listen,
+        host=args.host or config.listen.host,
+        port=args.port if args.port is not None else config.listen.port,
+        grpc_port=args.grpc_port if args.grpc_port is not None else config.listen.grpc_port,
+        ops=ops,
     )
     local = config.local
     if args.repository:
@@ -117,7 +137,11 @@ def _run_workers(args: argparse.Namespace, config: GatewayConfig) -> int:
         argv += ["--config", str(args.config)]
     if args.repository:
         argv += ["--repository", args.repository]
-    workers = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(args.workers)]
+    ops = config.listen.ops
+    workers = []
+    for i in range(args.workers):
+        ops_argv = ["--ops-port", str(ops.port + i if ops.port else 0)] if ops is not None else []
+        workers.append(subprocess.Popen(argv + ops_argv, stdout=subprocess.PIPE, text=True))
 
     def forward(sig: int, _frame: object) -> None:
         for worker in workers:
@@ -131,7 +155,11 @@ def _run_workers(args: argparse.Namespace, config: GatewayConfig) -> int:
         forward(signal.SIGTERM, None)
         return max(w.wait() for w in workers) or 1
     grpc = f" grpc={config.listen.host}:{grpc_port}" if grpc_port is not None else ""
-    print(f"railgate serving http://{config.listen.host}:{port} workers={args.workers}{grpc}", flush=True)
+    if ops is not None:  # each worker's own ops address, from its banner
+        found = [re.search(r" ops=(\S+)", b) for b in banners]
+        grpc += " ops=" + ",".join(m.group(1) for m in found if m)
+    scheme = "https" if config.listen.tls is not None else "http"
+    print(f"railgate serving {scheme}://{config.listen.host}:{port} workers={args.workers}{grpc}", flush=True)
     return max(w.wait() for w in workers)
 
 
@@ -139,15 +167,17 @@ async def serve(app: web.Application, listen: Listen, grace_s: float, drain_s: f
     """Serve ``app`` until SIGTERM or SIGINT, then drain: print the banner once listening."""
     from aiohttp import web
 
-    from gateway.fronts.http import GATEWAY
+    from gateway.fronts.http import GATEWAY, OPS_APP
 
+    ssl_context = server_context(listen.tls, "listen.tls") if listen.tls is not None else None
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=grace_s)
     await runner.setup()
     grpc_server: GrpcServer | None = None
+    ops_runner: web.AppRunner | None = None
     try:
         # Our own listening socket, so that the drain can close it without resetting its backlog.
         sock = listening_socket(listen.host, listen.port, backlog=1024, reuse_port=reuse_port)
-        site = web.SockSite(runner, sock)
+        site = web.SockSite(runner, sock, ssl_context=ssl_context)
         await site.start()
         port = runner.addresses[0][1] if runner.addresses else listen.port
         gateway = app[GATEWAY]
@@ -155,12 +185,18 @@ async def serve(app: web.Application, listen: Listen, grace_s: float, drain_s: f
         if listen.grpc_port is not None:
             from gateway.fronts.grpc import GrpcServer  # grpc loads only when its front is asked for
 
-            grpc_server = GrpcServer(gateway, listen.host, listen.grpc_port, reuse_port=reuse_port)
+            grpc_server = GrpcServer(gateway, listen.host, listen.grpc_port, reuse_port=reuse_port, tls=listen.tls)
             await grpc_server.start()
             banner = f" grpc={listen.host}:{grpc_server.port}"
+        if listen.ops is not None:
+            ops_runner, ops_address = await _start_ops(app[OPS_APP], listen.ops, ssl_context)
+            banner += f" ops={ops_address}"
         models = ",".join(sorted(gateway.router.catalog)) or "none"
         backends = ",".join(f"{b.name}({'up' if b.healthy else 'down'})" for b in gateway.backends)
-        print(f"railgate serving http://{listen.host}:{port} models={models} backends={backends}{banner}", flush=True)
+        scheme = "https" if ssl_context is not None else "http"
+        print(
+            f"railgate serving {scheme}://{listen.host}:{port} models={models} backends={backends}{banner}", flush=True
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -176,8 +212,26 @@ async def serve(app: web.Application, listen: Listen, grace_s: float, drain_s: f
     finally:
         if grpc_server is not None:
             await grpc_server.stop(grace_s)
+        if ops_runner is not None:  # after the drain: the ops port answers /metrics and /status throughout
+            await ops_runner.cleanup()
         await runner.cleanup()
     log.info("event=stopped")
+
+
+async def _start_ops(ops_app: web.Application, ops: OpsListen, ssl_context: ssl.SSLContext | None):
+    """The ops listener, with the public port's TLS settings; its runner and ``host:port``."""
+    from aiohttp import web
+
+    runner = web.AppRunner(ops_app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, ops.host, ops.port, ssl_context=ssl_context, backlog=128)
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise RailgateError(f"cannot listen for ops (listen.ops) on {ops.host}:{ops.port}: {exc.strerror}") from None
+    port = runner.addresses[0][1] if runner.addresses else ops.port
+    return runner, f"{ops.host}:{port}"
 
 
 async def drain(gateway: Gateway, grace_s: float, drain_s: float) -> None:

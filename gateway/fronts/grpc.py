@@ -35,6 +35,7 @@ from gateway.gateway import Gateway
 from railcore.catalog import ModelInfo
 from railcore.errors import ClientGone, ModelNotFound, RailgateError
 from railcore.protocol.codec import DecodeLimits
+from railcore.tls import ServerTLS, server_pem
 
 log = logging.getLogger("railgate.grpc")
 
@@ -308,7 +309,9 @@ class Health(health_pb2_grpc.HealthServicer):
 class GrpcServer:
     """The grpc.aio server that carries the front and ``grpc.health.v1`` (for Kubernetes gRPC probes)."""
 
-    def __init__(self, gateway: Gateway, host: str, port: int, reuse_port: bool = False) -> None:
+    def __init__(
+        self, gateway: Gateway, host: str, port: int, reuse_port: bool = False, tls: ServerTLS | None = None
+    ) -> None:
         limits = gateway.config.limits
         decode_limits = DecodeLimits(
             max_inputs=limits.max_inputs, max_elements=limits.max_elements, max_bytes_element=limits.max_bytes_element
@@ -326,7 +329,16 @@ class GrpcServer:
         # grpc says it could not bind by raising RuntimeError (older versions: by returning port 0);
         # either way `railgate serve` exits saying which port, as it does for the HTTP one.
         try:
-            self.port = self.server.add_insecure_port(f"{host}:{port}")
+            if tls is None:
+                self.port = self.server.add_insecure_port(f"{host}:{port}")
+            else:  # the files were read and checked at config load; with client_ca_file, mutual TLS
+                pem = server_pem(tls, "listen.tls")
+                credentials = grpc.ssl_server_credentials(
+                    [(pem.key, pem.cert)],
+                    root_certificates=pem.client_ca,
+                    require_client_auth=pem.client_ca is not None,
+                )
+                self.port = self.server.add_secure_port(f"{host}:{port}", credentials)
         except RuntimeError:
             self.port = 0
         if self.port == 0:

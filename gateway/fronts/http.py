@@ -5,6 +5,12 @@ handler reads the gateway. Errors are mapped to ``{"error": ...}`` once, by the 
 which wraps the sub-apps too: ``/admin/`` (fronts/admin.py) and the model artifacts under
 ``/v1/models/`` (gateway/artifacts.py). Who may call a route is decided once, by the access
 middleware (fronts/access.py), from the family each route is registered under (``_FAMILIES``).
+
+With ``listen.ops`` set, the operations routes (``/metrics``, ``/status``, ``/dashboard``,
+``/admin/*``) go to an app of their own (``app[OPS_APP]``, served on the ops listener by
+gateway/serving.py) with the same middlewares and access levels; the public app keeps only the
+inference API (v2, health, ``/v1/usage``, ``/v1/models/`` artifacts, ``/openapi.json``) and answers 404
+for the rest. Both read the one gateway, which starts and closes with the public app.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class _InferFront:
 
 
 _INFER: web.AppKey[_InferFront] = web.AppKey("infer_front", _InferFront)
+OPS_APP: web.AppKey[web.Application] = web.AppKey("ops_app", web.Application)
 
 
 def create_app(config: GatewayConfig, config_path: Path | None = None) -> web.Application:
@@ -93,22 +100,30 @@ def create_app(config: GatewayConfig, config_path: Path | None = None) -> web.Ap
         r.add_get(prefix + "/ready", model_ready)
         r.add_get(prefix + "/config", model_config)
         r.add_post(prefix + "/infer", infer)
-    r.add_get("/metrics", metrics)
     openapi_json = openapi_route(lambda: gateway.router.catalog)
     r.add_get("/openapi.json", openapi_json)
-    r.add_get("/status", status)
-    dashboard.mount(app)  # /dashboard: the page over /status and /metrics (gateway/dashboard/)
     r.add_get("/v1/usage", usage)
     app.add_subapp("/v1/models/", family_of_app(_artifacts_app(config), Family.ARTIFACTS))
-    app.add_subapp("/admin/", family_of_app(admin_app(gateway), Family.ADMIN))
+    ops, ops_families = app, families
+    if config.listen.ops is not None:
+        ops_families = RouteFamilies()
+        ops = web.Application(middlewares=[errors_middleware("gateway"),
+                                           access_middleware(config.access, gateway.tenants, ops_families)])  # fmt: skip
+        ops[GATEWAY] = gateway
+        app[OPS_APP] = ops
+    ops.router.add_get("/metrics", metrics)
+    ops.router.add_get("/status", status)
+    dashboard.mount(ops)  # /dashboard: the page over /status and /metrics (gateway/dashboard/)
+    ops.add_subapp("/admin/", family_of_app(admin_app(gateway), Family.ADMIN))
     handler_families = {**_FAMILIES, openapi_json: Family.OPENAPI}
-    for route in r.routes():
-        # The dashboard's handlers are its own module's: its static page holds no data (it reads /status
-        # and /metrics, each at its own level, and asks for a key when they answer 401 or 403).
-        dashboard_page = route.handler.__module__ == dashboard.__name__
-        family = Family.DASHBOARD if dashboard_page else handler_families.get(route.handler)
-        if family is not None:
-            families.add(family, route)
+    for each_app, each_families in {id(app): (app, families), id(ops): (ops, ops_families)}.values():
+        for route in each_app.router.routes():
+            # The dashboard's handlers are its own module's: its static page holds no data (it reads /status
+            # and /metrics, each at its own level, and asks for a key when they answer 401 or 403).
+            dashboard_page = route.handler.__module__ == dashboard.__name__
+            family = Family.DASHBOARD if dashboard_page else handler_families.get(route.handler)
+            if family is not None:
+                each_families.add(family, route)
     return app
 
 
