@@ -40,7 +40,7 @@ STATES = {CircuitState.CLOSED: "up", CircuitState.HALF_OPEN: "half-open", Circui
 class GatewayLink:
     def __init__(self, url: str, config: EdgeConfig, metrics: EdgeMetrics) -> None:
         self.url = url
-        self.client = GatewayClient(url, config.gateway_api_key)
+        self.client = GatewayClient(url, config.gateway_api_key, tls=config.gateway_tls)
         c = config.circuit
         self.circuit = CircuitBreaker(c.failure_threshold, c.backoff_s, c.max_backoff_s)
         self.predictor = RemotePredictor(stale_s=config.remote_stale_s)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ from railcore.errors import Cause, RailgateError
 from railcore.protocol.binary import decode_outputs, serialize_bytes_tensor
 from railcore.protocol.codec import HEADER_LENGTH
 from railcore.protocol.types import triton_datatype
+from railcore.tls import ClientTLS, describe_tls_failure, https_connector
+
+log = logging.getLogger("railgate.edge.remote")
 
 
 class RemoteFailed(Exception):
@@ -86,14 +90,38 @@ def _error_text(raw: bytes) -> str:
 
 
 class GatewayClient:
-    def __init__(self, base_url: str, api_key: str | None = None, max_connections: int = 32) -> None:
+    """The pooled client; with ``tls`` (``gateway_tls``) an https:// gateway is checked against the pinned CA.
+
+    A handshake that fails (a certificate of another CA, expired, the wrong name) is ``RemoteFailed``
+    like any unreachable gateway, so the call runs locally; its reason is logged once (again only
+    after the gateway has answered in between), not once per call."""
+
+    def __init__(
+        self, base_url: str, api_key: str | None = None, max_connections: int = 32, tls: ClientTLS | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.max_connections = max_connections
+        self.tls = tls
         self.session: aiohttp.ClientSession | None = None
+        self._tls_failing = False
+
+    def _unreachable(self, exc: BaseException) -> RemoteFailed:
+        """A transport failure as RemoteFailed; a TLS one says so, and is logged once."""
+        tls = describe_tls_failure(exc)
+        if tls is None:
+            return RemoteFailed(f"gateway unreachable: {exc.__class__.__name__}: {exc}", Cause.UNREACHABLE)
+        pinned = f" (gateway_tls.ca_file: {self.tls.ca_file})" if self.tls is not None and self.tls.ca_file else ""
+        message = f"gateway {self.base_url}: {tls}{pinned}; calls run on the device"
+        if not self._tls_failing:
+            self._tls_failing = True
+            log.error("event=gateway_tls_failed gateway=%s error=%s", self.base_url, message)
+        return RemoteFailed(message, Cause.UNREACHABLE)
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=30)
+        self.base_url, connector = https_connector(
+            self.base_url, self.tls, "gateway_tls", limit=self.max_connections, keepalive_timeout=30
+        )
         # Absolute URLs (not a session base_url): a gateway_url may carry a path prefix.
         self.session = aiohttp.ClientSession(
             connector=connector,
@@ -146,7 +174,8 @@ class GatewayClient:
         except TimeoutError:
             raise RemoteFailed(f"did not answer {model!r} within {timeout_s * 1000:.1f} ms", Cause.TIMEOUT) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise RemoteFailed(f"gateway unreachable: {exc.__class__.__name__}: {exc}", Cause.UNREACHABLE) from exc
+            raise self._unreachable(exc) from exc
+        self._tls_failing = False
         total_ms = (time.perf_counter() - started) * 1000
         if reply.status in (401, 403, 404):
             # The gateway will not serve this device or model (key, tenant, catalogue): no sign of ill health,
@@ -177,8 +206,12 @@ class GatewayClient:
         try:
             async with asyncio.timeout(timeout_s), self.session.get(f"{self.base_url}/v2/health/ready") as reply:
                 await reply.read()
-        except (aiohttp.ClientError, OSError, TimeoutError):
+        except (aiohttp.ClientError, OSError) as exc:
+            self._unreachable(exc)  # logs a TLS failure's reason, once
             return None
+        except TimeoutError:
+            return None
+        self._tls_failing = False
         return (time.perf_counter() - started) * 1000 if reply.status == 200 else None
 
     async def model_info(self, model: str, timeout_s: float) -> ModelInfo:
@@ -201,6 +234,8 @@ class GatewayClient:
             raise RemoteFailed(
                 f"gateway did not send metadata of {model!r} within {timeout_s:.1f} s", Cause.TIMEOUT
             ) from None
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
+        except (aiohttp.ClientError, OSError) as exc:
+            raise self._unreachable(exc) from exc
+        except ValueError as exc:
             raise RemoteFailed(f"gateway unreachable: {exc.__class__.__name__}: {exc}", Cause.UNREACHABLE) from exc
         return build_model_info(metadata, config)

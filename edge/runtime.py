@@ -340,7 +340,7 @@ class EdgeRuntime:
         current = {name: lane.model.sha256 for name, lane in self._lanes.items()}
         outcomes = await sync_models(
             self.link.client.session,
-            self.link.url,
+            self.link.client.base_url,  # the URL the session dials (it names gateway_tls.server_name if set)
             self.store,
             self.config.models,
             timeout_s=self.config.sync.timeout_s,

@@ -251,6 +251,7 @@ def _sync(config: EdgeConfig) -> int:
             config.gateway_api_key,
             config.sync.trusted_keys,
             on_outcome=lambda o: progress.step(f"{o.model} {o.outcome}"),
+            tls=config.gateway_tls,
         )
     )
     progress.done()

@@ -49,6 +49,7 @@ from railcore.signing import (
     SignatureError,
     TrustedKeys,
 )
+from railcore.tls import ClientTLS, https_connector
 
 # The runtime's hook: build what the new version needs; return the callable that puts it in service.
 Prepare = Callable[[VerifiedModel], Awaitable[Callable[[], None]]]
@@ -290,10 +291,12 @@ async def sync_once(
     api_key: str | None = None,
     trusted_keys: tuple[str, ...] = (),
     on_outcome: Callable[[SyncOutcome], None] | None = None,
+    tls: ClientTLS | None = None,
 ) -> list[SyncOutcome]:
     """``railgate edge sync``: one pass over ``models``, no runtime (verify and commit only)."""
     trusted = TrustedKeys.parse(trusted_keys)
-    async with aiohttp.ClientSession(headers=auth_headers(api_key)) as http:
+    gateway_url, connector = https_connector(gateway_url, tls, "gateway_tls", limit=8, keepalive_timeout=15)
+    async with aiohttp.ClientSession(headers=auth_headers(api_key), connector=connector) as http:
         store = ModelStore(repository)
         return await sync_models(
             http, gateway_url, store, models, timeout_s=timeout_s, trusted=trusted, on_outcome=on_outcome

@@ -13,16 +13,21 @@ Every file is read and parsed here, at config load, before anything listens or d
 missing, unreadable, holds no PEM of the expected kind, or a key that is not its certificate's is a
 ``ConfigError`` of one line naming the key and the file (``listen.tls.key_file: /x.key is not the key
 of /x.crt``). ``server_pem``/``client_pem`` give grpc the same checked bytes that ``server_context``/
-``client_context`` give asyncio's ssl.
+``client_context`` give asyncio's ssl; ``https_connector`` is the aiohttp side of a ``ClientTLS``.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
+from aiohttp.abc import AbstractResolver
+from aiohttp.resolver import DefaultResolver
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -168,3 +173,50 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+class _NameResolver(AbstractResolver):
+    """Resolves ``name`` (the peer's certificate name) to ``address`` (where it is dialled), keeping the
+    name as the hostname aiohttp sends as SNI and checks the certificate against."""
+
+    def __init__(self, name: str, address: str) -> None:
+        self.name = name
+        self.address = address
+        self._resolver = DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list:
+        if host != self.name:
+            return await self._resolver.resolve(host, port, family)
+        found = await self._resolver.resolve(self.address, port, family)
+        return [{**entry, "hostname": self.name} for entry in found]
+
+    async def close(self) -> None:
+        await self._resolver.close()
+
+
+def https_connector(
+    url: str, tls: ClientTLS | None, where: str, *, limit: int, keepalive_timeout: float
+) -> tuple[str, aiohttp.TCPConnector]:
+    """An aiohttp connector for ``url`` with ``tls`` (None: aiohttp's defaults, the system's store for
+    https), and the URL to request: with ``server_name`` the URL names it and a resolver dials the
+    configured address, so the name is what SNI sends and the certificate is checked against."""
+    context: ssl.SSLContext | bool = client_context(tls, where) if tls is not None else True
+    resolver = None
+    parts = urlsplit(url)
+    if tls is not None and tls.server_name and parts.hostname and tls.server_name != parts.hostname:
+        resolver = _NameResolver(tls.server_name, parts.hostname)
+        netloc = f"{tls.server_name}:{parts.port}" if parts.port else tls.server_name
+        url = urlunsplit(parts._replace(netloc=netloc))
+    connector = aiohttp.TCPConnector(limit=limit, keepalive_timeout=keepalive_timeout, ssl=context, resolver=resolver)
+    return url, connector
+
+
+def describe_tls_failure(exc: BaseException) -> str | None:
+    """What a failed handshake says, in a line (None: the failure was not TLS's)."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cert_error = exc.certificate_error
+        reason = getattr(cert_error, "verify_message", None) or str(cert_error)
+        return f"certificate of {exc.host}:{exc.port} not trusted: {reason}"
+    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+        return f"TLS handshake failed: {exc}"
+    return None

@@ -8,6 +8,7 @@ timeout: an untrusted or expired peer must be an error, never a hang.
 from __future__ import annotations
 
 import json
+import logging
 import ssl
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from geventhttpclient.response import HTTPConnectionClosed
 from tritonclient.utils import InferenceServerException
 
 from devtools.devstack import ROOT
+from edge import EdgeRuntime, parse_edge_config
 from tests.certs import CertSet, issue_certs
 from tests.conftest import GatewayProcess
 from tests.samples import sample_inputs
@@ -259,3 +261,44 @@ def test_a_bad_tls_file_stops_serve_with_one_line_naming_it(
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"railgate serve: listen.tls.{bad_key}: ") and bad_file in lines[0]
     assert "railgate serving" not in done.stdout
+
+
+# -- the edge runtime to an HTTPS gateway ---------------------------------------------------------
+
+
+def _edge(repository: Path, gateway: GatewayProcess, ca: Path) -> EdgeRuntime:
+    return EdgeRuntime(
+        parse_edge_config(
+            {
+                "repository": str(repository),
+                "models": ["digits"],
+                "gateway_url": f"https://localhost:{gateway.port}",
+                "gateway_tls": {"ca_file": str(ca)},
+                "sync": {"enabled": False},
+                "probe_interval_s": 0.05,
+                "circuit": {"failure_threshold": 1, "backoff_s": 0.1, "max_backoff_s": 0.4},
+            }
+        )
+    )
+
+
+def test_the_edge_offloads_to_an_https_gateway_it_trusts_by_its_pinned_ca(
+    repository: Path, tls_gateway: GatewayProcess, certs: CertSet
+) -> None:
+    with _edge(repository, tls_gateway, certs.ca) as rt:
+        result = rt.infer_sync("digits", sample_inputs("digits", 1), budget_ms=5000, policy="remote")
+    assert result.offloaded and result.served_by == "local"  # the gateway's own backend answered
+
+
+def test_an_edge_pinned_to_another_ca_says_why_and_keeps_answering_locally(
+    repository: Path, tls_gateway: GatewayProcess, certs: CertSet, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="railgate.edge.remote")
+    with _edge(repository, tls_gateway, certs.other_ca) as rt:
+        results = [rt.infer_sync("digits", sample_inputs("digits", 1), budget_ms=5000) for _ in range(3)]
+    assert [r.offloaded for r in results] == [False] * 3
+    assert {r.served_by for r in results} == {"local"}
+    failures = [r.getMessage() for r in caplog.records if "gateway_tls_failed" in r.getMessage()]
+    assert len(failures) == 1, failures  # once, not once per call or per probe
+    assert "not trusted" in failures[0] and "unable to get local issuer certificate" in failures[0]
+    assert str(certs.other_ca) in failures[0]
