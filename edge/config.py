@@ -16,6 +16,7 @@ from edge.offload import OffloadPolicy
 from railcore.settings import ConfigError, build_section, read_yaml
 from railcore.signing import BadKey, key_id, parse_public_key
 from railcore.tls import ClientTLS, client_pem
+from railcore.tracing import TracingSettings, check_settings
 
 POLICIES: tuple[OffloadPolicy, ...] = tuple(OffloadPolicy)
 
@@ -86,6 +87,7 @@ class EdgeConfig:
     remote_stale_s: float = 30.0  # a model's remote estimate older than this is re-measured
     listen: Listen = field(default_factory=Listen)
     max_body_bytes: int = 64 * 1024 * 1024
+    tracing: TracingSettings = field(default_factory=TracingSettings)  # OpenTelemetry (railcore/tracing.py)
 
 
 def load_edge_config(path: Path | None) -> EdgeConfig:
@@ -149,5 +151,6 @@ def _check(config: EdgeConfig) -> None:
         raise ConfigError(f"probe_interval_s: must be >= 0 (0: no probes), got {config.probe_interval_s}")
     _positive(config.remote_stale_s, "remote_stale_s")
     _positive(config.max_body_bytes, "max_body_bytes")
+    check_settings(config.tracing)
     if not 0 <= config.listen.port <= 65535:
         raise ConfigError(f"listen.port: expected 0..65535, got {config.listen.port}")

@@ -14,6 +14,7 @@ import concurrent.futures
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -23,8 +24,10 @@ from edge.link import GatewayLink
 from edge.metrics import EdgeMetrics
 from edge.offload import Decision
 from edge.remote import RemoteFailed, RemoteReply
+from edge.tracing import remote_span
 from railcore.breaker import Ticket
 from railcore.errors import Cause, DeadlineExceeded
+from railcore.tracing import end_span
 
 # A remote call is cut early enough to leave room for the fallback run: 1.5x its predicted time, plus
 # slack for late timers and thread wake-ups on a loaded device (a floor and a share of the budget).
@@ -46,14 +49,16 @@ class Plan:
     local_ms: float | None
     ticket: Ticket | None = None  # the circuit's pass for a remote call: settled by the link, or released
     outside: str | None = None  # why residency keeps the call off the device, if it does
+    trace: Any = None  # the call's span when tracing is on (edge/tracing.py)
 
 
 class Offload:
     """Calls to the gateway within a window that leaves room for the fallback, and the fallback itself."""
 
-    def __init__(self, link: GatewayLink | None, metrics: EdgeMetrics) -> None:
+    def __init__(self, link: GatewayLink | None, metrics: EdgeMetrics, tracer: Any = None) -> None:
         self.link = link
         self.metrics = metrics
+        self.tracer = tracer  # None: tracing off
 
     def window(self, model: str, plan: Plan) -> float | None:
         """Seconds a remote call may take: what leaves room for a local run after it (None: no room left)."""
@@ -81,10 +86,38 @@ class Offload:
     ) -> tuple[RemoteReply | None, str]:
         """The gateway's reply and the decision's reason, or (None, fallback cause) when the call runs locally."""
         assert self.link is not None
+        if plan.trace is not None:
+            return await self._traced_call(model, version, inputs, plan, headers, timeout_s)
         try:
             reply = await self.link.infer(model, version, dict(inputs), timeout_s, headers, plan.ticket)
         except RemoteFailed as exc:
             return None, self.fall_back(model, plan, exc)
+        return reply, plan.decision.reason
+
+    async def _traced_call(
+        self,
+        model: str,
+        version: str,
+        inputs: Mapping[str, np.ndarray],
+        plan: Plan,
+        headers: dict[str, str] | None,
+        timeout_s: float,
+    ) -> tuple[RemoteReply | None, str]:
+        """``call`` inside the remote call's span, whose traceparent goes to the gateway."""
+        assert self.link is not None
+        span, headers = remote_span(self.tracer, plan.trace, self.link.url, model, headers, timeout_s)
+        try:
+            reply = await self.link.infer(model, version, dict(inputs), timeout_s, headers, plan.ticket)
+        except RemoteFailed as exc:
+            end_span(span, exc)
+            cause = self.fall_back(model, plan, exc)
+            plan.trace.add_event("fallback", {"railgate.cause": cause, "error.type": exc.cause.value})
+            return None, cause
+        except BaseException as exc:
+            end_span(span, exc)
+            raise
+        span.set_attribute("railgate.served_by", reply.served_by)
+        span.end()
         return reply, plan.decision.reason
 
     def call_from_thread(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -43,10 +44,12 @@ from edge.offloading import Offload, Plan
 from edge.remote import GatewayRejected, RemoteFailed
 from edge.store import ModelStore, VerifiedModel
 from edge.sync import SyncOutcome, sync_models
+from edge.tracing import call_span, decided
 from railcore.catalog import ModelInfo
 from railcore.errors import BadRequest, ModelNotFound, RailgateError
 from railcore.onnx import choose_providers
 from railcore.signing import TrustedKeys
+from railcore.tracing import end_span, start_tracing
 
 log = logging.getLogger("railgate.edge")
 
@@ -74,7 +77,10 @@ class EdgeRuntime:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="railgate-edge-ort")
         self.local = LocalModels(config, self.store, self._pool, self.metrics)
         self.link = GatewayLink(config.gateway_url, config, self.metrics) if config.gateway_url else None
-        self.offload = Offload(self.link, self.metrics)
+        # OpenTelemetry (None when tracing.otlp_endpoint is unset: calls then build no span at all).
+        self.tracing = start_tracing(config.tracing, "railgate-edge")
+        self._tracer = self.tracing.tracer if self.tracing is not None else None
+        self.offload = Offload(self.link, self.metrics, self._tracer)
         self._lanes = self.local.lanes  # the hot path reads it directly
         self._refused = self.local.refused
         self._remote_info: dict[str, ModelInfo] = {}
@@ -126,6 +132,8 @@ class EdgeRuntime:
             await self.link.close()
         if self._loop is not None:
             await self._loop.run_in_executor(None, self._pool.shutdown)
+            if self.tracing is not None:  # the last spans are exported (blocking: off the loop)
+                await self._loop.run_in_executor(None, self.tracing.shutdown)
         self._loop = None
         self._loop_thread_id = None
 
@@ -190,8 +198,11 @@ class EdgeRuntime:
         started = time.perf_counter()
         if self._loop is None:
             raise RuntimeError("EdgeRuntime is not started: await start() (or use `async with`) first")
+        span = None if self._tracer is None else call_span(self._tracer, model, headers)
         try:
             plan = self._plan(model, inputs, budget_ms, policy, version, headers)
+            if span is not None:
+                self._decided(span, plan, model)
             reason = plan.decision.reason
             if plan.decision.where == REMOTE:
                 timeout_s = self.offload.window(model, plan)
@@ -207,6 +218,9 @@ class EdgeRuntime:
         except RailgateError as exc:
             self.metrics.calls.labels(model, NONE, str(exc.status)).inc()
             raise
+        finally:
+            if span is not None:
+                end_span(span, sys.exc_info()[1])
 
     def infer_sync(
         self,
@@ -225,8 +239,11 @@ class EdgeRuntime:
             raise RuntimeError("EdgeRuntime is not started: use `with EdgeRuntime(config) as rt` or start_sync()")
         if threading.get_ident() == self._loop_thread_id:
             raise RuntimeError("infer_sync() called on the runtime's event loop; use `await infer()` there")
+        span = None if self._tracer is None else call_span(self._tracer, model, headers)
         try:
             plan = self._plan(model, inputs, budget_ms, policy, version, headers)
+            if span is not None:
+                self._decided(span, plan, model)
             reason = plan.decision.reason
             if plan.decision.where == REMOTE:
                 reply, reason = self.offload.call_from_thread(loop, model, version, inputs, plan, headers)
@@ -238,6 +255,15 @@ class EdgeRuntime:
         except RailgateError as exc:
             self.metrics.calls.labels(model, NONE, str(exc.status)).inc()
             raise
+        finally:
+            if span is not None:
+                end_span(span, sys.exc_info()[1])
+
+    def _decided(self, span: Any, plan: Plan, model: str) -> None:
+        """The decision on the call's span; the plan carries the span to the remote call."""
+        remote_ms = None if self.link is None else self.link.view(model)[1]
+        decided(span, plan.decision.where, plan.decision.reason, plan.budget_s * 1000, plan.local_ms, remote_ms)
+        plan.trace = span
 
     def _plan(
         self,

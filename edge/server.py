@@ -44,7 +44,9 @@ VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "msgpack_tensor_data", "latency_budget", "offload"]
 RUNTIME: web.AppKey[EdgeRuntime] = web.AppKey("edge_runtime", EdgeRuntime)
 DECODE_LIMITS: web.AppKey[DecodeLimits] = web.AppKey("edge_decode_limits", DecodeLimits)
-FORWARDED_HEADERS = ("X-Route-Policy", "X-Allowed-Regions", "Authorization")
+# traceparent/tracestate: the firmware's trace context, the parent of the runtime's span (tracing on) or
+# passed on to the gateway as sent (tracing off).
+FORWARDED_HEADERS = ("X-Route-Policy", "X-Allowed-Regions", "Authorization", "traceparent", "tracestate")
 
 
 # -- server and model endpoints ----------------------------------------------------------------

@@ -18,6 +18,7 @@ from gateway.routing.policy import POLICIES
 from railcore.settings import ConfigError, build_section, read_yaml
 from railcore.signing import BadKey, load_signing_key
 from railcore.tls import ClientTLS, ServerTLS, client_pem, server_pem
+from railcore.tracing import TracingSettings, check_settings
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 _KEY_HASH = re.compile(r"^sha256\$[0-9a-f]{32}\$[0-9a-f]{64}$")
@@ -263,6 +264,7 @@ class GatewayConfig:
     state: State = field(default_factory=State)
     shutdown_grace_s: float = 30.0  # on SIGTERM: finish accepted requests within this, then exit
     drain_s: float = 1.0  # ... after first serving this long with "Connection: close" on every reply
+    tracing: TracingSettings = field(default_factory=TracingSettings)  # OpenTelemetry (railcore/tracing.py)
 
 
 def load_config(path: Path | None) -> GatewayConfig:
@@ -398,6 +400,7 @@ def _check(config: GatewayConfig) -> None:
         raise ConfigError("admission: need 0 < shed_low_at <= shed_normal_at <= 1")
     if config.shutdown_grace_s < 0:
         raise ConfigError(f"shutdown_grace_s: must be >= 0, got {config.shutdown_grace_s}")
+    check_settings(config.tracing)
     if not config.hubs and not config.local.enabled:
         raise ConfigError("hubs: no hubs and local.enabled is false: nothing could serve a request")
 

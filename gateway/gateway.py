@@ -31,6 +31,7 @@ from gateway.state.build import build_state
 from gateway.statistics import Statistics
 from gateway.status import render_status
 from gateway.tenants import Tenants
+from railcore.tracing import start_tracing
 
 log = logging.getLogger("railgate.gateway")
 
@@ -41,6 +42,9 @@ class Gateway:
         self.config_path = config_path
         self.metrics = Metrics()
         self.statistics = Statistics()
+        # OpenTelemetry (None when tracing.otlp_endpoint is unset: the hot paths then hold tracer None).
+        self.tracing = start_tracing(config.tracing, "railgate-gateway")
+        self.tracer = self.tracing.tracer if self.tracing is not None else None
         self.local: LocalBackend | None = LocalBackend(config.local) if config.local.enabled else None
         backends: list[Backend] = [hub_backend(spec) for spec in config.hubs]
         if self.local is not None:
@@ -56,6 +60,7 @@ class Gateway:
             config.routing,
             config.admission,
             statistics=self.statistics,
+            tracer=self.tracer,
         )
         self.tenants = Tenants(config.tenants, config.admin_keys)
         self.state = build_state(config.state, self.tenants, self.metrics)
@@ -177,3 +182,5 @@ class Gateway:
         await self.state.close()  # after the pipeline: what it answered is billed first
         for backend in self.backends:
             await backend.close()
+        if self.tracing is not None:  # the last spans are exported (blocking: off the loop)
+            await asyncio.get_running_loop().run_in_executor(None, self.tracing.shutdown)

@@ -10,6 +10,7 @@ import asyncio
 import bisect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +47,8 @@ class Admitted:
     future: asyncio.Future[BatchResult]
     gone: Callable[[], bool]  # the client went away
     queued_at: float  # on the pipeline's measuring clock, for queue time
+    trace: Any = None  # the request's span, when tracing is on (gateway/tracing.py)
+    queued_ns: int = 0  # wall-clock ns it was queued at, for its queue-wait span (tracing only)
 
     def abandoned(self) -> bool:
         return self.future.done() or self.gone()

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import time
 from collections.abc import Callable, Hashable
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +30,7 @@ from gateway.routing.policy import Route
 from gateway.routing.router import Router
 from gateway.routing.state import batch_bucket
 from gateway.statistics import Statistics
+from gateway.tracing import BatchTrace, batch_trace
 from railcore.batching import BatchPolicy, BatchQueue, Flush, Pending
 from railcore.catalog import ModelInfo
 from railcore.errors import (
@@ -74,8 +78,10 @@ class Pipeline:
         admission: Admission | None = None,
         clock: Callable[[], float] | None = None,
         statistics: Statistics | None = None,
+        tracer: Any = None,
     ) -> None:
         self.router = router
+        self.tracer = tracer  # OpenTelemetry's, or None: tracing off (gateway/tracing.py)
         self.statistics = statistics or Statistics()
         self.batching = batching
         self.limits = limits
@@ -136,12 +142,14 @@ class Pipeline:
         route: Route = DEFAULT_ROUTE,
         priority: Priority = Priority.NORMAL,
         slot: Slot | None = None,
+        trace: Any = None,
     ) -> BatchResult:
         """Queue a validated request; return its share of the batch it ran in. ``slot``: the request
-        was counted at admission (``hold``), before its body was read; it is released here either way."""
+        was counted at admission (``hold``), before its body was read; it is released here either way.
+        ``trace``: the request's span (tracing on), the parent of its queue wait and batch."""
         held = slot if slot is not None else self.hold(priority)
         try:
-            return await self._queued(request, info, rows, deadline, gone, route)
+            return await self._queued(request, info, rows, deadline, gone, route, trace)
         finally:
             held.release()
 
@@ -169,6 +177,7 @@ class Pipeline:
         deadline: float,
         gone: Callable[[], bool],
         route: Route,
+        trace: Any = None,
     ) -> BatchResult:
         if self._closing:  # a slot taken before the body was read may outlive the pipeline
             raise Draining("gateway is shutting down")
@@ -181,6 +190,8 @@ class Pipeline:
         if self.admission.refuse_predicted_misses:
             self._refuse_predicted_miss(lane, rows, deadline - loop.time())
         admitted = Admitted(request, loop.create_future(), gone, self.clock())
+        if trace is not None:
+            admitted.trace, admitted.queued_ns = trace, time.time_ns()
         lane.queue.push(admitted, rows, deadline, loop.time(), _batch_shape(info, request))
         self.metrics.queue_depth.labels(info.name).inc()
         lane.wakeup.set()
@@ -285,33 +296,44 @@ class Pipeline:
 
     async def _dispatch(self, lane: Lane, batch: list[Pending[Admitted]]) -> None:
         start = self.clock()
+        traced = None
+        if self.tracer is not None:
+            traced = batch_trace(self.tracer, lane.info.name, lane.key.version, batch, sum(p.rows for p in batch))
         try:
             try:
-                await self._send(lane, batch, start)
+                await self._send(lane, batch, start, traced)
             except HubModelFailed:
                 if len(batch) == 1:
                     raise
                 # The hub ran the model and it failed on the batch's data: one member's input (a
                 # string its model cannot parse) must not fail the others, so each runs alone.
                 log.info("event=batch_split model=%s members=%d", lane.info.name, len(batch))
-                await asyncio.gather(*(self._alone(lane, pending, start) for pending in batch))
+                await asyncio.gather(*(self._alone(lane, pending, start, traced) for pending in batch))
         except RailgateError as exc:
             _fail_all(batch, exc)
+            if traced is not None:
+                traced.failed(exc)
         except Exception as exc:
             log.exception("event=dispatch_failed model=%s", lane.info.name)
             _fail_all(batch, HubFailed(f"batch for {lane.info.name!r} failed: {exc}"))
+            if traced is not None:
+                traced.failed(exc)
         finally:
             lane.inflight -= 1
             lane.estimates.clear()
             lane.wakeup.set()
+            if traced is not None:
+                traced.end(sys.exc_info()[1])
 
-    async def _alone(self, lane: Lane, pending: Pending[Admitted], start: float) -> None:
+    async def _alone(self, lane: Lane, pending: Pending[Admitted], start: float, traced: BatchTrace | None) -> None:
         try:
-            await self._send(lane, [pending], start)
+            await self._send(lane, [pending], start, traced)
         except RailgateError as exc:
             _fail_all([pending], exc)
 
-    async def _send(self, lane: Lane, batch: list[Pending[Admitted]], start: float) -> None:
+    async def _send(
+        self, lane: Lane, batch: list[Pending[Admitted]], start: float, traced: BatchTrace | None = None
+    ) -> None:
         """Send ``batch`` as one call and answer each member with its rows of the outputs."""
         info, key = lane.info, lane.key
         rows = sum(p.rows for p in batch)
@@ -328,6 +350,7 @@ class Pipeline:
                 # deadline passes is answered 504 by its own timeout while the others still wait.
                 deadline=max(p.deadline for p in batch),
                 route_deadline=min(p.deadline for p in batch),
+                trace=traced,
             )
         )
         self.statistics.executed(info.name, key.version or info.versions[-1], rows, forwarded.backend_s)

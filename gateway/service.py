@@ -178,6 +178,7 @@ class InferenceService:
                 route=ticket.route,
                 priority=ticket.priority,
                 slot=ticket.slot,
+                trace=call.trace,
             )
             if tenant is not None:
                 backend = self.router.backend(result.backend)

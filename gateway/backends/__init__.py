@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -76,11 +76,14 @@ class Backend(abc.ABC):
         outputs: list[str],
         deadline: float,
         timeout_s: float | None = None,
+        trace: Any = None,
     ) -> dict[str, np.ndarray]:
         """Run one batch; every input carries the batch dimension first. Raise a RailgateError.
 
         ``deadline``: the call never outlives it. ``timeout_s``: the budget to tell a backend that
-        can drop work itself (Triton's ``timeout``); None: what is left before ``deadline``."""
+        can drop work itself (Triton's ``timeout``); None: what is left before ``deadline``.
+        ``trace``: this call's span when tracing is on (passed only then): a hub is sent its
+        ``traceparent``, so Triton's own OpenTelemetry trace joins the caller's."""
 
     # -- in flight -------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -107,8 +108,11 @@ class LocalBackend(Backend):
         outputs: list[str],
         deadline: float,
         timeout_s: float | None = None,
+        trace: Any = None,
     ) -> dict[str, np.ndarray]:
         session = self._session(model, version)
+        if trace is not None:
+            trace.set_attribute("railgate.providers", ",".join(self.providers))
         feed = {k: ort_strings(v) if v.dtype.kind == "O" else v for k, v in inputs.items()}
         run_options = ort.RunOptions()
         loop = asyncio.get_running_loop()

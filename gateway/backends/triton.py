@@ -40,6 +40,7 @@ from railcore.errors import (
 from railcore.protocol.binary import decode_outputs, serialize_bytes_tensor
 from railcore.protocol.codec import HEADER_LENGTH
 from railcore.protocol.types import triton_datatype
+from railcore.tracing import TRACEPARENT, headers_for
 
 log = logging.getLogger("railgate.hub")
 
@@ -180,6 +181,7 @@ class TritonHttpBackend(Backend):
         outputs: list[str],
         deadline: float,
         timeout_s: float | None = None,
+        trace: Any = None,
     ) -> dict[str, np.ndarray]:
         assert self.session is not None
         loop = asyncio.get_running_loop()
@@ -203,6 +205,8 @@ class TritonHttpBackend(Backend):
         head = json.dumps(header, separators=(",", ":")).encode()
         body = b"".join([head, *blobs])
         headers = {HEADER_LENGTH: str(len(head)), "Content-Type": "application/octet-stream"}
+        if trace is not None:
+            _traced_call(trace, headers, self.base_url)
         self.inflight += 1
         try:
             with _http_errors(self.name, model):
@@ -214,8 +218,21 @@ class TritonHttpBackend(Backend):
                         status, length = reply.status, reply.headers.get(HEADER_LENGTH)
         finally:
             self.inflight -= 1
+        if trace is not None:
+            trace.set_attribute("http.response.status_code", status)
         _http_status(self.name, status, raw)
         return _decoded(self.name, raw, length, outputs)
+
+
+def _traced_call(span: Any, headers: dict[str, str], url: str) -> dict[str, str]:
+    """``headers`` with the hub call's W3C context (Triton's OpenTelemetry trace mode reads it), and
+    the span told where it went and what it sent."""
+    headers_for(span, headers)
+    parts = urlsplit(url)
+    span.set_attribute("server.address", parts.hostname or "")
+    span.set_attribute("server.port", parts.port or 0)
+    span.set_attribute("railgate.hub.traceparent", headers[TRACEPARENT])
+    return headers
 
 
 async def _read_models(hub: str, names: list[str], read: Callable[[str], Awaitable[ModelInfo]]) -> dict[str, ModelInfo]:
@@ -318,6 +335,7 @@ class TritonGrpcBackend(Backend):
         outputs: list[str],
         deadline: float,
         timeout_s: float | None = None,
+        trace: Any = None,
     ) -> dict[str, np.ndarray]:
         import tritonclient.grpc as grpcclient
 
@@ -342,6 +360,7 @@ class TritonGrpcBackend(Backend):
                         outputs=requested,
                         timeout=_timeout_us(remaining if timeout_s is None else timeout_s),
                         client_timeout=remaining,
+                        headers=None if trace is None else _traced_call(trace, {}, f"grpc://{self.target}"),
                     )
         finally:
             self.inflight -= 1

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -32,6 +33,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from gateway.call import Call, call_from_metadata
 from gateway.fronts.grpc_codec import decode_infer_request, encode_infer_response
 from gateway.gateway import Gateway
+from gateway.tracing import end_request_span, grpc_request_span
 from railcore.catalog import ModelInfo
 from railcore.errors import ClientGone, ModelNotFound, RailgateError
 from railcore.protocol.codec import DecodeLimits
@@ -77,15 +79,18 @@ def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
     return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
 
 
-def call_from_context(context: grpc.aio.ServicerContext, metadata: dict[str, str], now: float) -> Call:
+def call_from_context(
+    context: grpc.aio.ServicerContext, metadata: dict[str, str], now: float, trace: Any = None
+) -> Call:
     """The ``Call`` of one message: its metadata, arrival, whether the client is gone, and the gRPC
     deadline as a transport budget (none sent: None; one already past on arrival: 0, so the call is
-    refused unsent rather than given the default budget)."""
+    refused unsent rather than given the default budget). ``trace``: its span (tracing on)."""
     remaining = context.time_remaining()
     return call_from_metadata(
         metadata,
         arrived=now,
         gone=context.cancelled,
+        trace=trace,
         transport_budget_s=None if remaining is None else max(remaining, 0.0),
     )
 
@@ -98,6 +103,7 @@ class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.service = gateway.service
         self.decode_limits = decode_limits
         self.stream_window = stream_window
+        self.tracer = gateway.tracer  # None: tracing off
 
     # -- inference --------------------------------------------------------------------------------
 
@@ -120,9 +126,16 @@ class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
             error = RailgateError("internal error in the gateway; it is logged")
             self.service.record_failure(message.model_name, error, call)
             raise error from exc
+        finally:
+            if call.trace is not None:
+                end_request_span(call.trace, sys.exc_info()[1])  # type: ignore[arg-type]
 
     async def ModelInfer(self, request, context):
-        call = call_from_context(context, _metadata(context), asyncio.get_running_loop().time())
+        metadata = _metadata(context)
+        span = (
+            None if self.tracer is None else grpc_request_span(self.tracer, metadata, "ModelInfer", request.model_name)
+        )
+        call = call_from_context(context, metadata, asyncio.get_running_loop().time(), span)
         try:
             response, headers = await self._answer(request, call)
         except RailgateError as exc:
@@ -153,7 +166,10 @@ class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
             loop = asyncio.get_running_loop()
             try:
                 async for message in request_iterator:
-                    call = call_from_context(context, metadata, loop.time())  # its budget counts from its arrival
+                    span = None
+                    if self.tracer is not None:
+                        span = grpc_request_span(self.tracer, metadata, "ModelStreamInfer", message.model_name)
+                    call = call_from_context(context, metadata, loop.time(), span)  # its budget counts from its arrival
                     await window.acquire()
                     task = loop.create_task(answer(message, call))
                     running.add(task)

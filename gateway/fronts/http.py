@@ -22,7 +22,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway import artifacts, dashboard
+from gateway import artifacts, dashboard, tracing
 from gateway.call import call_from_metadata
 from gateway.config import GatewayConfig
 from gateway.fronts.access import Family, RouteFamilies, access_middleware, family_of_app
@@ -49,6 +49,7 @@ class _InferFront:
     decode_limits: DecodeLimits
     body_limits: BodyLimits
     reading: ReadingBudget  # the bytes of all bodies being read or held at once
+    tracer: object | None = None  # OpenTelemetry's when tracing is on (gateway/tracing.py), else None
 
 
 _INFER: web.AppKey[_InferFront] = web.AppKey("infer_front", _InferFront)
@@ -59,9 +60,11 @@ def create_app(config: GatewayConfig, config_path: Path | None = None) -> web.Ap
     """The gateway's aiohttp app; the gateway starts and closes with it."""
     gateway = Gateway(config, config_path)
     families = RouteFamilies()
-    app = web.Application(middlewares=[errors_middleware("gateway", _count_failed_inference),
-                                       access_middleware(config.access, gateway.tenants, families)],
-                          client_max_size=config.limits.max_body_bytes)  # fmt: skip
+    middlewares = [errors_middleware("gateway", _count_failed_inference),
+                   access_middleware(config.access, gateway.tenants, families)]  # fmt: skip
+    if gateway.tracer is not None:  # outermost: the request's span sees the status it was answered
+        middlewares.insert(0, tracing.http_middleware(gateway.tracer, lambda r: r.match_info.handler is infer))
+    app = web.Application(middlewares=middlewares, client_max_size=config.limits.max_body_bytes)
     app[GATEWAY] = gateway
     limits = config.limits
     decode_limits = DecodeLimits(
@@ -72,7 +75,7 @@ def create_app(config: GatewayConfig, config_path: Path | None = None) -> web.Ap
     )
     body_limits = BodyLimits(limits.max_body_bytes, limits.max_json_body_bytes, limits.body_timeout_s)
     reading = ReadingBudget(limits.max_reading_bytes)
-    app[_INFER] = _InferFront(gateway.service, decode_limits, body_limits, reading)
+    app[_INFER] = _InferFront(gateway.service, decode_limits, body_limits, reading, gateway.tracer)
 
     async def start(app: web.Application) -> None:
         await gateway.start()
@@ -144,6 +147,7 @@ async def infer(request: web.Request) -> web.Response:
         arrived=asyncio.get_running_loop().time(),
         gone=lambda: transport is None or transport.is_closing(),
         body_bytes=request.content_length,
+        trace=None if front.tracer is None else request[tracing.REQUEST_SPAN],
     )
     # Admitted (and counted in progress) before a byte of the body is read; released on every exit.
     ticket = front.service.admit(call, request.match_info["model"], request.match_info.get("version", ""))

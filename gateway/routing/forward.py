@@ -25,8 +25,10 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +38,7 @@ from gateway.metrics import Metrics
 from gateway.routing.policy import Route
 from gateway.routing.router import Router, Selection
 from railcore.errors import Cause, DeadlineExceeded, HubFailed, HubModelFailed, HubRejected, NoBackend
+from railcore.tracing import end_span
 
 log = logging.getLogger("railgate.forward")
 
@@ -76,6 +79,7 @@ class Batch:
     rows: int  # 0 for a model that does not batch
     deadline: float  # the latest member's: no hub call outlives it
     route_deadline: float  # the earliest member's: the hub chosen must fit it
+    trace: Any = None  # the batch's gateway.tracing.BatchTrace when tracing is on: each call is its child span
 
     def budget_s(self, now: float) -> float:
         """The budget a hub must fit: the earliest member's, or, once that member has been
@@ -139,6 +143,10 @@ class Forwarder:
                         log.info("event=retry_budget_exhausted model=%s hub=%s", batch.model, selection.backend.name)
                         raise
                     self.metrics.retries.labels(selection.backend.name).inc()
+                    if batch.trace is not None:
+                        batch.trace.event(
+                            "failover", {"railgate.from": selection.backend.name, "error.type": type(exc).__name__}
+                        )
                     log.info("event=failover model=%s from=%s error=%s", batch.model, selection.backend.name, exc)
         finally:
             if holding:
@@ -163,6 +171,8 @@ class Forwarder:
                     return await primary
                 tried.add(second.backend.name)
                 self.metrics.hedges.labels(second.backend.name).inc()
+                if batch.trace is not None:
+                    batch.trace.event("hedge", {"railgate.to": second.backend.name, "railgate.after_s": hedge_after})
                 hedge = loop.create_task(
                     self._call(batch, dataclasses.replace(second, reason=f"hedge: {second.reason}", predicted_s=None))
                 )
@@ -187,13 +197,19 @@ class Forwarder:
         start = self.clock()
         rows = max(batch.rows, 1)
         settled = False  # whether the breaker ticket has been settled; if not, it is released
+        span = None if batch.trace is None else batch.trace.backend_call(selection, batch.model, rows)
         self.metrics.inflight.labels(backend.name).inc()
         try:
             rtt = self.router.state[backend.name].rtt.value or 0.0
             timeout_s = batch.hub_timeout_s(asyncio.get_running_loop().time(), rtt)
-            outputs = await backend.infer(
-                batch.model, batch.version, batch.inputs, batch.outputs, batch.deadline, timeout_s=timeout_s
-            )
+            if span is None:
+                outputs = await backend.infer(
+                    batch.model, batch.version, batch.inputs, batch.outputs, batch.deadline, timeout_s=timeout_s
+                )
+            else:  # the call's span goes with it (a hub is sent its traceparent)
+                outputs = await backend.infer(
+                    batch.model, batch.version, batch.inputs, batch.outputs, batch.deadline, timeout_s, span
+                )
             if batch.rows:
                 require_rows(backend.name, outputs, batch.rows)
         except HubFailed as exc:
@@ -227,6 +243,8 @@ class Forwarder:
             self.metrics.inflight.labels(backend.name).dec()
             if not settled:  # cancelled (a hedge loser), cut by its own budget, or unexpected
                 self.router.release(backend, ticket)
+            if span is not None:
+                end_span(span, sys.exc_info()[1])
         elapsed = self.clock() - start
         self.router.report(backend, batch.model, rows, elapsed, ok=True, ticket=ticket)
         self.metrics.backend_latency.labels(backend.name, batch.model).observe(elapsed)

@@ -61,7 +61,7 @@ class FakeContext:
 
 
 def _front(window: int = 256) -> InferenceFront:
-    gateway = SimpleNamespace(service=ScriptedService())
+    gateway = SimpleNamespace(service=ScriptedService(), tracer=None)
     return InferenceFront(gateway, DecodeLimits(), stream_window=window)  # type: ignore[arg-type]
 
 

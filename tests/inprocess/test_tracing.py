@@ -1,0 +1,100 @@
+"""Tracing on the real app in-process (the local backend serves digits): off, no span code runs and no
+header is parsed; on, a malformed ``traceparent`` is ignored (the call answered, traced as a new root)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from devtools import procs
+from gateway.config import GatewayConfig, Local
+from gateway.fronts.http import GATEWAY, create_app
+from railcore.tracing import TracingSettings
+from tests.otlp import OtlpReceiver, ReceivedSpan
+
+BODY = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [1.0] * 64}]}
+VALID = f"00-{'ab' * 16}-{'cd' * 8}-01"
+
+
+def config(repository: Path, tracing: TracingSettings | None = None) -> GatewayConfig:
+    return GatewayConfig(
+        local=Local(repository=str(repository), models=("digits",)), tracing=tracing or TracingSettings()
+    )
+
+
+@pytest.fixture
+def no_span_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any span started or any trace context parsed or written fails the test."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("span code ran with tracing off")
+
+    from opentelemetry.sdk.trace import Tracer
+
+    monkeypatch.setattr(Tracer, "start_span", refuse)
+    monkeypatch.setattr(TraceContextTextMapPropagator, "extract", refuse)
+    monkeypatch.setattr(TraceContextTextMapPropagator, "inject", refuse)
+
+
+async def test_with_tracing_off_a_traced_call_runs_no_span_code(aiohttp_client, repository: Path, no_span_code) -> None:
+    app = create_app(config(repository))
+    client = await aiohttp_client(app)
+    assert app[GATEWAY].tracer is None and app[GATEWAY].pipeline.tracer is None
+    reply = await client.post("/v2/models/digits/infer", json=BODY, headers={"traceparent": VALID})
+    assert reply.status == 200, await reply.text()
+
+
+def test_with_tracing_off_the_gateway_never_loads_the_sdk_or_exporter() -> None:
+    script = (
+        "import sys\nfrom gateway.fronts.http import create_app\nfrom gateway.config import GatewayConfig, Local\n"
+        "create_app(GatewayConfig())\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry.sdk', 'opentelemetry.exporter'))))"
+    )
+    done = procs.run([sys.executable, "-c", script], timeout_s=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as r:
+        yield r
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        "garbage",
+        "00-" + "0" * 32 + "-" + "cd" * 8 + "-01",  # all-zero trace id
+        "00-" + "ab" * 16 + "-" + "0" * 16 + "-01",  # all-zero parent id
+        "00-" + "AB" * 16 + "-" + "cd" * 8 + "-01",  # upper-case hex
+        "ff-" + "ab" * 16 + "-" + "cd" * 8 + "-01",  # version ff is invalid
+        "00-" + "ab" * 15 + "-" + "cd" * 8 + "-01",  # short trace id
+        "",
+    ],
+)
+async def test_a_malformed_traceparent_is_ignored_and_the_call_traced_as_a_new_root(
+    aiohttp_client, repository: Path, receiver: OtlpReceiver, traceparent: str
+) -> None:
+    tracing = TracingSettings(otlp_endpoint=receiver.endpoint, export_delay_ms=20)
+    app = create_app(config(repository, tracing))
+    client = await aiohttp_client(app)
+    receiver.clear()
+    reply = await client.post(
+        "/v2/models/digits/infer", json=BODY, headers={"traceparent": traceparent, "tracestate": "a=b"}
+    )
+    assert reply.status == 200, await reply.text()
+    await client.close()  # the gateway closes: its tracer flushes
+
+    def served(spans: list[ReceivedSpan]) -> bool:
+        return any(s.kind == 2 for s in spans) and any(s.name == "railgate.local_run" for s in spans)
+
+    spans = receiver.wait_for(served)
+    (request,) = [s for s in spans if s.kind == 2]
+    assert request.parent_id == "" and request.trace_id not in ("ab" * 16, "0" * 32)
+    local = next(s for s in spans if s.name == "railgate.local_run")
+    assert local.trace_id == request.trace_id
