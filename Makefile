@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 REPO := models/repository
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-inprocess test-system lint imports fmt bench nginx sysdeps bench-edge sim chaos fuzz loadtest loadtest-ui models venv clean
+.PHONY: demo test test-unit test-inprocess test-system lint imports fmt bench profile nginx sysdeps bench-edge sim chaos fuzz loadtest loadtest-ui models venv clean
 
 demo: $(STAMP) $(REPO)/manifest.json
 	$(PY) -m gateway.cli demo --repository $(REPO)
@@ -39,6 +39,12 @@ fmt: $(STAMP)
 
 bench: $(STAMP) $(REPO)/manifest.json nginx
 	$(PY) -m bench.run
+
+# Where the gateway spends its CPU: py-spy flame graphs and top frames under load, per front and
+# concurrency, in reports/profile/$(PROFILE_LABEL)/ (PROFILE_ARGS: --seconds, --only CASES).
+PROFILE_LABEL ?= latest
+profile: $(STAMP) $(REPO)/manifest.json
+	$(PY) -m bench.profile --label $(PROFILE_LABEL) $(PROFILE_ARGS)
 
 # The benchmark's anchor (nginx as a plain reverse proxy). A fresh machine has none: installed as root,
 # otherwise said loudly; bench.run then prints a MISSING row (and fails under CI=true).
