@@ -94,11 +94,14 @@ async def read_body(
 
     try:
         charge(declared or 0)
-        try:
-            async with asyncio.timeout(limits.timeout_s):
-                body = await _read(request, declared, limit, setting, charge)
-        except TimeoutError:
-            raise RequestTimeout(f"the request body did not arrive within {limits.timeout_s:g} s") from None
+        if request.content.is_eof():  # the whole body is buffered already: nothing to wait for, no timer
+            body = await _read(request, declared, limit, setting, charge)
+        else:
+            try:
+                async with asyncio.timeout(limits.timeout_s):
+                    body = await _read(request, declared, limit, setting, charge)
+            except TimeoutError:
+                raise RequestTimeout(f"the request body did not arrive within {limits.timeout_s:g} s") from None
         yield body
     finally:
         budget.give(held)
