@@ -37,6 +37,7 @@ from railcore.errors import (
     HubUnreachable,
     RailgateError,
 )
+from railcore.protocol import json_codec
 from railcore.protocol.binary import decode_outputs, serialize_bytes_tensor
 from railcore.protocol.codec import HEADER_LENGTH
 from railcore.protocol.types import triton_datatype
@@ -202,7 +203,7 @@ class TritonHttpBackend(Backend):
             "outputs": [{"name": n, "parameters": {"binary_data": True}} for n in outputs],
             "parameters": {"timeout": _timeout_us(remaining if timeout_s is None else timeout_s)},
         }
-        head = json.dumps(header, separators=(",", ":")).encode()
+        head = json_codec.dumps(header)
         body = b"".join([head, *blobs])
         headers = {HEADER_LENGTH: str(len(head)), "Content-Type": "application/octet-stream"}
         if trace is not None:

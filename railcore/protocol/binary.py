@@ -7,13 +7,13 @@ object arrays of ``bytes``.
 
 from __future__ import annotations
 
-import json
 import struct
 from collections.abc import Sequence
 
 import numpy as np
 
 from railcore.errors import BadRequest, PayloadTooLarge
+from railcore.protocol import json_codec
 from railcore.protocol.types import DTYPES, numpy_dtype
 
 _LENGTH = struct.Struct("<I")
@@ -87,9 +87,9 @@ def tensor_bytes(arr: np.ndarray, datatype: str) -> bytes | memoryview:
 
 def decode_outputs(raw: bytes, header_length: int | None, wanted: list[str]) -> dict[str, np.ndarray]:
     """Parse a hub's infer reply (binary extension or plain JSON) into arrays, zero-copy."""
-    header = json.loads(raw[:header_length] if header_length is not None else raw)
-    offset = header_length or 0
     view = memoryview(raw)
+    header = json_codec.loads(view[:header_length] if header_length is not None else raw)
+    offset = header_length or 0
     results: dict[str, np.ndarray] = {}
     for out in header["outputs"]:
         dtype = numpy_dtype(out["datatype"])

@@ -1,16 +1,23 @@
 """Tensor data as JSON: parsing ``data`` lists into numpy arrays and back, BF16 included.
 
-The stdlib ``json`` parser is used on purpose: orjson is not a dependency, and an optional fast path would
-behave differently on NaN/Infinity (orjson rejects them on input and writes ``null`` on output).
+orjson parses and writes (several times faster than the stdlib), and the stdlib ``json`` takes over
+wherever the two would differ, so what is accepted and written is what the stdlib alone did:
+- input orjson refuses (NaN/Infinity, UTF-16/32, lone surrogates) is parsed again by the stdlib,
+  which reads it or names the problem as before; orjson reads an integer past 64 bits as a float,
+  so a body with a run of 19 digits (where such integers begin) goes to the stdlib alone;
+- orjson writes NaN and Infinity as ``null``: a float tensor that holds one is marked (``NonFinite``)
+  and its document written by the stdlib, as ``NaN``/``Infinity`` (what tritonclient's rapidjson reads).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 from railcore.errors import BadRequest, PayloadTooLarge
 from railcore.protocol.types import DTYPES
@@ -65,15 +72,45 @@ def loads(body: bytes | bytearray | memoryview, max_python_bytes: int | None = N
                 f"JSON body of {len(raw)} bytes could take {bound} bytes as Python objects; the limit is "
                 f"{max_python_bytes} (send tensors as binary data or msgpack)"
             )
+    if not _LONG_DIGITS.search(raw):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass  # what orjson refuses, the stdlib may read (NaN, 1e400, UTF-16, lone surrogates) or says why not
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as e:
         raise BadRequest(f"body is not valid JSON: {e}") from None
 
 
+# Where an integer may not fit 64 bits (and orjson would read it as a float); also long decimals.
+_LONG_DIGITS = re.compile(rb"\d{19}")
+
+
+class NonFinite(list):  # type: ignore[type-arg]
+    """A tensor's JSON data that holds NaN or Infinity: its document is written by the stdlib."""
+
+
+def _plain(value: Any) -> Any:
+    """orjson's fallback for subclasses of its native types: the base value (a StrEnum is its str)."""
+    if isinstance(value, NonFinite):
+        raise TypeError("non-finite floats")  # orjson would write null: the stdlib writes NaN/Infinity
+    base: Any
+    for base in (str, int, float, list, dict, tuple):
+        if isinstance(value, base):
+            return base(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
 def dumps(document: Any) -> bytes:
-    """Compact ASCII JSON; NaN and Infinity are written as tritonclient (rapidjson) reads them."""
-    return json.dumps(document, separators=(",", ":")).encode("ascii")
+    """Compact UTF-8 JSON; NaN and Infinity are written as tritonclient (rapidjson) reads them."""
+    try:
+        return orjson.dumps(document, default=_plain, option=_ORJSON_OPTIONS)
+    except orjson.JSONEncodeError:
+        return json.dumps(document, separators=(",", ":")).encode("ascii")
 
 
 def array_from_json(
@@ -98,7 +135,11 @@ def json_data(arr: np.ndarray, datatype: str) -> list[Any]:
     if datatype == "BYTES":
         return [x if isinstance(x, str) else bytes(x).decode("utf-8", errors="replace") for x in arr.flat]
     flat = np.asarray(arr, dtype=DTYPES[datatype]).reshape(-1)
-    return (bf16_to_float32(flat) if datatype == "BF16" else flat).tolist()
+    if datatype == "BF16":
+        flat = bf16_to_float32(flat)
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        return NonFinite(flat.tolist())
+    return flat.tolist()
 
 
 def float32_to_bf16(values: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from railcore.protocol import (
     deserialize_bytes_tensor,
     encode_error,
     encode_response,
+    json_codec,
     serialize_bytes_tensor,
 )
 
@@ -448,3 +449,32 @@ def test_malformed_request_is_refused_with_a_message_naming_the_problem(
         decode(limits=SMALL, **kwargs)
     assert type(raised.value) is error
     assert message in raised.value.message
+
+
+# -- JSON through orjson, with the stdlib wherever the two would differ --------------------------------------
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP64", "BF16"])
+def test_a_json_reply_writes_nan_and_infinity_as_tritonclient_reads_them(datatype: str) -> None:
+    values = np.array([np.nan, np.inf, -np.inf, 1.5], dtype=np.float32)
+    data = json_codec.float32_to_bf16(values) if datatype == "BF16" else values.astype(DTYPES[datatype])
+    request = decode(b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}')
+    response = InferResponse("m", "1", [Tensor("y", datatype, (4,), data)])
+    chunks, _ = encode_response(response, request)
+    text = b"".join(chunks)
+    assert b"NaN,Infinity,-Infinity,1.5" in text and b"null" not in text
+
+
+def test_a_json_body_with_nan_and_infinity_is_read() -> None:
+    request = decode(b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [NaN, Infinity, -1e400]}]}')
+    data = request.inputs[0].data
+    assert np.isnan(data[0]) and data[1] == np.inf and data[2] == -np.inf
+
+
+def test_an_integer_past_64_bits_stays_an_integer() -> None:
+    big = 2**64
+    body = f'{{"inputs": [{{"name": "x", "datatype": "UINT64", "shape": [1], "data": [{big}]}}]}}'.encode()
+    with pytest.raises(BadRequest, match="UINT64 data must hold only integers"):
+        decode(body)
+    header = json_codec.loads(f'{{"id": "a", "n": {big}}}'.encode())
+    assert header["n"] == big and type(header["n"]) is int
