@@ -243,7 +243,9 @@ class Pipeline:
                 self._fail(pending, DeadlineExceeded(f"latency budget ran out in the queue for {lane.info.name!r}"))
             decision = queue.decide(now, lane.inflight, self._service_estimate(lane))
             if isinstance(decision, Flush):
-                dropped = queue.remove(lambda p: p.item.abandoned())
+                # Only the members of this batch: the others are looked at when their own batch is sent
+                # (or expire), so a flush costs its batch's size, not the queue's.
+                dropped = queue.remove(_abandoned, within=decision.count)
                 if dropped:  # clients that went away never reach a backend; decide again
                     for pending in dropped:
                         self._fail(pending, ClientGone("client went away before its batch was sent"))
@@ -419,6 +421,10 @@ def _union_outputs(info: ModelInfo, batch: list[Pending[Admitted]]) -> list[str]
             return [o.name for o in info.outputs]
         wanted.update(o.name for o in requested)
     return [o.name for o in info.outputs if o.name in wanted]
+
+
+def _abandoned(pending: Pending[Admitted]) -> bool:
+    return pending.item.abandoned()
 
 
 def _expire(future: asyncio.Future[BatchResult], model: str) -> None:

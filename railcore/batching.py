@@ -25,6 +25,7 @@ import enum
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -96,14 +97,23 @@ class BatchQueue(Generic[T]):
         self.rows += rows
         self._earliest_deadline = min(self._earliest_deadline, deadline)
 
-    def remove(self, predicate: Callable[[Pending[T]], bool]) -> list[Pending[T]]:
-        """Take out every request for which ``predicate`` holds (expired, or its client went away)."""
-        if not any(predicate(p) for p in self._queue):
-            return []
-        kept: deque[Pending[T]] = deque()
+    def remove(self, predicate: Callable[[Pending[T]], bool], within: int | None = None) -> list[Pending[T]]:
+        """Take out every request for which ``predicate`` holds (expired, or its client went away),
+        among the first ``within`` (all by default). One pass; the predicate is asked once per request."""
+        queue = self._queue
         removed: list[Pending[T]] = []
-        for pending in self._queue:
-            (removed if predicate(pending) else kept).append(pending)
+        kept: deque[Pending[T]] | None = None
+        for index, pending in enumerate(queue if within is None else islice(queue, within)):
+            if predicate(pending):
+                if kept is None:  # the first one: those before it are kept
+                    kept = deque(islice(queue, index))
+                removed.append(pending)
+            elif kept is not None:
+                kept.append(pending)
+        if kept is None:
+            return removed
+        if within is not None:
+            kept.extend(islice(queue, within, None))
         self._queue = kept
         self._recount()
         return removed
@@ -114,8 +124,19 @@ class BatchQueue(Generic[T]):
         return self.remove(lambda p: p.deadline <= now)
 
     def take(self, count: int) -> list[Pending[T]]:
-        batch = [self._queue.popleft() for _ in range(count)]
-        self._recount()
+        popleft = self._queue.popleft
+        batch = [popleft() for _ in range(count)]
+        if not self._queue:
+            self.rows, self._earliest_deadline, self._mixed = 0, float("inf"), False
+            return batch
+        # Counted down from what was taken; the rest is walked only when the taken ones held the
+        # earliest deadline or the queue held more than one shape.
+        self.rows -= sum(p.rows for p in batch)
+        earliest = self._earliest_deadline
+        if any(p.deadline <= earliest for p in batch):
+            self._earliest_deadline = min(p.deadline for p in self._queue)
+        if self._mixed:
+            self._mixed = len({p.shape for p in self._queue}) > 1
         return batch
 
     def _recount(self) -> None:

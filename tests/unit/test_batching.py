@@ -84,3 +84,28 @@ def test_a_request_larger_than_the_rest_of_the_batch_waits_for_the_next() -> Non
 def test_preferred_sizes_above_the_max_are_ignored(preferred: tuple[int, ...]) -> None:
     policy = BatchPolicy(8, 0.002, preferred, 1)
     assert policy.preferred_flush_rows is None
+
+
+def test_remove_within_looks_only_at_the_front_and_keeps_the_order() -> None:
+    q = queue_with(1, 1, 1, 1, 1)
+    gone = q.remove(lambda p: p.item in (1, 3), within=2)
+    assert [p.item for p in gone] == [1]
+    assert [p.item for p in q] == [0, 2, 3, 4] and q.rows == 4
+
+
+def test_remove_asks_the_predicate_once_per_request() -> None:
+    q = queue_with(1, 1, 1)
+    asked: list[int] = []
+    q.remove(lambda p: asked.append(p.item) or p.item == 2)
+    assert asked == [0, 1, 2]
+
+
+def test_take_leaves_rows_deadline_and_shapes_as_a_full_recount_would() -> None:
+    q: BatchQueue[int] = BatchQueue(BatchPolicy(8, 100.0, (), 1))
+    for i, (rows, deadline, shape) in enumerate([(2, 5.0, "a"), (1, 1.0, "a"), (3, 9.0, "b"), (1, 7.0, "b")]):
+        q.push(i, rows, deadline, 0.0, shape)
+    q.take(2)  # the earliest deadline (1.0) and every "a" leave
+    assert q.rows == 4
+    assert q.decide(now=6.5, inflight=9, service_s=0.0) == Wait(7.0)  # the earliest left is 7.0, not 1.0
+    q.push(9, 1, 8.0, 0.0, "b")
+    assert q._fitting(99) == 3  # one shape left: the whole queue batches together
