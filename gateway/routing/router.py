@@ -23,6 +23,7 @@ from gateway.backends import Backend
 from gateway.config import Health, Routing
 from gateway.routing.policy import Route, choose
 from gateway.routing.state import BackendState, BackendView
+from gateway.routing.tariff import price_now
 from railcore.breaker import Breaker, BreakerPolicy, BreakerState, Ticket
 from railcore.catalog import ModelInfo
 from railcore.errors import Cause, ModelNotFound, NoBackend
@@ -158,13 +159,11 @@ class Router:
             model, rows, backend.inflight, backend.capacity, self.clock(), self.config.ewma_decay_s
         )
 
-    def price_now(self, backend: Backend, model: str) -> float:
+    def price_now(self, backend: Backend, model: str, minute: int | None = None) -> float:
         spec = getattr(backend, "spec", None)
         if spec is None:
             return backend.price_per_1k
-        from gateway.routing.tariff import price_now
-
-        return price_now(spec, model, self.minute_of_day())
+        return price_now(spec, model, self.minute_of_day() if minute is None else minute)
 
     def choose(
         self, model: str, budget_s: float, route: Route, rows: int = 1, exclude: frozenset[str] = frozenset()
@@ -181,24 +180,23 @@ class Router:
         # Slow start: a hub back from ejection is offered only a growing share of the batches.
         ramped = [b for b in candidates if self.rng.random() < self.breakers[b.name].share(now)]
         candidates = ramped or candidates
-        views = {
-            b.name: BackendView(
+        minute = self.minute_of_day()  # once per batch, not per candidate
+        views = [
+            BackendView(
                 b.name,
                 b.kind,
                 self.predicted_s(b, model, rows),
                 b.inflight,
                 b.capacity,
                 b.region,
-                self.price_now(b, model),
+                self.price_now(b, model, minute),
                 b.carbon_g_per_kwh,
             )
             for b in candidates
-        }
+        ]
         self._turn += 1
-        decision = choose(
-            list(views.values()), budget_s, route.policy, self.rng, self._turn, self.config.balance_weight
-        )
-        backend = next(b for b in candidates if b.name == decision.backend.name)
+        decision = choose(views, budget_s, route.policy, self.rng, self._turn, self.config.balance_weight)
+        backend = candidates[next(i for i, v in enumerate(views) if v is decision.backend)]
         self.state[backend.name].selections += 1
         ticket = self.breakers[backend.name].on_send(now)
         self.recent.append(
