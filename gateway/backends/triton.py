@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
+from yarl import URL
 
 from gateway.backends import Backend, BackendKind
 from gateway.config import HubSpec
@@ -116,6 +117,9 @@ class TritonHttpBackend(Backend):
         self.spec = spec
         self.base_url = spec.url.rstrip("/")
         self.session: aiohttp.ClientSession | None = None
+        # Each model's infer URL, built once (aiohttp would parse and join a path per call); bounded
+        # by the catalog, since a batch's model was validated against it.
+        self._infer_urls: dict[tuple[str, str], URL] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self.spec.max_connections, keepalive_timeout=60)
@@ -123,8 +127,17 @@ class TritonHttpBackend(Backend):
             self.base_url,
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None),
-            skip_auto_headers=("User-Agent",),
+            # No Accept-Encoding: offered gzip, Triton compresses every reply and the gateway inflates
+            # it, both for nothing on a backbone of small tensors. No cookies: a hub sets none.
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
+
+    def _infer_url(self, model: str, version: str) -> URL:
+        url = self._infer_urls.get((model, version))
+        if url is None:
+            url = self._infer_urls[(model, version)] = URL(f"{self.base_url}{_model_path(model, version)}/infer")
+        return url
 
     async def close(self) -> None:
         if self.session is not None:
@@ -212,9 +225,7 @@ class TritonHttpBackend(Backend):
         try:
             with _http_errors(self.name, model):
                 async with asyncio.timeout_at(deadline):
-                    async with self.session.post(
-                        f"{_model_path(model, version)}/infer", data=body, headers=headers
-                    ) as reply:
+                    async with self.session.post(self._infer_url(model, version), data=body, headers=headers) as reply:
                         raw = await reply.read()
                         status, length = reply.status, reply.headers.get(HEADER_LENGTH)
         finally:
