@@ -33,17 +33,19 @@ from typing import Any, Self
 import yaml
 
 from devtools.procs import ROOT, Child, StartError, free_port
-from hub.server import Hub, HubConfig
+from hub.server import GrpcTLS, Hub, HubConfig
 
 __all__ = [
     "ROOT",
     "DevStack",
     "Gateway",
+    "GrpcTLS",
     "Hub",
     "HubConfig",
     "HubPlan",
     "Link",
     "Nginx",
+    "NginxTLS",
     "Service",
     "StartError",
     "next_line",
@@ -71,8 +73,10 @@ def start_hub(
     metrics: bool = False,
     models: tuple[str, ...] = (),
     ready_timeout_s: float = 180.0,
+    grpc_tls: GrpcTLS | None = None,
 ) -> Hub:
-    """A real tritonserver over ``repository`` on free loopback ports (gRPC and metrics only if asked)."""
+    """A real tritonserver over ``repository`` on free loopback ports (gRPC and metrics only if asked;
+    ``grpc_tls``: Triton's own TLS on the gRPC port)."""
     config = HubConfig(
         repository=repository,
         http_port=free_port(),
@@ -81,6 +85,7 @@ def start_hub(
         name=name,
         models=models,
         ready_timeout_s=ready_timeout_s,
+        grpc_tls=grpc_tls,
     )
     return Hub(config).start()
 
@@ -212,7 +217,8 @@ http {{
         keepalive 32;
     }}
     server {{
-        listen 127.0.0.1:{port} backlog=1024;
+        listen 127.0.0.1:{port}{ssl} backlog=1024;
+        {tls}
         keepalive_requests 1000000;
         client_max_body_size 64m;
         location / {{
@@ -238,10 +244,31 @@ def nginx_version(binary: str) -> str:
     return (reply.stderr or reply.stdout).strip()
 
 
-class Nginx(_Service):
-    """nginx 1.x as a plain reverse proxy (one worker, keep-alive upstream) in front of a port."""
+@dataclass(frozen=True, slots=True)
+class NginxTLS:
+    """nginx terminating TLS: its certificate and key; with ``client_ca``, clients need a cert it signed."""
 
-    def __init__(self, name: str, binary: str, upstream_port: int, workdir: Path) -> None:
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def directives(self) -> str:
+        lines = [
+            f"ssl_certificate {self.cert};",
+            f"ssl_certificate_key {self.key};",
+            "ssl_session_cache shared:tls:1m;",
+        ]
+        if self.client_ca is not None:
+            lines += [f"ssl_client_certificate {self.client_ca};", "ssl_verify_client on;"]
+        return " ".join(lines)
+
+
+class Nginx(_Service):
+    """nginx 1.x as a plain reverse proxy (one worker, keep-alive upstream) in front of a port; with
+    ``tls`` it terminates TLS (an https:// front for Triton's HTTP port, which has no TLS of its own)."""
+
+    def __init__(self, name: str, binary: str, upstream_port: int, workdir: Path, tls: NginxTLS | None = None) -> None:
+        self.tls = tls
         self.prefix = workdir / name
         self.prefix.mkdir(parents=True)
         # Workers run as an unprivileged user when started by root: let them reach the prefix.
@@ -249,13 +276,21 @@ class Nginx(_Service):
             folder.chmod(0o755)
         self.port = free_port()
         conf = self.prefix / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(prefix=self.prefix, upstream_port=upstream_port, port=self.port))
+        conf.write_text(
+            NGINX_CONF.format(
+                prefix=self.prefix,
+                upstream_port=upstream_port,
+                port=self.port,
+                ssl=" ssl" if tls else "",
+                tls=tls.directives() if tls else "",
+            )
+        )
         args = [binary, "-c", str(conf), "-p", str(self.prefix), "-e", "stderr", "-g", "daemon off;"]
         self.child = Child(args, name, stop_signal=signal.SIGQUIT)  # SIGQUIT: the master waits for its worker
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 15.0) -> Self:
         self.child.start()

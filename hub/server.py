@@ -25,7 +25,7 @@ from devtools.procs import Child, StartError, free_port, group_members
 from hub.repository import write_runtime_repository
 from railcore.repository import RepositoryError, RepositoryModel, read_repository
 
-__all__ = ["Hub", "HubConfig", "HubError", "free_port", "group_members"]
+__all__ = ["GrpcTLS", "Hub", "HubConfig", "HubError", "free_port", "group_members"]
 
 
 class HubError(StartError):
@@ -36,6 +36,16 @@ class HubError(StartError):
 
     def __str__(self) -> str:
         return self.output
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcTLS:
+    """Triton's own TLS on its gRPC port (``--grpc-use-ssl``); ``mutual``: clients need a cert ``root_cert`` signed."""
+
+    cert: Path
+    key: Path
+    root_cert: Path | None = None
+    mutual: bool = False
 
 
 @dataclass(slots=True)
@@ -50,6 +60,7 @@ class HubConfig:
     intra_op_threads: int = 1
     ready_timeout_s: float = 180.0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    grpc_tls: GrpcTLS | None = None  # the HTTP port stays plain: Triton has no TLS there (put nginx in front)
 
 
 def _check_port_free(host: str, port: int, what: str) -> None:
@@ -87,6 +98,20 @@ def _server_env(libs: Path) -> dict[str, str]:
     env["PYTHONPATH"] = ":".join(p for p in packages if p)
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     return env
+
+
+def _grpc_tls_args(tls: GrpcTLS) -> list[str]:
+    """tritonserver's own gRPC TLS flags (as the bundled binary's ``--help`` names them)."""
+    for path in (tls.cert, tls.key, tls.root_cert):
+        if path is not None and not Path(path).is_file():
+            raise HubError(f"gRPC TLS file {path} does not exist")
+    if tls.mutual and tls.root_cert is None:
+        raise HubError("gRPC mutual TLS needs root_cert (the CA that signs the clients' certificates)")
+    args = [f"--grpc-server-cert={tls.cert}", f"--grpc-server-key={tls.key}"]
+    if tls.root_cert is not None:
+        args.append(f"--grpc-root-cert={tls.root_cert}")
+    args.append("--grpc-use-ssl-mutual=true" if tls.mutual else "--grpc-use-ssl=true")
+    return args
 
 
 class Hub:
@@ -181,6 +206,8 @@ class Hub:
         args += (
             [f"--grpc-address={cfg.host}", f"--grpc-port={cfg.grpc_port}"] if cfg.grpc_port else ["--allow-grpc=false"]
         )
+        if cfg.grpc_port and cfg.grpc_tls is not None:
+            args += _grpc_tls_args(cfg.grpc_tls)
         if cfg.metrics_port:
             args += [f"--metrics-address={cfg.host}", f"--metrics-port={cfg.metrics_port}", "--allow-metrics=true"]
         else:

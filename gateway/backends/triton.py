@@ -9,6 +9,12 @@ Each protocol's failures are translated here, once, by cause (``_http_errors``, 
 ``_decoded``; ``_grpc_errors``): the transport failing is ``HubUnreachable``, a reply we cannot
 read is ``HubProtocolError``, the hub's 5xx is ``HubError``, its 4xx ``HubRejected`` (the
 request's fault), and the deadline passing ``DeadlineExceeded``.
+
+TLS (``hubs[].tls``) is set up once, at ``start``, by the helpers in the TLS section below: an
+``https://`` hub gets a connector with the pinned CA / client certificate / ``server_name``, a gRPC
+hub with ``tls`` a secure channel; the hot path never looks at it. A probe refused by TLS (another
+CA, expired, the wrong name, no client certificate) logs why once (``event=hub_tls_failed``), and plain
+HTTP or insecure gRPC to a hub outside loopback logs a warning once, when its client is made.
 """
 
 from __future__ import annotations
@@ -42,9 +48,70 @@ from railcore.protocol import json_codec
 from railcore.protocol.binary import decode_outputs, serialize_bytes_tensor
 from railcore.protocol.codec import HEADER_LENGTH
 from railcore.protocol.types import triton_datatype
+from railcore.tls import client_pem, describe_tls_failure, https_connector, is_loopback
 from railcore.tracing import TRACEPARENT, headers_for
 
 log = logging.getLogger("railgate.hub")
+
+
+# -- TLS to hubs (set up once per hub client; nothing here runs per request) -----------------------
+
+
+def _warn_if_plaintext(spec: HubSpec) -> None:
+    """One warning for a hub reached in clear text over the network (loopback hubs are left alone)."""
+    parts = urlsplit(spec.url if "://" in spec.url else f"{spec.protocol}://{spec.url}")
+    plaintext = spec.tls is None and parts.scheme in ("http", "grpc")
+    if plaintext and parts.hostname is not None and not is_loopback(parts.hostname):
+        log.warning(
+            "event=hub_plaintext hub=%s url=%s detail=traffic to this hub is not encrypted; set hubs[].tls "
+            "(and https:// for an HTTP hub)",
+            spec.name,
+            spec.url,
+        )
+
+
+def _grpc_client_options(spec: HubSpec) -> dict[str, Any]:
+    """tritonclient's keyword arguments for a secure channel to ``spec`` (none: an insecure one)."""
+    if spec.tls is None:
+        return {}
+    import grpc
+    from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
+
+    pem = client_pem(spec.tls, f"hub {spec.name} tls")
+    options: dict[str, Any] = {
+        "creds": grpc.ssl_channel_credentials(root_certificates=pem.ca, private_key=pem.key, certificate_chain=pem.cert)
+    }
+    if spec.tls.server_name:  # channel_args replace tritonclient's own: keep its defaults beside the override
+        keepalive = KeepAliveOptions()
+        options["channel_args"] = [
+            ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+            ("grpc.ssl_target_name_override", spec.tls.server_name),
+        ]
+    return options
+
+
+_GRPC_TLS_WORDS = ("ssl", "handshake", "certificate", "tsi_")
+
+
+class _TlsFailureLog:
+    """Logs a hub's TLS refusal once, and again only after the hub has answered in between."""
+
+    def __init__(self, hub: str) -> None:
+        self.hub = hub
+        self.failing = False
+
+    def failed(self, reason: str | None) -> None:
+        if reason is not None and not self.failing:
+            self.failing = True
+            log.warning("event=hub_tls_failed hub=%s error=%s", self.hub, reason)
+
+    def answered(self) -> None:
+        self.failing = False
 
 
 def _model_path(model: str, version: str) -> str:
@@ -120,9 +187,17 @@ class TritonHttpBackend(Backend):
         # Each model's infer URL, built once (aiohttp would parse and join a path per call); bounded
         # by the catalog, since a batch's model was validated against it.
         self._infer_urls: dict[tuple[str, str], URL] = {}
+        self._tls_log = _TlsFailureLog(spec.name)
+        _warn_if_plaintext(spec)
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self.spec.max_connections, keepalive_timeout=60)
+        self.base_url, connector = https_connector(
+            self.spec.url.rstrip("/"),
+            self.spec.tls,
+            f"hub {self.name} tls",
+            limit=self.spec.max_connections,
+            keepalive_timeout=60,
+        )
         self.session = aiohttp.ClientSession(
             self.base_url,
             connector=connector,
@@ -171,9 +246,13 @@ class TritonHttpBackend(Backend):
         try:
             async with asyncio.timeout(timeout_s), self.session.get(f"{self.base_url}/v2/health/ready") as reply:
                 await reply.read()
-                return reply.status == 200
-        except (aiohttp.ClientError, OSError, TimeoutError):
+        except (aiohttp.ClientError, OSError) as exc:
+            self._tls_log.failed(describe_tls_failure(exc))
             return False
+        except TimeoutError:
+            return False
+        self._tls_log.answered()
+        return reply.status == 200
 
     async def statistics(self) -> dict[str, tuple[float, float, float]]:
         stats = await self._get_json("/v2/models/stats")
@@ -304,11 +383,13 @@ class TritonGrpcBackend(Backend):
         parts = urlsplit(spec.url if "://" in spec.url else f"grpc://{spec.url}")
         self.target = f"{parts.hostname}:{parts.port}"
         self.client: Any = None
+        self._tls_log = _TlsFailureLog(spec.name)
+        _warn_if_plaintext(spec)
 
     async def start(self) -> None:
         import tritonclient.grpc.aio as grpcclient
 
-        self.client = grpcclient.InferenceServerClient(self.target)
+        self.client = grpcclient.InferenceServerClient(self.target, **_grpc_client_options(self.spec))
 
     async def close(self) -> None:
         if self.client is not None:
@@ -335,9 +416,14 @@ class TritonGrpcBackend(Backend):
     async def probe(self, timeout_s: float) -> bool:
         try:
             async with asyncio.timeout(timeout_s):
-                return bool(await self.client.is_server_ready())
-        except Exception:  # any transport failure means not ready
+                ready = bool(await self.client.is_server_ready())
+        except Exception as exc:  # any transport failure means not ready
+            text = str(exc)
+            tls = self.spec.tls is not None and any(w in text.lower() for w in _GRPC_TLS_WORDS)
+            self._tls_log.failed(f"TLS to {self.target} failed: {text}" if tls else None)
             return False
+        self._tls_log.answered()
+        return ready
 
     async def infer(
         self,
