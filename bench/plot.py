@@ -32,6 +32,7 @@ def plot_points(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "batching": f"batching {path}",
                 "cost": f"cost {case.get('encoding')}",
                 "grpc": f"grpc {'stream' if case.get('stream') else 'c=' + str(case['concurrency'])} {path}",
+                "tracing": f"c={case.get('concurrency')} tracing {case.get('tracing')}",
             }[name]
             point = {"section": name, "path": path, "label": label, "throughput": tput, "p99": p99}
             points.append({**point, "encoding": case.get("encoding")})
@@ -56,7 +57,7 @@ def plot(report: dict[str, Any], path: Path) -> str | None:
     if not points:
         return "latency.png not drawn: no section produced figures"
     colours = {"direct": "tab:blue", "gateway": "tab:orange", "nginx": "tab:green"}
-    markers = {"overhead": "o", "batching": "^", "cost": "D", "grpc": "s"}
+    markers = {"overhead": "o", "batching": "^", "cost": "D", "grpc": "s", "tracing": "v"}
     fig, ax = plt.subplots(figsize=(9, 6))
     for p in points:
         x, y = p["throughput"], p["p99"]

@@ -22,7 +22,13 @@ from bench.stats import Spread, spread
 OVERHEAD_P50_MS = 1.0  # the gateway may add this much to direct p50 ...
 OVERHEAD_P99_MS = 3.0  # ... and this much to direct p99
 BATCHING_GAIN = 3.0  # gateway throughput over direct, behind the link, at equal or better p99
-SECTION_TITLES = {"overhead": "1. Overhead", "batching": "2. Batching gain", "cost": "3. Cost", "grpc": "4. gRPC front"}
+SECTION_TITLES = {
+    "overhead": "1. Overhead",
+    "batching": "2. Batching gain",
+    "cost": "3. Cost",
+    "grpc": "4. gRPC front",
+    "tracing": "5. Tracing overhead",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +272,40 @@ def cost_markdown(section: dict[str, Any]) -> list[str]:
     return _table([*header, "target", "hub CPU-s", "load-gen CPU-s", "machine busy cores", "errors"], rows)
 
 
+def tracing_markdown(section: dict[str, Any]) -> list[str]:
+    """Per tracing setting and concurrency: p50, gateway CPU per request, and what each adds over tracing off."""
+    rows = []
+    for case in section.get("cases", []):
+        off = find_case(section, tracing="off", concurrency=case["concurrency"])
+        traced = case["tracing"] != "off"
+        cpu = _cpu_per_request(case, "gateway")
+
+        def per_request(run: dict[str, Any]) -> float | None:
+            used = (run.get("cpu_s") or {}).get("gateway")
+            return used / run["ok"] * 1e6 if used is not None and run.get("ok") else None
+
+        added_cpu = None
+        if traced and off:
+            pairs = zip((per_request(r) for r in case["runs"]), (per_request(r) for r in off["runs"]), strict=False)
+            added_cpu = spread([a - b for a, b in pairs if a is not None and b is not None])
+        rows.append(
+            [
+                case["tracing"],
+                str(case["concurrency"]),
+                fmt(case_spread(case, "throughput_rps"), 0),
+                fmt(case_spread(case, "p50_ms"), 3),
+                fmt(paired(case, off, "p50_ms"), 3, sign=True) if traced else "—",
+                fmt(case_spread(case, "p99_ms")),
+                fmt(cpu, 0),
+                fmt(added_cpu, 0, sign=True) if traced else "—",
+                fmt(case_spread(case, "spans_received"), 0),
+                _errors(case),
+            ]
+        )
+    header = ["tracing", "c", "req/s", "p50 ms", "added p50 ms", "p99 ms", "gateway CPU µs/req", "added CPU µs/req"]
+    return _table([*header, "spans received", "errors"], rows)
+
+
 BATCH_NOTE = "Mean batch = rows per batch the gateway sent to the hub (from its /metrics, warm-up included)."
 # The gRPC rows have the overhead table's shape: paths x concurrencies (the stream case at its window).
 SECTION_MARKDOWN = {
@@ -273,6 +313,7 @@ SECTION_MARKDOWN = {
     "batching": batching_markdown,
     "cost": cost_markdown,
     "grpc": overhead_markdown,
+    "tracing": tracing_markdown,
 }
 SECTION_NOTES = {
     "overhead": "c=1: {sequential_requests} sequential requests after {sequential_warmup} warm-up, tritonclient.http "
@@ -287,6 +328,12 @@ SECTION_NOTES = {
     "{sequential_warmup} warm-up, sync client. c={overhead_concurrency}: tritonclient.grpc.aio closed loop for "
     "{overhead_duration_s:g} s after {overhead_warmup_s:g} s warm-up. c=64: one ModelStreamInfer stream keeping "
     "64 requests in flight. Proxy CPU = the gateway's CPU time per answered request.",
+    "tracing": "Three gateways alike but for `tracing:` (off; sample_ratio 0.01; 1.0, exporting over OTLP/HTTP "
+    "to a real receiver on loopback in the bench process, the SDK's 5 s export delay). c=1: "
+    "{sequential_requests} sequential requests after {sequential_warmup} warm-up (tritonclient.http sync); "
+    "c={overhead_concurrency}: closed loop for {overhead_duration_s:g} s after {overhead_warmup_s:g} s warm-up. "
+    "Added = traced minus off, paired run by run (cases interleaved). Spans received: exported by the end of the "
+    "run (a lower bound: the last batch may still be on its way).",
     "cost": "Gateway straight to the hub, {cost_concurrency} closed-loop clients, {cost_duration_s:g} s after "
     "{cost_warmup_s:g} s warm-up. CPU-s from /proc/<pid>/stat (utime+stime) over the measured window; "
     "gateway cores = gateway CPU-s / window. No target was set for cost.",
@@ -331,7 +378,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [SECTION_NOTES[name].format(**plan), ""]
         lines += [f"> {s}" for s in section.get("skipped", [])]
         lines += [*SECTION_MARKDOWN[name](section), ""]
-        if name not in ("overhead", "grpc"):
+        if name not in ("overhead", "grpc", "tracing"):
             lines += [BATCH_NOTE, ""]
         note = other_load_note(section)
         if note:

@@ -311,9 +311,17 @@ def grpc(b: Bench, section: dict[str, Any]) -> None:
     grpc_section(b, section, _runs)
 
 
+def tracing(b: Bench, section: dict[str, Any]) -> None:
+    """OpenTelemetry tracing off vs 1% vs 100% (bench/tracing_bench.py)."""
+    from bench.tracing_bench import tracing_section
+
+    tracing_section(b, section, _runs, run_record, run_load, _progress)
+
+
 SECTIONS: dict[str, Callable[[Bench, dict[str, Any]], None]] = {
     "overhead": overhead,
     "batching": batching,
     "cost": cost,
     "grpc": grpc,
+    "tracing": tracing,
 }

@@ -237,6 +237,7 @@ class ScriptedBackend(Backend):
         outputs: list[str],
         deadline: float,
         timeout_s: float | None = None,
+        trace: Any = None,  # the call's span (tracing on): a scripted hub has nowhere to send it
     ) -> dict[str, np.ndarray]:
         loop = asyncio.get_running_loop()
         rows = next(iter(inputs.values())).shape[0] if inputs else 0

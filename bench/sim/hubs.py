@@ -85,6 +85,7 @@ class SimHub(Backend):
         outputs: list[str],
         deadline: float,
         timeout_s: float | None = None,  # a simulated hub has no queue policy: the deadline is enough
+        trace: Any = None,  # the simulator runs untraced
     ) -> dict[str, np.ndarray]:
         loop = asyncio.get_running_loop()
         sent = loop.time()

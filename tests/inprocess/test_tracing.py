@@ -11,10 +11,10 @@ import pytest
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from devtools import procs
+from devtools.otlp import OtlpReceiver, ReceivedSpan
 from gateway.config import GatewayConfig, Local
 from gateway.fronts.http import GATEWAY, create_app
 from railcore.tracing import TracingSettings
-from tests.otlp import OtlpReceiver, ReceivedSpan
 
 BODY = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [1.0] * 64}]}
 VALID = f"00-{'ab' * 16}-{'cd' * 8}-01"
@@ -98,3 +98,35 @@ async def test_a_malformed_traceparent_is_ignored_and_the_call_traced_as_a_new_r
     assert request.parent_id == "" and request.trace_id not in ("ab" * 16, "0" * 32)
     local = next(s for s in spans if s.name == "railgate.local_run")
     assert local.trace_id == request.trace_id
+
+
+def edge_config(repository: Path, **tracing: object):
+    from edge import parse_edge_config
+
+    return parse_edge_config({"repository": str(repository), "models": ["digits"], "tracing": tracing})
+
+
+def test_with_tracing_off_an_edge_call_runs_no_span_code(repository: Path, no_span_code) -> None:
+    from edge import EdgeRuntime
+    from tests.samples import sample_inputs
+
+    with EdgeRuntime(edge_config(repository)) as rt:
+        assert rt.tracing is None
+        result = rt.infer_sync("digits", sample_inputs("digits", batch=1), headers={"traceparent": VALID})
+    assert result.served_by == "local"
+
+
+def test_an_edge_call_is_the_child_of_the_firmwares_traceparent_with_its_decision(
+    repository: Path, receiver: OtlpReceiver
+) -> None:
+    from edge import EdgeRuntime
+    from tests.samples import sample_inputs
+
+    receiver.clear()
+    with EdgeRuntime(edge_config(repository, otlp_endpoint=receiver.endpoint, export_delay_ms=20)) as rt:
+        rt.infer_sync("digits", sample_inputs("digits", batch=1), headers={"TraceParent": VALID})
+    spans = receiver.wait_for(lambda spans: any(s.name == "railgate.edge.infer" for s in spans))
+    (call,) = [s for s in spans if s.name == "railgate.edge.infer"]
+    assert (call.trace_id, call.parent_id) == ("ab" * 16, "cd" * 8)
+    where, reason = call.attributes["railgate.offload.where"], call.attributes["railgate.offload.reason"]
+    assert (where, reason) == ("local", "no_gateway")

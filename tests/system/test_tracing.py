@@ -15,11 +15,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from devtools.otlp import OtlpReceiver, ReceivedSpan
 from devtools.procs import free_port
 from edge import EdgeRuntime, parse_edge_config
 from hub.server import Hub, HubConfig
 from tests.conftest import GatewayProcess, LinkProcess
-from tests.otlp import OtlpReceiver, ReceivedSpan
 from tests.samples import sample_inputs
 
 pytestmark = pytest.mark.hub

@@ -1,4 +1,4 @@
-"""A real OTLP/HTTP trace receiver on loopback, for tests: ``POST /v1/traces``, protobuf or JSON bodies.
+"""A real OTLP/HTTP trace receiver on loopback, for tests and `make bench`: ``POST /v1/traces``, protobuf or JSON bodies.
 
 It runs an aiohttp server on an event loop in a thread of its own, decodes each
 ``ExportTraceServiceRequest`` with ``opentelemetry-proto`` and keeps every span it was sent, flattened
