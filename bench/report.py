@@ -28,6 +28,7 @@ SECTION_TITLES = {
     "cost": "3. Cost",
     "grpc": "4. gRPC front",
     "tracing": "5. Tracing overhead",
+    "state": "6. Fleet state and the usage ledger",
 }
 
 
@@ -314,8 +315,11 @@ SECTION_MARKDOWN = {
     "cost": cost_markdown,
     "grpc": overhead_markdown,
     "tracing": tracing_markdown,
+    "state": lambda section: [f"- {line}" for line in _fleet_rows(section["cases"][0]["figures"])],
 }
 SECTION_NOTES = {
+    "state": "Local ONNX Runtime backend (the state, not the hub, is measured). python -m bench.fleet runs "
+    "the same rows alone. Redis: a real redis-server on loopback, appendonly yes.",
     "overhead": "c=1: {sequential_requests} sequential requests after {sequential_warmup} warm-up, tritonclient.http "
     "sync client. c={overhead_concurrency}: closed loop for {overhead_duration_s:g} s after {overhead_warmup_s:g} s "
     "warm-up (bench.load, own process). Added = gateway (or nginx) minus direct, paired run by run. "
@@ -338,6 +342,12 @@ SECTION_NOTES = {
     "{cost_warmup_s:g} s warm-up. CPU-s from /proc/<pid>/stat (utime+stime) over the measured window; "
     "gateway cores = gateway CPU-s / window. No target was set for cost.",
 }
+
+
+def _fleet_rows(figures: dict[str, Any]) -> list[str]:
+    from bench.fleet import rows
+
+    return rows(figures)
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -378,7 +388,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [SECTION_NOTES[name].format(**plan), ""]
         lines += [f"> {s}" for s in section.get("skipped", [])]
         lines += [*SECTION_MARKDOWN[name](section), ""]
-        if name not in ("overhead", "grpc", "tracing"):
+        if name not in ("overhead", "grpc", "tracing", "state"):
             lines += [BATCH_NOTE, ""]
         note = other_load_note(section)
         if note:

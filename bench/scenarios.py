@@ -318,10 +318,19 @@ def tracing(b: Bench, section: dict[str, Any]) -> None:
     tracing_section(b, section, _runs, run_record, run_load, _progress)
 
 
+def state(b: Bench, section: dict[str, Any]) -> None:
+    """Fleet state on a real Redis: a shared limit, the ledger under SIGKILL and a restart, the added p50."""
+    from bench.fleet import measure
+
+    figures = measure(b.workdir / "state", b.plan.runs, b.plan.quick, b.say)
+    section["cases"] = [{"state": "fleet", "runs": [], "figures": figures}]
+
+
 SECTIONS: dict[str, Callable[[Bench, dict[str, Any]], None]] = {
     "overhead": overhead,
     "batching": batching,
     "cost": cost,
     "grpc": grpc,
     "tracing": tracing,
+    "state": state,
 }

@@ -105,6 +105,13 @@ class Metrics:
             "railgate_tenant_fleet_spend", "Spend billed per tenant, all gateway processes", ["tenant"]
         )
         self.state_up = Gauge("railgate_state_up", "1 while the shared state (Redis) answers", registry=r)
+        self.state_journalled = Counter(
+            "railgate_state_journalled_rows", "Usage rows journalled locally while Redis was down", registry=r
+        )
+        self.state_replayed = Counter(
+            "railgate_state_replayed_rows", "Journalled usage rows replayed to Redis (a batch seen before: not)",
+            registry=r,
+        )  # fmt: skip
         self.prediction_ratio = histogram(
             "railgate_prediction_ratio", "Actual over predicted batch latency", ["backend"], _RATIO_BUCKETS
         )

@@ -20,7 +20,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,10 @@ class UsageRow:
     @property
     def day(self) -> int:
         return int(self.at // 86_400)
+
+    def values(self) -> tuple[str, str, str, int, int, str, float]:
+        """Its fields in order (``dataclasses.astuple`` deep-copies: several times slower, per row)."""
+        return (self.tenant, self.model, self.backend, self.rows, self.spend_nanos, self.request_id, self.at)
 
 
 def spend_nanos(price_per_1k: float, rows: int) -> int:
@@ -198,7 +202,7 @@ class SqliteLedger:
                 return False  # written before (a replay): nothing is counted twice
             db.executemany(
                 "INSERT INTO usage_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(batch_id, seq, *astuple(row)) for seq, row in enumerate(rows)],
+                [(batch_id, seq, *row.values()) for seq, row in enumerate(rows)],
             )
             for tenant, t in totals_of(rows).items():
                 db.execute(
@@ -231,7 +235,7 @@ class SqliteLedger:
         assert db is not None
         with db:
             db.execute(
-                "INSERT OR IGNORE INTO journal VALUES (?, ?)", (batch_id, json.dumps([astuple(r) for r in rows]))
+                "INSERT OR IGNORE INTO journal VALUES (?, ?)", (batch_id, json.dumps([r.values() for r in rows]))
             )
 
     def _journal(self, limit: int) -> list[tuple[str, list[UsageRow]]]:

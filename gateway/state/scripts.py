@@ -4,7 +4,8 @@ Time is Redis's own (``TIME``): every process's lease is measured on one clock. 
 ``railgate:``): ``bucket:{tenant}`` (hash tokens, at), ``quota:{tenant}:{day}`` (rows leased today),
 ``usage:{tenant}`` (hash requests, inferences, spend_nanos), ``today:{day}`` (hash tenant -> rows
 answered), ``batch:{id}`` (a committed batch, so a replay counts nothing twice), ``ledger`` (a stream,
-one entry per answered call), ``members`` (sorted set: process id -> last heartbeat).
+one entry per batch: its id and its rows as JSON, ``[[tenant, model, backend, rows, spend_nanos,
+request_id, at], ...]``), ``members`` (sorted set: process id -> last heartbeat).
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ return {granted, used + granted}
 """
 
 # KEYS[1] batch:{id}, KEYS[2] ledger, KEYS[3] today:{day}
-# ARGV prefix, batch id, n tenants, (tenant, requests, inferences, spend_nanos) x n,
-#      n rows, (tenant, model, backend, rows, spend_nanos, request_id, at) x n -> 1 written, 0 seen before
+# ARGV prefix, batch id, n tenants, (tenant, requests, inferences, spend_nanos) x n, the batch's rows (JSON)
+#   -> 1 written, 0 seen before. The rows go into one stream entry per batch: the server's work per
+#   batch stays the same however many calls it answered.
 COMMIT = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', 604800) then return 0 end
 local prefix, batch = ARGV[1], ARGV[2]
@@ -66,14 +68,7 @@ for _ = 1, tonumber(ARGV[3]) do
   i = i + 4
 end
 redis.call('EXPIRE', KEYS[3], 259200)
-local n = tonumber(ARGV[i])
-i = i + 1
-for seq = 1, n do
-  redis.call('XADD', KEYS[2], '*', 'batch', batch, 'seq', seq, 'tenant', ARGV[i], 'model', ARGV[i + 1],
-    'backend', ARGV[i + 2], 'rows', ARGV[i + 3], 'spend_nanos', ARGV[i + 4], 'request_id', ARGV[i + 5],
-    'at', ARGV[i + 6])
-  i = i + 7
-end
+redis.call('XADD', KEYS[2], '*', 'batch', batch, 'rows', ARGV[i])
 return 1
 """
 

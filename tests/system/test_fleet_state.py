@@ -136,6 +136,22 @@ def test_sigkill_under_load_loses_no_answered_row_and_a_restart_resumes(reposito
         again.stop()
 
 
+def test_sigkill_under_load_with_redis_loses_no_answered_row(repository, redis_server, tmp_path: Path):
+    from gateway.state.fleet import ledger_rows
+
+    gw = GatewayProcess(tmp_path, config({"redis_url": redis_server.url})).start()
+    try:
+        with Load([gw]) as load:
+            wait_for(lambda: load.count() >= 300, 60, "300 answered calls")
+            gw.child.kill()
+            load.stop()
+    finally:
+        gw.stop()
+    billed = {row.request_id for row in ledger_rows(redis_server.url)}
+    missing = set(load.answered) - billed
+    assert not missing, f"{len(missing)} answered calls are not in Redis's ledger, e.g. {sorted(missing)[:3]}"
+
+
 def test_redis_restarted_mid_load_loses_nothing_and_counts_nothing_twice(repository, redis_server, tmp_path: Path):
     states = [{"redis_url": redis_server.url, "data_dir": str(tmp_path / f"s{i}"), "heartbeat_s": 0.2} for i in (0, 1)]
     gws = [GatewayProcess(tmp_path, config(state)).start() for state in states]
