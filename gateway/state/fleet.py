@@ -319,11 +319,13 @@ class FleetState:
         if spec.daily_quota and h.quota_rows < rows:
             raise quota_exceeded(tenant, self.clock())
         if spec.rate_per_s and h.tokens < 1:
-            bucket = h.outage_bucket
-            if bucket is not None:
-                wait = bucket.take(self.monotonic())
-                if wait > 0:
-                    raise rate_limited(tenant, wait)
+            if h.outage_bucket is None:  # Redis went down between two steps of a recovery
+                h.outage_bucket = TokenBucket(
+                    spec.rate_per_s / max(1, self.live), self._burst(spec) / max(1, self.live)
+                )
+            wait = h.outage_bucket.take(self.monotonic())
+            if wait > 0:
+                raise rate_limited(tenant, wait)
         elif spec.rate_per_s:
             h.tokens -= 1  # a lease taken before the outage is still the process's to spend
         if spec.daily_quota:
@@ -361,9 +363,13 @@ class FleetState:
             self.live = int(await self._heartbeat(keys=[scripts.PREFIX + "members"], args=self._beat_args()))
             await self._replay()
             day = int(self.clock() // 86_400)
-            for name, h in self.holdings.items():  # the rows granted locally count against today's quota
-                if h.outage_rows and h.day == day:
-                    await self.redis.incrby(self._quota(name, day), h.outage_rows)
+            granted = {n: h.outage_rows for n, h in self.holdings.items() if h.outage_rows and h.day == day}
+            if granted:  # the rows granted locally count against today's quota: one round trip, then cleared
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    for name, rows in granted.items():
+                        pipe.incrby(self._quota(name, day), rows)
+                    await pipe.execute()
+            for h in self.holdings.values():
                 h.outage_rows, h.outage_bucket = 0, None
             self.up = True
             await self._replay()  # what was journalled while the first pass ran

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from railcore.errors import RailgateError
+
 log = logging.getLogger("railgate.state")
 
 NANOS = 1_000_000_000  # spend is counted in billionths of the price's unit: integers add up exactly
@@ -162,8 +164,8 @@ CREATE TABLE IF NOT EXISTS journal (batch_id TEXT PRIMARY KEY, rows TEXT NOT NUL
 """
 
 
-class LedgerBusy(Exception):
-    """Another process holds this ledger (one gateway process per data directory and name)."""
+class LedgerBusy(RailgateError):
+    """Another process holds this ledger (one gateway process per data directory and name): start-up stops."""
 
 
 class SqliteLedger:

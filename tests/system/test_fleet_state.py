@@ -186,3 +186,15 @@ def test_with_on_outage_refuse_redis_down_is_a_503_naming_the_outage(repository,
     finally:
         gw.stop()
     assert "Redis at redis://127.0.0.1" in load.messages[503] and "state.on_outage is refuse" in load.messages[503]
+
+
+def test_a_second_gateway_on_the_same_ledger_stops_at_start_up_naming_it(repository, tmp_path: Path):
+    from devtools.devstack import StartError
+
+    data_dir = tmp_path / "state"
+    first = GatewayProcess(tmp_path, config({"data_dir": str(data_dir)})).start()
+    try:
+        with pytest.raises(StartError, match=r"ledger\.sqlite3 is in use by another gateway process"):
+            GatewayProcess(tmp_path, config({"data_dir": str(data_dir)})).start()
+    finally:
+        first.stop()
