@@ -11,8 +11,7 @@ asks for more than ``DecodeLimits`` allows, a PayloadTooLarge (413). The reply g
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -188,7 +187,7 @@ def _request(
 
 def _input(spec: Any, index: int, limits: DecodeLimits, decode_data: _DataDecoder) -> Tensor:
     name = _name(spec, f"inputs[{index}]")
-    with _about(f"input {_show(name)}"):
+    try:
         datatype = spec.get("datatype")
         if not isinstance(datatype, str) or datatype not in DTYPES:
             raise BadRequest(f"unknown datatype {_show(datatype)}; expected one of {', '.join(DTYPES)}")
@@ -198,8 +197,12 @@ def _input(spec: Any, index: int, limits: DecodeLimits, decode_data: _DataDecode
             raise PayloadTooLarge(f"shape {list(shape)} holds {count} elements; the limit is {limits.max_elements}")
         parameters = _object(spec.get("parameters"), "parameters")
         data = decode_data(spec, parameters, datatype, shape, count)
+    except (BadRequest, PayloadTooLarge) as e:  # the subject is formatted only when there is an error
+        raise _about(e, f"input {_show(name)}") from None
     # binary_data_size describes this body only: it must not follow the tensor to a hub.
-    return Tensor(name, datatype, shape, data, {k: v for k, v in parameters.items() if k != "binary_data_size"})
+    if "binary_data_size" in parameters:
+        parameters = {k: v for k, v in parameters.items() if k != "binary_data_size"}
+    return Tensor(name, datatype, shape, data, parameters)
 
 
 def _json_data(
@@ -257,11 +260,13 @@ def _requested_outputs(value: Any) -> list[RequestedOutput]:
     outputs = []
     for index, spec in enumerate(value):
         name = _name(spec, f"outputs[{index}]")
-        with _about(f"output {_show(name)}"):
+        try:
             parameters = _object(spec.get("parameters"), "parameters")
             binary_data = parameters.get("binary_data")
             if binary_data is not None and not isinstance(binary_data, bool):
                 raise BadRequest(f"parameters.binary_data must be true or false, got {kind_of(binary_data)}")
+        except (BadRequest, PayloadTooLarge) as e:
+            raise _about(e, f"output {_show(name)}") from None
         rest = {k: v for k, v in parameters.items() if k != "binary_data"}
         outputs.append(RequestedOutput(name, binary_data, rest))
     return outputs
@@ -321,13 +326,9 @@ def _reply(response: InferResponse, request: InferRequest, outputs: list[dict[st
     return reply
 
 
-@contextmanager
-def _about(subject: str) -> Iterator[None]:
-    """Prefix the message of a protocol error raised inside with the part of the request it is about."""
-    try:
-        yield
-    except (BadRequest, PayloadTooLarge) as e:
-        raise type(e)(f"{subject}: {e.message}") from None
+def _about(error: BadRequest | PayloadTooLarge, subject: str) -> BadRequest | PayloadTooLarge:
+    """The protocol error ``error`` with its message prefixed by the part of the request it is about."""
+    return type(error)(f"{subject}: {error.message}")
 
 
 def _show(value: Any, limit: int = 60) -> str:
