@@ -10,8 +10,7 @@ spent a new body is refused at once (503, Retry-After) instead of queueing witho
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -58,53 +57,69 @@ class BodyLimits:
         return self.max_json_body_bytes, "limits.max_json_body_bytes"
 
 
-@asynccontextmanager
-async def read_body(
-    request: web.Request, limits: BodyLimits, budget: ReadingBudget, header_length: int | None
-) -> AsyncIterator[bytearray]:
-    """The request's body, charged to ``budget`` until the block exits; refused before a byte is read
-    when its declared length is over its limit (413) or does not fit the budget (503)."""
-    limit, setting = limits.for_request(request.content_type, header_length)
-    declared = request.content_length
-    # Content-Length counts the bytes on the wire; with a Content-Encoding aiohttp hands over the
-    # inflated body, so only an identity body's length bounds its JSON header.
-    encoded = request.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
-    if header_length is not None and declared is not None and not encoded and header_length > declared:
-        raise BadRequest(f"{HEADER_LENGTH} {str(header_length)[:40]} is larger than the body ({declared} bytes)")
-    if header_length is not None and header_length > limits.max_json_body_bytes:
-        raise PayloadTooLarge(
-            f"{HEADER_LENGTH} {str(header_length)[:40]} is over limits.max_json_body_bytes ({limits.max_json_body_bytes} bytes)"
-        )
-    if declared is not None and declared > limit:
-        raise PayloadTooLarge(f"body of {declared} bytes is over {setting} ({limit} bytes)")
-    if encoded:  # charge and cap what arrives instead (which also bounds a decompression bomb)
-        declared = None
-    held = 0
+class read_body:
+    """``async with read_body(request, limits, budget, header_length) as body``: the request's body,
+    charged to ``budget`` until the block exits; refused before a byte is read when its declared length
+    is over its limit (413) or does not fit the budget (503). A class rather than an
+    ``asynccontextmanager``: it runs once per request, and a generator-based one costs several times more."""
 
-    def charge(size: int) -> None:
-        nonlocal held
-        if size > held:
-            if not budget.try_take(size - held):
+    __slots__ = ("_budget", "_header_length", "_limits", "_request", "held")
+
+    def __init__(
+        self, request: web.Request, limits: BodyLimits, budget: ReadingBudget, header_length: int | None
+    ) -> None:
+        self._request, self._limits, self._budget, self._header_length = request, limits, budget, header_length
+        self.held = 0
+
+    def _charge(self, size: int) -> None:
+        if size > self.held:
+            budget = self._budget
+            if not budget.try_take(size - self.held):
                 raise Shedding(
                     f"the gateway is reading {budget.held} bytes of request bodies, its limit "
                     f"(limits.max_reading_bytes) is {budget.capacity}: retry shortly",
                     headers=RETRY_AFTER,
                 )
-            held = size
+            self.held = size
 
-    try:
-        charge(declared or 0)
-        if request.content.is_eof():  # the whole body is buffered already: nothing to wait for, no timer
-            body = await _read(request, declared, limit, setting, charge)
-        else:
+    async def __aenter__(self) -> bytearray:
+        request, limits, header_length = self._request, self._limits, self._header_length
+        limit, setting = limits.for_request(request.content_type, header_length)
+        declared = request.content_length
+        # Content-Length counts the bytes on the wire; with a Content-Encoding aiohttp hands over the
+        # inflated body, so only an identity body's length bounds its JSON header.
+        encoding = request.headers.get("Content-Encoding")
+        encoded = encoding is not None and encoding.strip().lower() not in ("", "identity")
+        if header_length is not None and declared is not None and not encoded and header_length > declared:
+            raise BadRequest(f"{HEADER_LENGTH} {str(header_length)[:40]} is larger than the body ({declared} bytes)")
+        if header_length is not None and header_length > limits.max_json_body_bytes:
+            raise PayloadTooLarge(
+                f"{HEADER_LENGTH} {str(header_length)[:40]} is over limits.max_json_body_bytes "
+                f"({limits.max_json_body_bytes} bytes)"
+            )
+        if declared is not None and declared > limit:
+            raise PayloadTooLarge(f"body of {declared} bytes is over {setting} ({limit} bytes)")
+        if encoded:  # charge and cap what arrives instead (which also bounds a decompression bomb)
+            declared = None
+        try:
+            self._charge(declared or 0)
+            if request.content.is_eof():  # the whole body is buffered already: nothing to wait for, no timer
+                return await _read(request, declared, limit, setting, self._charge)
             try:
                 async with asyncio.timeout(limits.timeout_s):
-                    body = await _read(request, declared, limit, setting, charge)
+                    return await _read(request, declared, limit, setting, self._charge)
             except TimeoutError:
                 raise RequestTimeout(f"the request body did not arrive within {limits.timeout_s:g} s") from None
-        yield body
-    finally:
-        budget.give(held)
+        except BaseException:
+            self._release()  # __aexit__ does not run when __aenter__ fails
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        held, self.held = self.held, 0
+        self._budget.give(held)
 
 
 async def _read(
