@@ -22,7 +22,7 @@ import numpy as np
 
 from bench.load import Watch, cpu_sample
 from bench.stats import latency_summary
-from devtools.devstack import Gateway, Hub, StartError
+from devtools.devstack import Gateway, Hub, Link, StartError
 
 STREAM_WINDOW = 64
 
@@ -234,6 +234,47 @@ def grpc_section(bench: Any, section: dict[str, Any], runs_of: Callable[..., lis
                 client = f"tritonclient.grpc.aio stream_infer, {STREAM_WINDOW} in flight"
                 runs_of(section, path=path, concurrency=STREAM_WINDOW, client=client, stream=True).append(record)
                 _say(bench, f"grpc stream {path}", record)
+    link_rows(bench, section, runs_of)
+
+
+def link_rows(bench: Any, section: dict[str, Any], runs_of: Callable[..., list[dict[str, Any]]]) -> None:
+    """The batching rows over gRPC: ``batching_concurrency`` tritonclient.grpc.aio clients behind the
+    emulated backbone, straight to the hub's gRPC port over the link, or into the gateway's gRPC front
+    (which reaches the hub over its own link, HTTP with binary tensors)."""
+    from bench.scenarios import system_cpu_us
+
+    plan = bench.plan
+    hub: Hub = bench.hub
+    assert hub.config.grpc_port is not None
+    with contextlib.ExitStack() as stack:
+        grpc_link = stack.enter_context(Link(hub.config.grpc_port, plan.link_delay_ms))
+        http_link = stack.enter_context(Link(hub.config.http_port, plan.link_delay_ms))
+        config = {
+            "hubs": [{"name": "hub", "url": http_link.url}],
+            "local": {"enabled": False},
+            "listen": {"grpc_port": 0},
+        }
+        gateway = stack.enter_context(Gateway(bench.workdir, config).start(90))
+        hub_watch = Watch("hub", hub.pid, group=True)
+        paths = {
+            "direct": (grpc_link.address, (hub_watch, Watch("link", grpc_link.pid))),
+            "gateway": (
+                gateway.grpc_address,
+                (hub_watch, Watch("link", http_link.pid), Watch("gateway", gateway.pid)),
+            ),
+        }
+        c = plan.batching_concurrency
+        for run in range(plan.runs):
+            bench.say(f"grpc link run {run + 1}/{plan.runs} ({c} clients, link {plan.link_delay_ms:g} ms each way)")
+            for path, (address, watch) in paths.items():
+                record = asyncio.run(
+                    _concurrent(
+                        address, plan.model, c, plan.batching_duration_s, plan.batching_warmup_s, plan.shape, watch
+                    )
+                )
+                record["system_cpu_us_per_inference"] = system_cpu_us(record, path)
+                runs_of(section, path=path, concurrency=c, link=True).append(record)
+                _say(bench, f"grpc link {path}", record)
 
 
 def _say(bench: Any, what: str, record: dict[str, Any]) -> None:

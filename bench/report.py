@@ -19,9 +19,14 @@ from typing import Any
 from bench.plot import plot
 from bench.stats import Spread, spread
 
-OVERHEAD_P50_MS = 1.0  # the gateway may add this much to direct p50 ...
-OVERHEAD_P99_MS = 3.0  # ... and this much to direct p99
+# Issue 14's targets: what the gateway may add, and cost, per request and per batch (both fronts).
+OVERHEAD_P50_MS = 0.4  # the gateway may add this much to direct p50 at c=1 ...
+OVERHEAD_P99_MS = 1.0  # ... and this much to direct p99
+C1_CPU_US = 300.0  # gateway CPU per request at c=1 (every request its own batch: the per-batch cost)
+COST_CPU_US = {"binary": 80.0, "msgpack": 80.0, "json": 120.0}  # per request at c=64
+ECHO_RATIO = 0.5  # railgate's requests per CPU-second over a bare aiohttp + uvloop echo server's
 BATCHING_GAIN = 3.0  # gateway throughput over direct, behind the link, at equal or better p99
+SYSTEM_CPU_RATIO = 0.5  # behind the link: (gateway + hub) CPU per inference over direct's hub CPU per inference
 SECTION_TITLES = {
     "overhead": "1. Overhead",
     "batching": "2. Batching gain",
@@ -87,10 +92,13 @@ def fmt(s: Spread | None, digits: int = 2, sign: bool = False, suffix: str = "")
     return text
 
 
-def overhead_targets(section: dict[str, Any], concurrencies: tuple[int, ...] = ()) -> list[Target]:
-    """Gateway added latency per concurrency (those measured, else ``concurrencies``, as not measured)."""
+def overhead_targets(
+    section: dict[str, Any], concurrencies: tuple[int, ...] = (), name: str = "overhead"
+) -> list[Target]:
+    """Gateway added latency per concurrency (those measured, else ``concurrencies``, as not measured),
+    and its CPU per request at c=1."""
     targets = []
-    measured = {case["concurrency"] for case in section.get("cases", [])}
+    measured = {case["concurrency"] for case in section.get("cases", []) if not case.get("stream")}
     for c in sorted(measured or set(concurrencies)):
         direct, gateway = (
             find_case(section, path="direct", concurrency=c),
@@ -100,20 +108,63 @@ def overhead_targets(section: dict[str, Any], concurrencies: tuple[int, ...] = (
             added = paired(gateway, direct, key)
             goal = f"gateway {key[:3]} adds ≤ {limit:g} ms vs direct, c={c}"
             met = None if added is None else added.median <= limit
-            targets.append(Target("overhead", goal, fmt(added, sign=True, suffix=" ms"), met))
+            targets.append(Target(name, goal, fmt(added, sign=True, suffix=" ms"), met))
+        if c == 1:
+            targets.append(_cpu_target(name, gateway, C1_CPU_US, "c=1"))
+    stream = find_case(section, path="gateway", stream=True)
+    if stream is not None:
+        targets.append(_cpu_target(name, stream, COST_CPU_US["binary"], f"stream, {stream['concurrency']} in flight"))
     return targets
 
 
-def batching_targets(section: dict[str, Any]) -> list[Target]:
+def _cpu_target(name: str, case: dict[str, Any] | None, limit: float, where: str) -> Target:
+    cpu = _cpu_per_request(case, "gateway") if case else None
+    goal = f"gateway CPU ≤ {limit:g} µs per request, {where}"
+    return Target(name, goal, fmt(cpu, 0, suffix=" µs"), None if cpu is None else cpu.median <= limit)
+
+
+def cost_targets(section: dict[str, Any]) -> list[Target]:
+    """Per encoding at saturation: the gateway's CPU per request, and its requests per CPU-second
+    against the bare echo server's (paired run by run)."""
+    targets = []
+    echo = next((c for c in section.get("cases", []) if c.get("server") == "bare aiohttp+uvloop echo"), None)
+    for case in section.get("cases", []):
+        if case.get("server") is not None:
+            continue
+        encoding, c = case["encoding"], case["concurrency"]
+        limit = COST_CPU_US.get(encoding)
+        if limit is not None:
+            targets.append(_cpu_target("cost", case, limit, f"{encoding}, c={c}"))
+        ratio = paired(case, echo, "requests_per_gateway_cpu_s", lambda g, e: g / e)
+        goal = f"req per gateway CPU-s ≥ {ECHO_RATIO:g}x the bare echo server's, {encoding}, c={c}"
+        targets.append(
+            Target("cost", goal, fmt(ratio, suffix="x"), None if ratio is None else ratio.median >= ECHO_RATIO)
+        )
+    return targets
+
+
+def batching_targets(section: dict[str, Any], name: str = "batching") -> list[Target]:
     direct, gateway = find_case(section, path="direct"), find_case(section, path="gateway")
     gain = paired(gateway, direct, "throughput_rps", lambda g, d: g / d)
     p99_gateway, p99_direct = case_spread(gateway, "p99_ms"), case_spread(direct, "p99_ms")
     goal = f"gateway req/s ≥ {BATCHING_GAIN:g}x direct at equal or better p99"
     if gain is None or p99_gateway is None or p99_direct is None:
-        return [Target("batching", goal, "—", None)]
+        return [Target(name, goal, "—", None), system_cpu_target(section, name)]
     figure = f"{fmt(gain, suffix='x')}; p99 {p99_gateway.median:.1f} vs {p99_direct.median:.1f} ms"
     met = gain.median >= BATCHING_GAIN and p99_gateway.median <= p99_direct.median
-    return [Target("batching", goal, figure, met)]
+    return [Target(name, goal, figure, met), system_cpu_target(section, name)]
+
+
+def system_cpu_target(section: dict[str, Any], name: str = "batching") -> Target:
+    direct, gateway = find_case(section, path="direct"), find_case(section, path="gateway")
+    ratio = paired(gateway, direct, "system_cpu_us_per_inference", lambda g, d: g / d)
+    goal = f"gateway + hub CPU per inference ≤ {SYSTEM_CPU_RATIO:g}x direct's hub CPU per inference"
+    figure = fmt(ratio, suffix="x")
+    if ratio is not None:
+        g, d = case_spread(gateway, "system_cpu_us_per_inference"), case_spread(direct, "system_cpu_us_per_inference")
+        if g is not None and d is not None:
+            figure += f" ({g.median:.0f} vs {d.median:.0f} µs)"
+    return Target(name, goal, figure, None if ratio is None else ratio.median <= SYSTEM_CPU_RATIO)
 
 
 def all_targets(report: dict[str, Any]) -> list[Target]:
@@ -124,6 +175,15 @@ def all_targets(report: dict[str, Any]) -> list[Target]:
         targets += overhead_targets(report["sections"]["overhead"], planned)
     if "batching" in report.get("sections", {}):
         targets += batching_targets(report["sections"]["batching"])
+    if "cost" in report.get("sections", {}):
+        targets += cost_targets(report["sections"]["cost"])
+    if "grpc" in report.get("sections", {}):
+        grpc = report["sections"]["grpc"]
+        front = {**grpc, "cases": [c for c in grpc.get("cases", []) if not c.get("link")]}
+        targets += overhead_targets(front, name="grpc")
+        link = {**grpc, "cases": [c for c in grpc.get("cases", []) if c.get("link")]}
+        if link["cases"]:
+            targets += batching_targets(link, name="grpc")
     return targets
 
 
@@ -197,6 +257,13 @@ def overhead_markdown(section: dict[str, Any]) -> list[str]:
             t99 = verdicts.get(f"gateway p99 adds ≤ {OVERHEAD_P99_MS:g} ms vs direct, c={c}")
             target = f"p50 +≤{OVERHEAD_P50_MS:g} ms, p99 +≤{OVERHEAD_P99_MS:g} ms"
             met = f"p50 {t50.verdict if t50 else '—'}, p99 {t99.verdict if t99 else '—'}"
+            if case.get("stream"):
+                t_cpu = next((t for t in verdicts.values() if t.goal.endswith("in flight")), None)
+                target, met = f"CPU ≤ {COST_CPU_US['binary']:g} µs/req", t_cpu.verdict if t_cpu else "—"
+            elif c == 1:
+                t_cpu = verdicts.get(f"gateway CPU ≤ {C1_CPU_US:g} µs per request, c=1")
+                target += f", CPU ≤ {C1_CPU_US:g} µs/req"
+                met += f", CPU {t_cpu.verdict if t_cpu else '—'}"
         rows.append(
             [
                 str(c),
@@ -219,11 +286,12 @@ def overhead_markdown(section: dict[str, Any]) -> list[str]:
 
 def batching_markdown(section: dict[str, Any]) -> list[str]:
     direct = find_case(section, path="direct")
-    (verdict,) = batching_targets(section)
+    verdict, cpu_verdict = batching_targets(section)
     rows = []
     for case in section.get("cases", []):
         is_gateway = case["path"] == "gateway"
         gain = paired(case, direct, "throughput_rps", lambda g, d: g / d)
+        cpu_ratio = paired(case, direct, "system_cpu_us_per_inference", lambda g, d: g / d)
         rows.append(
             [
                 case["path"],
@@ -233,44 +301,73 @@ def batching_markdown(section: dict[str, Any]) -> list[str]:
                 fmt(case_spread(case, "p99_ms"), 1),
                 fmt(gain, suffix="x"),
                 fmt(case_spread(case, "mean_batch_rows"), 1),
-                f"≥ {BATCHING_GAIN:g}x direct, p99 ≤ direct" if is_gateway else "—",
-                verdict.verdict if is_gateway else "—",
+                fmt(case_spread(case, "system_cpu_us_per_inference"), 0),
+                "—" if case["path"] == "direct" else fmt(cpu_ratio, suffix="x"),
+                f"≥ {BATCHING_GAIN:g}x direct, p99 ≤ direct; CPU ≤ {SYSTEM_CPU_RATIO:g}x" if is_gateway else "—",
+                f"{verdict.verdict}; CPU {cpu_verdict.verdict}" if is_gateway else "—",
                 fmt(_cpu(case, "gateway"), 2),
                 fmt(_cpu(case, "link"), 2),
                 fmt(_cpu(case, "hub"), 2),
                 _errors(case),
             ]
         )
-    header = ["path", "clients", "req/s", "p50 ms", "p99 ms", "req/s vs direct", "mean batch", "target", "met?"]
+    header = ["path", "clients", "req/s", "p50 ms", "p99 ms", "req/s vs direct", "mean batch"]
+    header += ["hub + proxy CPU µs/inference", "vs direct", "target", "met?"]
     return _table([*header, "gateway CPU-s", "link CPU-s", "hub CPU-s", "errors"], rows)
 
 
 def cost_markdown(section: dict[str, Any]) -> list[str]:
+    verdicts = {t.goal: t for t in cost_targets(section)}
+    echo = next((c for c in section.get("cases", []) if c.get("server") == "bare aiohttp+uvloop echo"), None)
     rows = []
     for case in section.get("cases", []):
+        server, encoding, c = case.get("server", "railgate"), case["encoding"], case["concurrency"]
         cpu = _cpu(case, "gateway")
         cores = spread([_per(r, "gateway", r.get("cpu_window_s")) for r in case["runs"]])
+        target, met = "—", "—"
+        if server == "railgate":
+            limit = COST_CPU_US.get(encoding)
+            t_cpu = verdicts.get(f"gateway CPU ≤ {limit:g} µs per request, {encoding}, c={c}")
+            t_echo = verdicts.get(f"req per gateway CPU-s ≥ {ECHO_RATIO:g}x the bare echo server's, {encoding}, c={c}")
+            target = f"≤ {limit:g} µs/req; ≥ {ECHO_RATIO:g}x echo"
+            met = f"{t_cpu.verdict if t_cpu else '—'}; {t_echo.verdict if t_echo else '—'}"
+        ratio = None if case is echo else paired(case, echo, "requests_per_gateway_cpu_s", lambda g, e: g / e)
         rows.append(
             [
-                case["encoding"],
-                str(case["concurrency"]),
+                server,
+                encoding,
+                str(c),
                 fmt(case_spread(case, "throughput_rps"), 0),
                 fmt(case_spread(case, "p50_ms")),
                 fmt(case_spread(case, "p99_ms")),
                 fmt(cpu),
                 fmt(cores),
+                fmt(_cpu_per_request(case, "gateway"), 0),
                 fmt(case_spread(case, "requests_per_gateway_cpu_s"), 0),
+                fmt(ratio, suffix="x"),
                 fmt(case_spread(case, "mean_batch_rows"), 1),
-                "—",
+                target,
+                met,
                 fmt(_cpu(case, "hub")),
                 fmt(_cpu(case, "loadgen")),
                 fmt(case_spread(case, "machine_busy_cores")),
                 _errors(case),
             ]
         )
-    header = ["encoding", "c", "req/s", "p50 ms", "p99 ms", "gateway CPU-s", "gateway cores", "req / gateway CPU-s"]
-    header.append("mean batch")
-    return _table([*header, "target", "hub CPU-s", "load-gen CPU-s", "machine busy cores", "errors"], rows)
+    header = ["server", "encoding", "c", "req/s", "p50 ms", "p99 ms", "server CPU-s", "server cores"]
+    header += ["server CPU µs/req", "req / server CPU-s", "vs echo", "mean batch", "target", "met?"]
+    return _table([*header, "hub CPU-s", "load-gen CPU-s", "machine busy cores", "errors"], rows)
+
+
+def grpc_markdown(section: dict[str, Any]) -> list[str]:
+    """The gRPC front's rows: the overhead table's shape (paths x concurrencies, the stream at its
+    window), then the clients behind the backbone link in the batching table's."""
+    front = {**section, "cases": [c for c in section.get("cases", []) if not c.get("link")]}
+    link = {**section, "cases": [c for c in section.get("cases", []) if c.get("link")]}
+    lines = overhead_markdown(front)
+    if link["cases"]:
+        lines += ["", *batching_markdown(link)]
+    return lines
 
 
 def tracing_markdown(section: dict[str, Any]) -> list[str]:
@@ -308,12 +405,11 @@ def tracing_markdown(section: dict[str, Any]) -> list[str]:
 
 
 BATCH_NOTE = "Mean batch = rows per batch the gateway sent to the hub (from its /metrics, warm-up included)."
-# The gRPC rows have the overhead table's shape: paths x concurrencies (the stream case at its window).
 SECTION_MARKDOWN = {
     "overhead": overhead_markdown,
     "batching": batching_markdown,
     "cost": cost_markdown,
-    "grpc": overhead_markdown,
+    "grpc": grpc_markdown,
     "tracing": tracing_markdown,
     "state": lambda section: [f"- {line}" for line in _fleet_rows(section["cases"][0]["figures"])],
 }
@@ -326,12 +422,17 @@ SECTION_NOTES = {
     "Proxy CPU = the gateway's (or nginx's, master and worker) CPU time per answered request.",
     "batching": "{batching_concurrency} closed-loop clients, one item each, {batching_duration_s:g} s after "
     "{batching_warmup_s:g} s warm-up; `railgate link --delay-ms {link_delay_ms:g}` in front of the hub. direct: "
-    "clients → link → hub; gateway: clients → gateway → link → hub; nginx: clients → nginx → link → hub.",
+    "clients → link → hub; gateway: clients → gateway → link → hub; nginx: clients → nginx → link → hub. "
+    "Hub + proxy CPU per inference: the hub's (and the gateway's or nginx's) CPU per answered request; the "
+    "link's is left out (in production it is the network).",
     "grpc": "tritonclient.grpc against the hub's own gRPC port (direct) and the gateway's gRPC front (which "
     "talks to the hub over HTTP with binary tensors). c=1: {sequential_requests} sequential calls after "
     "{sequential_warmup} warm-up, sync client. c={overhead_concurrency}: tritonclient.grpc.aio closed loop for "
     "{overhead_duration_s:g} s after {overhead_warmup_s:g} s warm-up. c=64: one ModelStreamInfer stream keeping "
-    "64 requests in flight. Proxy CPU = the gateway's CPU time per answered request.",
+    "64 requests in flight. Proxy CPU = the gateway's CPU time per answered request. Second table: "
+    "{batching_concurrency} tritonclient.grpc.aio clients behind `railgate link --delay-ms {link_delay_ms:g}`, "
+    "straight to the hub's gRPC port (direct) or into the gateway's gRPC front (whose hub is behind its own link); "
+    "hub + proxy CPU per inference leaves the link out (in production it is the network).",
     "tracing": "Three gateways alike but for `tracing:` (off; sample_ratio 0.01; 1.0, exporting over OTLP/HTTP "
     "to a real receiver on loopback in the bench process, the SDK's 5 s export delay). c=1: "
     "{sequential_requests} sequential requests after {sequential_warmup} warm-up (tritonclient.http sync); "
@@ -340,7 +441,11 @@ SECTION_NOTES = {
     "run (a lower bound: the last batch may still be on its way).",
     "cost": "Gateway straight to the hub, {cost_concurrency} closed-loop clients, {cost_duration_s:g} s after "
     "{cost_warmup_s:g} s warm-up. CPU-s from /proc/<pid>/stat (utime+stime) over the measured window; "
-    "gateway cores = gateway CPU-s / window. No target was set for cost.",
+    "gateway cores = gateway CPU-s / window. The bare aiohttp+uvloop echo server (bench/echo.py: reads each "
+    "POST, answers a fixed body of the gateway's reply size) is the floor for a Python front; vs echo = "
+    "railgate's requests per CPU-second over the echo's, paired run by run. `railgate --workers 2`: master and "
+    "workers' CPU together; on 2 cores shared with the hub and the load generator the workers contend, so its "
+    "figures say what a second process costs here, not what it gains on a larger machine.",
 }
 
 

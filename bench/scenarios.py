@@ -27,6 +27,9 @@ from devtools.devstack import Gateway, Hub, Link, Nginx, StartError
 # Printed and reported where nginx is absent: a missing anchor is never a silent skip (bench.run fails under CI).
 MISSING_ROW = "MISSING nginx (install nginx-light): nginx row not measured"
 
+# The servers of the cost section: railgate, the bare echo anchor, railgate with two worker processes.
+SERVER_RAILGATE, SERVER_ECHO, SERVER_WORKERS = "railgate", "bare aiohttp+uvloop echo", "railgate --workers 2"
+
 RUN_FIGURES = (
     "ok",
     "errors",
@@ -239,6 +242,16 @@ def overhead(b: Bench, section: dict[str, Any]) -> None:
                 _progress(b, f"c={c} {path}", record)
 
 
+def system_cpu_us(record: dict[str, Any], proxy: str) -> float | None:
+    """CPU per answered inference of the hub plus the proxy in front of it (none for ``direct``); the
+    emulated backbone link is not counted: in production it is the network."""
+    cpu = record.get("cpu_s") or {}
+    parts = [cpu.get("hub")] + ([] if proxy == "direct" else [cpu.get(proxy)])
+    if not record.get("ok") or any(p is None for p in parts):
+        return None
+    return sum(parts) / record["ok"] * 1e6  # type: ignore[arg-type]
+
+
 def batching(b: Bench, section: dict[str, Any]) -> None:
     """Closed-loop clients behind ``railgate link``: straight over the link vs gateway vs nginx in front of it."""
     plan = b.plan
@@ -272,22 +285,41 @@ def batching(b: Bench, section: dict[str, Any]) -> None:
                     watch=(*base, *watch),
                 )
                 record = gateway_run(url, spec) if path == "gateway" else run_record(run_load(spec))
+                record["system_cpu_us_per_inference"] = system_cpu_us(record, path)
                 _runs(section, path=path, concurrency=c).append(record)
                 _progress(b, f"{path}", record)
 
 
+def start_echo() -> procs.Child:
+    """``python -m bench.echo`` (a bare aiohttp + uvloop server answering a fixed body), up and listening."""
+    child = procs.Child([sys.executable, "-m", "bench.echo"], "echo", ready_line=r"echo listening 127\.0\.0\.1:(\d+)")
+    return child.start(30)
+
+
 def cost(b: Bench, section: dict[str, Any]) -> None:
-    """Requests per gateway CPU-second at saturation, for each encoding (gateway straight to the hub)."""
+    """Requests per CPU-second at saturation: the gateway per encoding (straight to the hub), a bare
+    aiohttp + uvloop echo server (the floor for a Python front) and the gateway with ``--workers 2``."""
     plan = b.plan
     section.update(skipped=[], cases=[])
-    with start_gateway(b, b.hub.http_url) as gateway:
+    with contextlib.ExitStack() as stack:
+        gateway = stack.enter_context(start_gateway(b, b.hub.http_url))
         section["gateway_config"] = gateway.config
-        watch = (Watch("gateway", gateway.pid), Watch("hub", b.hub.pid, group=True))
+        echo = stack.enter_context(start_echo())
+        assert echo.ready_match is not None
+        echo_url = f"http://127.0.0.1:{echo.ready_match.group(1)}"
+        workers = Gateway(b.workdir, gateway_config(b.hub.http_url))
+        workers.child.args += ["--workers", "2"]
+        stack.enter_context(workers.start(90))
+        hub = Watch("hub", b.hub.pid, group=True)
+        # (server, encoding, url, watched process as "gateway": the echo server stands in its place)
+        paths = [(SERVER_RAILGATE, e, gateway.url, Watch("gateway", gateway.pid)) for e in ENCODINGS]
+        paths.append((SERVER_ECHO, "binary", echo_url, Watch("gateway", echo.pid)))
+        paths.append((SERVER_WORKERS, "binary", workers.url, Watch("gateway", workers.pid, group=True)))
         for run in range(plan.runs):
             b.say(f"cost run {run + 1}/{plan.runs} (concurrency {plan.cost_concurrency})")
-            for encoding in ENCODINGS:
+            for server, encoding, url, watch in paths:
                 spec = LoadSpec(
-                    url=gateway.url,
+                    url=url,
                     model=plan.model,
                     shape=plan.shape,
                     encoding=encoding,
@@ -295,13 +327,17 @@ def cost(b: Bench, section: dict[str, Any]) -> None:
                     duration_s=plan.cost_duration_s,
                     warmup_s=plan.cost_warmup_s,
                     max_s=plan.cost_warmup_s + plan.cost_duration_s + 30,
-                    watch=watch,
+                    watch=(watch, hub),
                 )
-                record = gateway_run(gateway.url, spec)
+                record = run_record(run_load(spec)) if server == SERVER_ECHO else gateway_run(url, spec)
                 gateway_cpu = (record["cpu_s"] or {}).get("gateway")
                 record["requests_per_gateway_cpu_s"] = record["ok"] / gateway_cpu if gateway_cpu else None
-                _runs(section, encoding=encoding, concurrency=plan.cost_concurrency).append(record)
-                _progress(b, encoding, record)
+                record["gateway_cpu_us_per_request"] = gateway_cpu / record["ok"] * 1e6 if record["ok"] else None
+                fields = {"encoding": encoding, "concurrency": plan.cost_concurrency}
+                if server != SERVER_RAILGATE:
+                    fields["server"] = server
+                _runs(section, **fields).append(record)
+                _progress(b, f"{server} {encoding}", record)
 
 
 def grpc(b: Bench, section: dict[str, Any]) -> None:

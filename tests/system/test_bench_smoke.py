@@ -50,8 +50,16 @@ def _synthetic_report() -> dict:
     }
     batching = {
         "cases": [
-            {"path": "direct", "concurrency": 256, "runs": [_run(150, 300, 1000, cpu_s={"link": 1.0})]},
-            {"path": "gateway", "concurrency": 256, "runs": [_run(60, 120, 4000, cpu_s={"gateway": 2.0})]},
+            {
+                "path": "direct",
+                "concurrency": 256,
+                "runs": [_run(150, 300, 1000, cpu_s={"link": 1.0}, system_cpu_us_per_inference=300.0)],
+            },
+            {
+                "path": "gateway",
+                "concurrency": 256,
+                "runs": [_run(60, 120, 4000, cpu_s={"gateway": 2.0}, system_cpu_us_per_inference=100.0)],
+            },
         ]
     }
     cost = {
@@ -60,7 +68,13 @@ def _synthetic_report() -> dict:
                 "encoding": "json",
                 "concurrency": 64,
                 "runs": [_run(20, 40, 3000, cpu_s={"gateway": 5.0}, cpu_window_s=10.0, requests_per_gateway_cpu_s=600)],
-            }
+            },
+            {
+                "server": "bare aiohttp+uvloop echo",
+                "encoding": "binary",
+                "concurrency": 64,
+                "runs": [_run(5, 9, 9000, cpu_s={"gateway": 0.1}, cpu_window_s=10.0, requests_per_gateway_cpu_s=1000)],
+            },
         ]
     }
     return {
@@ -76,9 +90,13 @@ def test_targets_and_markdown_from_synthetic_figures(tmp_path):
     rep = _synthetic_report()
     verdicts = {t.goal: t.met for t in report.all_targets(rep)}
     assert verdicts == {
-        "gateway p50 adds ≤ 1 ms vs direct, c=1": True,  # +0.5 and +0.7 ms
-        "gateway p99 adds ≤ 3 ms vs direct, c=1": False,  # +4.5 and +3.5 ms
+        "gateway p50 adds ≤ 0.4 ms vs direct, c=1": False,  # +0.5 and +0.7 ms
+        "gateway p99 adds ≤ 1 ms vs direct, c=1": False,  # +4.5 and +3.5 ms
+        "gateway CPU ≤ 300 µs per request, c=1": None,  # no CPU figures in the synthetic runs
         "gateway req/s ≥ 3x direct at equal or better p99": True,  # 4x at 120 vs 300 ms
+        "gateway + hub CPU per inference ≤ 0.5x direct's hub CPU per inference": True,  # 100 vs 300 µs
+        "gateway CPU ≤ 120 µs per request, json, c=64": False,  # 5 CPU-s for 100 requests
+        "req per gateway CPU-s ≥ 0.5x the bare echo server's, json, c=64": True,  # 600 vs 1000
     }
     busy = {"machine_busy_cores": 1.5, "cpu_window_s": 2.0, "cpu_s": {"gateway": 1.0, "hub": None}}
     assert report.other_cores(busy) == pytest.approx(1.0)  # 1.5 cores busy, 0.5 of them ours
