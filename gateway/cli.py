@@ -162,8 +162,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     signing.add_argument("--out", type=Path, required=True, help="where the private key (PEM) goes; never overwritten")
     signing.set_defaults(func=_keys_signing)
 
-    demo = commands.add_parser("demo", help="start hubs and the gateway, send real requests, print a summary")
-    demo.add_argument("--repository", type=Path, default=Path("models/repository"))
+    demo = commands.add_parser(
+        "demo", help="the rail's story in a minute: real hubs, gateway, edge, measured (dev tool)"
+    )
+    demo_tool = _dev_tool("devtools.demo", "demo") if _wants(argv, "demo") else None
+    if demo_tool is not None:
+        demo_tool.add_arguments(demo)
     demo.set_defaults(func=_demo)
     return parser
 
