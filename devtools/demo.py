@@ -58,13 +58,13 @@ class HubRole:
 
 
 HUBS = (
-    HubRole("east-1", "east", 10, 0.040, 450),
+    HubRole("east-1", "east", 15, 0.040, 450),
     HubRole("west-1", "west", 25, 0.010, 40),
     HubRole("west-2", "west", 30, 0.014, 30, "grpc"),
 )
 PRICES = {h.name: h.price_per_1k for h in HUBS}
 EDGE_LINK_MS = 5.0  # the device's own backbone link to the gateway, each way
-TIGHT_BUDGET_MS = 15  # below east-1's 20 ms round trip: no hub can answer in time
+TIGHT_BUDGET_MS = 25  # below east-1's 30 ms round trip: no hub can answer in time
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +184,7 @@ class Story:
         routes = tally.routes()
         east = sum(n for backend, n in routes.items() if backend not in ("west-1", "west-2"))
         print(f"  bank, asking for the nearest hub: {tally.answered}/{tally.sent} answered: {routes_text(routes)}")
-        print(f"  => {east} reached the east (east-1 is nearest, 10 ms away) or ran outside the west")
+        print(f"  => {east} reached the east (east-1 is nearest, 15 ms away) or ran outside the west")
         self.outcomes["residency"] = {"sent": tally.sent, "answered": tally.answered, "routes": routes, "outside": east}
 
     async def hub_killed(self, session: Any) -> None:

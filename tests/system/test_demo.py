@@ -49,7 +49,7 @@ def test_nearest_goes_east_and_cheapest_west_for_less(demo: tuple[Any, dict]) ->
 
 def test_tight_budgets_never_cross_the_backbone(demo: tuple[Any, dict]) -> None:
     tight = outcomes(demo)["tight"]
-    assert set(tight["routes"]) == {"local"}, tight
+    assert set(tight["routes"]) <= {"local"} and tight["answered"] > 0, tight
     # On a loaded machine some miss even the local run's deadline: a clear 504 in time, never a hub.
     assert tight["answered"] + tight["errors"].get("504", 0) == tight["sent"], tight
 
