@@ -63,6 +63,7 @@ def run_all(
     for policy in policies:
         rows.append(simulate(policy, requests, rate, seed))
         row = rows[-1]
+        progress.close()  # on a terminal: the policy's line below the progress line, not on its end
         print(f"{policy:14s} {requests} requests in {row['wall_s']} s wall, {row['cpu_s']} s CPU "
               f"({row['requests_per_s']} requests per CPU second)", flush=True)  # fmt: skip
         progress.step(f"{policy} (SLO {100 * float(row['slo_attainment']):.2f}%, lost {row['lost']})")  # type: ignore[arg-type]

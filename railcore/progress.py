@@ -6,9 +6,11 @@
 
 Plain text to stderr (stdout stays the command's result). On a terminal one line is rewritten in
 place with ``\\r``; anywhere else (a log, CI, a pipe) each step is a line of its own, so nothing is
-lost in a file. The clock and the stream are injected, so the lines are testable without waiting.
-The ETA assumes the steps left take what the steps done took on average (or a known ``pace``); none is shown before the
-first step, nor when the total is unknown (``total=None``: a count and the elapsed time only).
+lost in a file. A caller that prints other lines between steps calls ``close()`` first, so they do
+not land on the end of the line being rewritten. The clock and the stream are injected, so the
+lines are testable without waiting. The ETA assumes the steps left take what the steps done took
+on average (or a known ``pace``); none is shown before the first step, nor when the total is
+unknown (``total=None``: a count and the elapsed time only).
 """
 
 from __future__ import annotations
@@ -92,7 +94,9 @@ class Progress:
         self._write(self.line(note))
 
     def phase(self, note: str) -> None:
-        """A phase begins: said as is, with the elapsed time, without counting a step."""
+        """A phase begins: said as is, with the elapsed time, without counting a step (on a line of its own,
+        below a step line left on screen)."""
+        self.close()
         self._write(f"{self.label}: {note}  elapsed {duration(self.elapsed())}", keep=True)
 
     def done(self, note: str = "") -> None:

@@ -96,6 +96,13 @@ def test_on_a_terminal_steps_rewrite_one_line_and_phases_and_done_end_it() -> No
     assert text.count("\n") == 1
 
 
+def test_on_a_terminal_a_phase_keeps_the_step_line_above_it() -> None:
+    p, out, _ = progress(2, tty=True)
+    p.step("a")
+    p.phase("next")
+    assert out.getvalue() == "\rsim 1/2 (50%)  a  elapsed 0.0 s  ETA 0.0 s\x1b[K\n\rsim: next  elapsed 0.0 s\x1b[K\n"
+
+
 def test_close_ends_a_line_left_open_on_a_terminal_only() -> None:
     p, out, _ = progress(2, tty=True)
     p.step()
