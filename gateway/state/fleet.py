@@ -193,11 +193,11 @@ class FleetState:
         """Check the tenant's model, rate and quota for a call of ``rows``: None when admitted from what
         this process holds (or raised), else an awaitable that leases first (and raises if refused)."""
         self.tenants.check_model(tenant, model)
-        spec = tenant.spec
-        if not spec.rate_per_s and not spec.daily_quota:
-            return None
         if not self.up:
             self._admit_outage(tenant, rows)
+            return None
+        spec = tenant.spec
+        if not spec.rate_per_s and not spec.daily_quota:
             return None
         h = self._holding(tenant)
         if (not spec.daily_quota or h.quota_rows >= rows) and (not spec.rate_per_s or h.tokens >= 1):

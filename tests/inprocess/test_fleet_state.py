@@ -147,6 +147,15 @@ async def test_redis_down_serves_on_a_share_of_the_rate_journals_usage_and_repla
     assert usage["acme"]["requests"] == 2 and usage["acme"]["inferences"] == 4
 
 
+async def test_with_on_outage_refuse_a_tenant_without_limits_is_refused_too(redis_server):
+    async with fleet(process(redis_server.url, (spec(),), on_outage="refuse")) as (a,):
+        tenant = a.tenants.tenants["acme"]
+        redis_server.stop()
+        await a.bill(tenant, "digits", "west-1", 1, 0.0, "r1")  # the commit finds Redis down (and journals)
+        with pytest.raises(StateUnavailable, match=r"state\.on_outage is refuse"):
+            a.admit(tenant, "digits", 1)
+
+
 async def test_with_on_outage_refuse_redis_down_is_a_503_naming_it(redis_server):
     specs = (spec(rate_per_s=10.0),)
     async with fleet(process(redis_server.url, specs, on_outage="refuse")) as (a,):

@@ -198,3 +198,18 @@ def test_a_second_gateway_on_the_same_ledger_stops_at_start_up_naming_it(reposit
             GatewayProcess(tmp_path, config({"data_dir": str(data_dir)})).start()
     finally:
         first.stop()
+
+
+def test_workers_on_redis_share_one_burst(repository, redis_server, tmp_path: Path):
+    gw = GatewayProcess(tmp_path, config({"redis_url": redis_server.url}, rate_per_s=0.001, burst=30))
+    gw.child.args += ["--workers", "2"]
+    gw.start()
+    try:
+        with Load([gw], clients=4, most_s=60) as load:
+            wait_for(lambda: load.statuses.get(429, 0) >= 50, 60, "50 calls refused (429)")
+            load.stop()
+        fleet = usage(gw)
+    finally:
+        gw.stop()
+    assert load.statuses[200] <= 30 and load.statuses[200] >= 30 - 2  # one burst, less what a lease left unspent
+    assert fleet["requests"] == load.statuses[200]
