@@ -115,6 +115,8 @@ async def test_usage_is_the_fleet_s_in_every_process_and_a_replayed_batch_counts
         again = [UsageRow("acme", "digits", "west-1", 3, 60_000, "b0", 1.0)]
         assert not await b._commit_rows(f"{b.process_id}-1", again)  # b's first batch, replayed
         usage_a, usage_b = await a.usage(), await b.usage()
+        for state in (a, b):  # the tenant metrics answer for the fleet too
+            assert state.metrics.registry.get_sample_value("railgate_tenant_fleet_inferences", {"tenant": "acme"}) == 13
     assert usage_a == usage_b
     assert usage_a["acme"]["requests"] == 6 and usage_a["acme"]["inferences"] == 13
     assert usage_a["acme"]["spend"] == pytest.approx(13 * 0.02 / 1000)
