@@ -22,6 +22,8 @@ def plot_points(report: dict[str, Any]) -> list[dict[str, Any]]:
     points = []
     sections = report.get("sections", {})
     for name, section in sections.items():
+        if name == "tls":  # a table of what TLS adds, not points of its own
+            continue
         for case in section.get("cases", []):
             tput, p99 = _spread(case, "throughput_rps"), _spread(case, "p99_ms")
             if tput is None or p99 is None:

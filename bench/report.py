@@ -34,6 +34,7 @@ SECTION_TITLES = {
     "grpc": "4. gRPC front",
     "tracing": "5. Tracing overhead",
     "state": "6. Fleet state and the usage ledger",
+    "tls": "7. TLS",
 }
 
 
@@ -405,6 +406,35 @@ def tracing_markdown(section: dict[str, Any]) -> list[str]:
 
 
 BATCH_NOTE = "Mean batch = rows per batch the gateway sent to the hub (from its /metrics, warm-up included)."
+
+
+def tls_markdown(section: dict[str, Any]) -> list[str]:
+    """Per protocol and concurrency: plain and TLS p50/p99/req/s, and what TLS adds (paired run by run)."""
+    rows = []
+    for case in section.get("cases", []):
+        if case.get("path") != "tls":
+            continue
+        protocol, c = case["protocol"], case["concurrency"]
+        plain = find_case(section, protocol=protocol, path="plain", concurrency=c)
+        rows.append(
+            [
+                protocol,
+                str(c),
+                fmt(case_spread(plain, "p50_ms")),
+                fmt(case_spread(case, "p50_ms")),
+                fmt(paired(case, plain, "p50_ms"), sign=True),
+                fmt(case_spread(plain, "p99_ms")),
+                fmt(case_spread(case, "p99_ms")),
+                fmt(paired(case, plain, "p99_ms"), sign=True),
+                fmt(case_spread(plain, "throughput_rps"), 0),
+                fmt(case_spread(case, "throughput_rps"), 0),
+                _errors(case),
+            ]
+        )
+    header = ["protocol", "c", "plain p50 ms", "TLS p50 ms", "TLS adds p50 ms", "plain p99 ms", "TLS p99 ms"]
+    return _table([*header, "TLS adds p99 ms", "plain req/s", "TLS req/s", "errors"], rows)
+
+
 SECTION_MARKDOWN = {
     "overhead": overhead_markdown,
     "batching": batching_markdown,
@@ -412,6 +442,7 @@ SECTION_MARKDOWN = {
     "grpc": grpc_markdown,
     "tracing": tracing_markdown,
     "state": lambda section: [f"- {line}" for line in _fleet_rows(section["cases"][0]["figures"])],
+    "tls": tls_markdown,
 }
 SECTION_NOTES = {
     "state": "Local ONNX Runtime backend (the state, not the hub, is measured). python -m bench.fleet runs "
@@ -446,6 +477,11 @@ SECTION_NOTES = {
     "railgate's requests per CPU-second over the echo's, paired run by run. `railgate --workers 2`: master and "
     "workers' CPU together; on 2 cores shared with the hub and the load generator the workers contend, so its "
     "figures say what a second process costs here, not what it gains on a larger machine.",
+    "tls": "Two gateways in front of the hub, the same but for `listen.tls` (a P-256 certificate made for the "
+    "run). HTTP: aiohttp closed loop, binary tensors, one keep-alive connection per worker (the handshake is "
+    "paid once per connection); gRPC: tritonclient.grpc.aio, secure vs insecure channel. c=1 and "
+    "c={overhead_concurrency}, each {overhead_duration_s:g} s after {overhead_warmup_s:g} s warm-up, paths "
+    "interleaved per run; TLS adds = TLS minus plain, paired run by run, median [min, max] over runs.",
 }
 
 
@@ -493,7 +529,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [SECTION_NOTES[name].format(**plan), ""]
         lines += [f"> {s}" for s in section.get("skipped", [])]
         lines += [*SECTION_MARKDOWN[name](section), ""]
-        if name not in ("overhead", "grpc", "tracing", "state"):
+        if name not in ("overhead", "grpc", "tracing", "state", "tls"):
             lines += [BATCH_NOTE, ""]
         note = other_load_note(section)
         if note:

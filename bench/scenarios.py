@@ -1,4 +1,4 @@
-"""The three measurements: gateway overhead, batching gain behind a backbone link, CPU cost per encoding.
+"""The measurements: gateway overhead, batching gain behind a backbone link, CPU cost per encoding, gRPC, TLS.
 
 Each takes the running hub and a ``Plan`` (counts and durations), starts what else it needs
 (gateway, link, nginx) for its own duration, repeats every case ``plan.runs`` times with the paths
@@ -362,6 +362,13 @@ def state(b: Bench, section: dict[str, Any]) -> None:
     section["cases"] = [{"state": "fleet", "runs": [], "figures": figures}]
 
 
+def tls(b: Bench, section: dict[str, Any]) -> None:
+    """HTTPS and gRPC over TLS against the same gateway plain, c=1 and c=16 (bench/tls_bench.py)."""
+    from bench.tls_bench import tls_section
+
+    tls_section(b, section, _runs)
+
+
 SECTIONS: dict[str, Callable[[Bench, dict[str, Any]], None]] = {
     "overhead": overhead,
     "batching": batching,
@@ -369,4 +376,5 @@ SECTIONS: dict[str, Callable[[Bench, dict[str, Any]], None]] = {
     "grpc": grpc,
     "tracing": tracing,
     "state": state,
+    "tls": tls,
 }

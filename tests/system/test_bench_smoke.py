@@ -184,3 +184,15 @@ async def test_load_generator_cli_prints_one_json_document(tiny_server):
     assert proc.returncode == 0, err.decode()
     result = json.loads(out)
     assert result["ok"] == 10 and result["spec"]["encoding"] == "msgpack"
+
+
+def test_the_tls_table_gives_what_tls_adds_paired_run_by_run():
+    def case(protocol: str, path: str, p50s: list[float]) -> dict:
+        return {"protocol": protocol, "path": path, "concurrency": 16, "client": "x",
+                "runs": [_run(p50, p50 * 2, 1000) for p50 in p50s]}  # fmt: skip
+
+    section = {"cases": [case("http", "plain", [2.0, 3.0]), case("http", "tls", [2.3, 3.5])]}
+    rows = [line for line in report.tls_markdown(section) if line.startswith("| http")]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[:5] == ["http", "16", "2.50 [2.00, 3.00]", "2.90 [2.30, 3.50]", "+0.40 [+0.30, +0.50]"]

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from devtools.certs import CertSet, issue_certs
 from devtools.devstack import GrpcTLS, Hub, Nginx, NginxTLS, nginx_binary, start_hub
 from gateway.backends.triton import hub_backend
 from gateway.config import HubSpec
 from railcore.errors import HubUnreachable
 from railcore.tls import ClientTLS
-from tests.certs import CertSet, issue_certs
 from tests.conftest import GatewayProcess
 from tests.samples import sample_inputs
 from tests.sysdeps import missing

@@ -1,7 +1,7 @@
 """``railgate serve`` with ``listen.tls`` and ``listen.ops``: real sockets, real handshakes, stock clients.
 
 The gateways serve digits from their own ONNX Runtime backend (no hub needed to test a listener).
-Certificates are made for each module (tests/certs.py). Every refusal is awaited with a bounded
+Certificates are made for each module (devtools/certs.py). Every refusal is awaited with a bounded
 timeout: an untrusted or expired peer must be an error, never a hang.
 """
 
@@ -25,9 +25,9 @@ import tritonclient.http as httpclient
 from geventhttpclient.response import HTTPConnectionClosed
 from tritonclient.utils import InferenceServerException
 
+from devtools.certs import CertSet, issue_certs
 from devtools.devstack import ROOT
 from edge import EdgeRuntime, parse_edge_config
-from tests.certs import CertSet, issue_certs
 from tests.conftest import GatewayProcess
 from tests.samples import sample_inputs
 

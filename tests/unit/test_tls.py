@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.certs import CertSet, issue_certs
 from railcore.settings import ConfigError
 from railcore.tls import ClientTLS, ServerTLS, client_context, client_pem, is_loopback, server_context, server_pem
-from tests.certs import CertSet, issue_certs
 
 
 @pytest.fixture(scope="module")

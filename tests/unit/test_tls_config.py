@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools.certs import CertSet, issue_certs
 from edge.config import parse_edge_config
 from gateway.config import ConfigError, parse_config
 from railcore.tls import ClientTLS, ServerTLS
-from tests.certs import CertSet, issue_certs
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Certificates for the TLS tests, made on the spot with ``cryptography`` (no file is checked in).
+"""Certificates for TLS tests and benchmarks, made on the spot with ``cryptography`` (no file is checked in).
 
 ``issue_certs(folder)`` writes a test CA, a server certificate for ``localhost`` / ``127.0.0.1`` (SAN),
 a client certificate, an expired server certificate, and a second, untrusted CA with a server
