@@ -79,13 +79,24 @@ def _package_version() -> str:
         return "0+unknown"
 
 
-def openapi_document(models: Mapping[str, ModelInfo] | None = None, *, version: str | None = None) -> dict[str, Any]:
+def _ops_path(path: str) -> bool:
+    """Whether ``path`` moves to the ops listener when ``listen.ops`` is set."""
+    return path in ("/metrics", "/status") or path.startswith(("/admin/", "/dashboard"))
+
+
+def openapi_document(
+    models: Mapping[str, ModelInfo] | None = None, *, version: str | None = None, ops_routes: bool = True
+) -> dict[str, Any]:
     """The OpenAPI 3.0 document of the gateway's HTTP API.
 
     With ``models`` (the gateway's catalog), the ``model`` and ``version`` path parameters are enums of what is
-    served, and the inference body's example is a valid request for the first model.
+    served, and the inference body's example is a valid request for the first model. ``ops_routes=False``
+    (an ops listener serves them): the public port's document leaves out /metrics, /status, /dashboard, /admin/*.
     """
     first = next(iter(models.values()), None) if models else None
+    paths = {**_server_paths(), **_model_paths(first), **_operation_paths()}
+    if not ops_routes:
+        paths = {path: item for path, item in paths.items() if not _ops_path(path)}
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -95,12 +106,14 @@ def openapi_document(models: Mapping[str, ModelInfo] | None = None, *, version: 
             'Triton serves it. Every error is {"error": "..."} (msgpack for msgpack requests).',
         },
         "tags": [{"name": name} for name in ("server", "health", "models", "inference", "operations")],
-        "paths": {**_server_paths(), **_model_paths(first), **_operation_paths()},
+        "paths": paths,
         "components": _components(models),
     }
 
 
-def openapi_route(catalog: Callable[[], Mapping[str, ModelInfo]]) -> Callable[[web.Request], Awaitable[web.Response]]:
+def openapi_route(
+    catalog: Callable[[], Mapping[str, ModelInfo]], ops_routes: bool = True
+) -> Callable[[web.Request], Awaitable[web.Response]]:
     """The ``GET /openapi.json`` handler. ``catalog`` is called per request, since a reload or a hub's
     discovery rebinds the catalog (``Router.rebuild_catalog`` never changes one in place); the document
     is built and encoded once per catalog and served from that cache until the catalog is another one."""
@@ -110,7 +123,7 @@ def openapi_route(catalog: Callable[[], Mapping[str, ModelInfo]]) -> Callable[[w
         nonlocal cached
         models = catalog()
         if cached is None or cached[0] is not models:  # holding the catalog: its id cannot be reused
-            cached = (models, json.dumps(openapi_document(models)).encode())
+            cached = (models, json.dumps(openapi_document(models, ops_routes=ops_routes)).encode())
         return web.Response(body=cached[1], content_type=_JSON)
 
     return openapi_json

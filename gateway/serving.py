@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import re
 import signal
 import socket
@@ -229,7 +230,8 @@ async def _start_ops(ops_app: web.Application, ops: OpsListen, ssl_context: ssl.
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise RailgateError(f"cannot listen for ops (listen.ops) on {ops.host}:{ops.port}: {exc.strerror}") from None
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)  # uvloop's strerror repeats the address
+        raise RailgateError(f"cannot listen for ops (listen.ops) on {ops.host}:{ops.port}: {reason}") from None
     port = runner.addresses[0][1] if runner.addresses else ops.port
     return runner, f"{ops.host}:{port}"
 

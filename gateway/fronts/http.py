@@ -103,7 +103,7 @@ def create_app(config: GatewayConfig, config_path: Path | None = None) -> web.Ap
         r.add_get(prefix + "/ready", model_ready)
         r.add_get(prefix + "/config", model_config)
         r.add_post(prefix + "/infer", infer)
-    openapi_json = openapi_route(lambda: gateway.router.catalog)
+    openapi_json = openapi_route(lambda: gateway.router.catalog, ops_routes=config.listen.ops is None)
     r.add_get("/openapi.json", openapi_json)
     r.add_get("/v1/usage", usage)
     app.add_subapp("/v1/models/", family_of_app(_artifacts_app(config), Family.ARTIFACTS))

@@ -113,3 +113,14 @@ async def test_an_ops_route_on_the_public_port_is_a_404_without_a_key_too(apps):
     for path in ("/metrics", "/status", "/dashboard"):
         async with public.get(path) as reply:
             assert reply.status == 404, path
+
+
+async def test_the_public_openapi_document_leaves_out_the_ops_routes(apps, aiohttp_client, repository: Path):
+    public, _ = apps
+    async with public.get("/openapi.json", headers={"Authorization": f"Bearer {ACME}"}) as reply:
+        paths = set((await reply.json())["paths"])
+    assert not {p for p in paths if p in ("/metrics", "/status") or p.startswith(("/admin/", "/dashboard"))}
+    assert "/v2/models/{model}/infer" in paths and "/v1/usage" in paths
+    alone = await aiohttp_client(create_app(config(repository, ops=False)))
+    async with alone.get("/openapi.json", headers={"Authorization": f"Bearer {ACME}"}) as reply:
+        assert {"/metrics", "/status", "/admin/reload"} <= set((await reply.json())["paths"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import ssl
 import subprocess
 import sys
@@ -302,3 +303,36 @@ def test_an_edge_pinned_to_another_ca_says_why_and_keeps_answering_locally(
     assert len(failures) == 1, failures  # once, not once per call or per probe
     assert "not trusted" in failures[0] and "unable to get local issuer certificate" in failures[0]
     assert str(certs.other_ca) in failures[0]
+
+
+# -- an expired gateway certificate, an ops port in use ------------------------------------------
+
+
+def test_a_gateway_with_an_expired_certificate_is_a_certificate_error_for_clients_in_bounded_time(
+    repository: Path, certs: CertSet, tmp_path: Path
+) -> None:
+    config = _config(repository, certs, ops=False)
+    config["listen"]["tls"] = {"cert_file": str(certs.expired.cert), "key_file": str(certs.expired.key)}
+    with GatewayProcess(tmp_path, config).start() as gateway:
+        with pytest.raises(urllib.error.URLError, match="certificate has expired"):
+            _get(f"https://localhost:{gateway.port}/v2/health/ready", _pinned(certs))
+        with (
+            grpcclient.InferenceServerClient(
+                f"localhost:{gateway.grpc_port}", ssl=True, root_certificates=str(certs.ca)
+            ) as client,
+            pytest.raises(InferenceServerException, match="UNAVAILABLE"),
+        ):
+            client.is_server_ready(client_timeout=TIMEOUT_S)
+
+
+def test_an_ops_port_in_use_stops_serve_with_one_line_naming_it(repository: Path, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "gateway.yaml"
+        path.write_text(json.dumps({"listen": {"ops": {"port": port}}, "local": {"repository": str(repository)}}))
+        done = _serve(path)
+    assert done.returncode == 1
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip() and "railgate serve:" in ln]
+    assert lines == [f"railgate serve: cannot listen for ops (listen.ops) on 127.0.0.1:{port}: Address already in use"]
