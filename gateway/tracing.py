@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from opentelemetry.context import Context
-from opentelemetry.trace import Link
+from opentelemetry.trace import Link, NonRecordingSpan
 
 from railcore.errors import RailgateError
 from railcore.tracing import Span, SpanKind, Tracer, context_of, end_span, failed, parent_context
@@ -109,9 +109,14 @@ class BatchTrace:
     tracer: Tracer
     span: Span
     context: Context
+    recording: bool = True  # False: no member was sampled, and ``span`` is the first member's (not recorded)
 
     def backend_call(self, selection: Selection, model: str, rows: int) -> Span:
-        """The span of one backend call for this batch (a hub call, or a run on the local backend)."""
+        """The span of one backend call for this batch (a hub call, or a run on the local backend). In a
+        batch no member of which is sampled, the first member's unrecorded span: its context (flagged
+        not sampled) still goes to the hub, and no span is started for nothing."""
+        if not self.recording:
+            return self.span
         backend = selection.backend
         reason = selection.reason
         attempt = "hedge" if reason.startswith("hedge") else "failover" if reason.startswith("failover") else "first"
@@ -163,9 +168,16 @@ def batch_trace(
             links.append(Link(span.get_span_context()))
             wait = tracer.start_span("railgate.queue_wait", context=context_of(span), start_time=pending.item.queued_ns)
             wait.end(end_time=now)
-    parent = sampled or parent
-    if parent is None:
-        return None
+    if sampled is None:
+        # Nothing here is recorded: the unsampled caller's context goes on to the hub as it is (the
+        # common case at a low sample_ratio, so it starts no span).
+        # (A member's span that has ended, answered 504 meanwhile, is not recording either: a stand-in
+        # carries its context, so nothing ends it twice.)
+        if parent is None:
+            return None
+        stand_in = NonRecordingSpan(parent.get_span_context())
+        return BatchTrace(tracer, stand_in, context_of(stand_in), recording=False)
+    parent = sampled
     span = tracer.start_span(
         "railgate.batch",
         context=context_of(parent),

@@ -130,3 +130,19 @@ def test_an_edge_call_is_the_child_of_the_firmwares_traceparent_with_its_decisio
     assert (call.trace_id, call.parent_id) == ("ab" * 16, "cd" * 8)
     where, reason = call.attributes["railgate.offload.where"], call.attributes["railgate.offload.reason"]
     assert (where, reason) == ("local", "no_gateway")
+
+
+async def test_a_caller_that_says_not_sampled_is_not_recorded_and_the_next_sampled_one_is(
+    aiohttp_client, repository: Path, receiver: OtlpReceiver
+) -> None:
+    tracing = TracingSettings(otlp_endpoint=receiver.endpoint, export_delay_ms=20)
+    client = await aiohttp_client(create_app(config(repository, tracing)))
+    receiver.clear()
+    unsampled, sampled = f"00-{'11' * 16}-{'22' * 8}-00", f"00-{'33' * 16}-{'44' * 8}-01"
+    for traceparent in (unsampled, sampled):
+        reply = await client.post("/v2/models/digits/infer", json=BODY, headers={"traceparent": traceparent})
+        assert reply.status == 200, await reply.text()
+    await client.close()
+    spans = receiver.wait_for(lambda spans: any(s.name == "railgate.local_run" for s in spans))
+    assert {s.trace_id for s in spans} == {"33" * 16}
+    assert {s.name for s in spans} >= {"railgate.queue_wait", "railgate.batch", "railgate.local_run"}

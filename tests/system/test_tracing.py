@@ -206,3 +206,32 @@ def test_the_grpc_front_takes_traceparent_from_metadata_and_ignores_a_malformed_
     assert joined.kind == SERVER and joined.attributes["rpc.system"] == "grpc"
     (fresh,) = [s for s in served if s is not joined]
     assert fresh.parent_id == "" and fresh.trace_id != "ab" * 16  # a new root, the call answered
+
+
+def test_a_grpc_hub_call_sends_its_traceparent_in_metadata_and_triton_joins(
+    traced_hub: Hub, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    config = {
+        "hubs": [{"name": "west-grpc", "url": f"127.0.0.1:{traced_hub.config.grpc_port}", "protocol": "grpc"}],
+        "local": {"enabled": False},
+        "health": {"probe_interval_s": 0.5, "warmup": False},
+        "tracing": tracing_config(receiver, service_name="gw-grpc-hub"),
+    }
+    receiver.clear()
+    inputs = sample_inputs("digits", batch=1, seed=6)
+    with GatewayProcess(tmp_path, config) as gateway, httpclient.InferenceServerClient(gateway.address) as client:
+        tensors = []
+        for name, array in inputs.items():
+            tensor = httpclient.InferInput(name, list(array.shape), "FP32")
+            tensor.set_data_from_numpy(array, binary_data=True)
+            tensors.append(tensor)
+        client.infer("digits", tensors, headers={"traceparent": f"00-{'ef' * 16}-{'12' * 8}-01"})
+
+        def joined(spans: list[ReceivedSpan]) -> bool:
+            calls = [s for s in spans if s.name == "railgate.hub_call" and s.trace_id == "ef" * 16]
+            return bool(calls) and any(s.parent_id == calls[0].span_id for s in spans if s.service.startswith("triton"))
+
+        spans = receiver.wait_for(joined)
+    (hub_call,) = [s for s in spans if s.name == "railgate.hub_call" and s.trace_id == "ef" * 16]
+    assert hub_call.attributes["railgate.backend"] == "west-grpc"
+    assert hub_call.attributes["server.port"] == traced_hub.config.grpc_port

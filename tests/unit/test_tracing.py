@@ -67,3 +67,23 @@ def test_a_malformed_traceparent_is_no_parent(traceparent: str) -> None:
 
 def test_no_traceparent_is_no_parent() -> None:
     assert parent_context({"tracestate": "k=v"}) is None
+
+
+def test_a_batch_of_unsampled_members_starts_no_span_and_sends_their_context_on_unsampled() -> None:
+    from types import SimpleNamespace
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from gateway.tracing import batch_trace, request_span
+    from railcore.tracing import headers_for
+
+    tracer = TracerProvider().get_tracer("test")
+    member = request_span(tracer, {"traceparent": f"00-{'11' * 16}-{'22' * 8}-00"}, "request", {})
+    pending = SimpleNamespace(item=SimpleNamespace(trace=member, queued_ns=0), rows=1)
+    traced = batch_trace(tracer, "digits", "", [pending], 1)  # type: ignore[list-item]
+    assert traced is not None and not traced.recording
+    hub = SimpleNamespace(backend=SimpleNamespace(name="hub", kind="hub", region="west"), reason="nearest")
+    call = traced.backend_call(hub, "digits", 1)  # type: ignore[arg-type]
+    assert not call.is_recording()
+    version, trace_id, _, flags = headers_for(call)["traceparent"].split("-")
+    assert (version, trace_id, flags) == ("00", "11" * 16, "00")
