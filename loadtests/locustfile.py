@@ -81,12 +81,15 @@ def _add_web_routes(app: Any) -> None:
         return text, 200, {"Content-Type": "text/csv"}
 
 
-def _post(user: GatewayHttpUser, payload: Payload, budget_ms: float | None) -> None:
-    """Send one prepared request and judge the reply (status, outputs, deadline)."""
+def _post(user: GatewayHttpUser, payload: Payload, budget_ms: float | None, send_late_ms: float | None = None) -> None:
+    """Send one prepared request and judge the reply (status, outputs, deadline). ``send_late_ms``: how
+    late the load generator is sending it against its own schedule (reported, never a failure)."""
     headers = dict(payload.headers)
     if budget_ms:
         headers["X-Latency-Budget-Ms"] = f"{budget_ms:g}"
-    context = {"model": payload.model, "budget_ms": budget_ms}
+    context: dict[str, Any] = {"model": payload.model, "budget_ms": budget_ms}
+    if send_late_ms is not None:
+        context["send_late_ms"] = send_late_ms
     body: Any = payload.body  # bytes go out as they are; locust's type hint says str
     with user.client.post(
         payload.path, data=body, headers=headers, name=payload.name, catch_response=True, context=context
@@ -104,6 +107,7 @@ def _post(user: GatewayHttpUser, payload: Payload, budget_ms: float | None) -> N
         gateway_ms = stats.header_ms(reply_headers)
         failure = stats.judge(status, elapsed_ms, budget_ms, problem=problem, error=error, gateway_ms=gateway_ms)
         late = stats.generator_late_ms(status, elapsed_ms, budget_ms, gateway_ms)
+        reply.request_meta["context"]["gateway_ms"] = gateway_ms
         if late is not None:
             reply.request_meta["context"]["generator_late_ms"] = late
         if failure is None:
@@ -199,15 +203,19 @@ class EdgeDevice(GatewayHttpUser):
         self.next_reading += SETTINGS.edge_period_s
         return max(0.0, self.next_reading - time.monotonic())
 
+    def _send_late_ms(self) -> float:
+        """How late this reading goes out against the device's own clock (the generator's lateness)."""
+        return max(0.0, (time.monotonic() - self.next_reading) * 1000)
+
     @tag("edge", "msgpack", "anomaly", "tight-budget")
     @task(4)
     def anomaly_window(self) -> None:
-        _post(self, POOLS.pick("anomaly", "msgpack", rng=self.rng), self.budget_ms)
+        _post(self, POOLS.pick("anomaly", "msgpack", rng=self.rng), self.budget_ms, self._send_late_ms())
 
     @tag("edge", "msgpack", "digits", "tight-budget")
     @task(1)
     def digit_snapshot(self) -> None:
-        _post(self, POOLS.pick("digits", "msgpack", rng=self.rng), self.budget_ms)
+        _post(self, POOLS.pick("digits", "msgpack", rng=self.rng), self.budget_ms, self._send_late_ms())
 
 
 # -- tritonclient -----------------------------------------------------------------------------------
@@ -313,7 +321,7 @@ class TritonClientUser(User):
         reply = self.client.last_reply or TritonReply(status)
         gateway_ms = stats.header_ms(reply.headers)
         failure = stats.judge(status, elapsed_ms, budget_ms, problem=problem, error=error, gateway_ms=gateway_ms)
-        context: dict[str, Any] = {"model": request.model, "budget_ms": budget_ms}
+        context: dict[str, Any] = {"model": request.model, "budget_ms": budget_ms, "gateway_ms": gateway_ms}
         late = stats.generator_late_ms(status, elapsed_ms, budget_ms, gateway_ms)
         if late is not None:
             context["generator_late_ms"] = late

@@ -9,8 +9,12 @@ itself. A reply the gateway made in time that the load generator read late is no
 error) so a report can tell a gateway that is slow from one that is wrong.
 
 ``RailgateStats`` tallies requests per (``X-Served-By``, model) and per ``X-Route-Reason``, with
-latency percentiles from a histogram rounded like locust's own. ``attach`` wires it to locust's
-events and writes ``<csv prefix>_backends.csv`` and ``<csv prefix>_routes.csv`` when a test stops.
+latency percentiles from a histogram rounded like locust's own. Apart from the outcomes it splits each
+reply's time in two: the gateway's own (``X-Gateway-Ms``) and the rest (``outside``: the client's time
+less the gateway's: the load generator's scheduling, its HTTP client, the sockets), and it keeps how
+late the load generator sent what it meant to send on a schedule (an edge device's reading:
+``send_late``). ``attach`` wires it to locust's events and writes ``<csv prefix>_backends.csv``,
+``<csv prefix>_routes.csv`` and ``<csv prefix>_lateness.csv`` when a test stops.
 """
 
 from __future__ import annotations
@@ -230,22 +234,45 @@ class Tally:
         return tally
 
 
+# The time splits kept apart from the outcomes (``<prefix>_lateness.csv``, one row each).
+LATENESS = {
+    "gateway": "the gateway's own time (X-Gateway-Ms), every reply that carried it",
+    "outside": "client time less the gateway's: load generator, HTTP client, sockets",
+    "generator_late": "outside time of replies the gateway made in time and the client saw late (no miss)",
+    "send_late": "how late the load generator sent a scheduled request (an edge device's reading)",
+}
+
+
 class RailgateStats:
     """Tallies per (backend, model) and per route reason; pure: fed by ``record``, read by the CSV writers."""
 
     def __init__(self) -> None:
         self.by_backend: dict[tuple[str, str], Tally] = defaultdict(Tally)
         self.by_route: dict[str, Tally] = defaultdict(Tally)
-        # Replies the gateway made in time and the load generator read late: time outside the gateway.
-        self.generator_late = LatencyHistogram()
+        # Each reply's time split between the gateway and the rest, and the generator's own lateness.
+        self.lateness: dict[str, LatencyHistogram] = {name: LatencyHistogram() for name in LATENESS}
+
+    @property
+    def generator_late(self) -> LatencyHistogram:
+        """Replies the gateway made in time and the load generator read late: time outside the gateway."""
+        return self.lateness["generator_late"]
 
     def reset(self) -> None:
         self.by_backend.clear()
         self.by_route.clear()
-        self.generator_late = LatencyHistogram()
+        self.lateness = {name: LatencyHistogram() for name in LATENESS}
 
     def record_generator_late(self, ms: float) -> None:
-        self.generator_late.add(ms)
+        self.lateness["generator_late"].add(ms)
+
+    def record_split(self, elapsed_ms: float, gateway_ms: float | None) -> None:
+        """One reply's time: the gateway's share (when it said) and the rest."""
+        if gateway_ms is not None:
+            self.lateness["gateway"].add(gateway_ms)
+            self.lateness["outside"].add(max(0.0, elapsed_ms - gateway_ms))
+
+    def record_send_late(self, ms: float) -> None:
+        self.lateness["send_late"].add(max(0.0, ms))
 
     def generator_late_line(self) -> str:
         late = self.generator_late
@@ -256,6 +283,18 @@ class RailgateStats:
             f"late by the load generator (not deadline misses): time outside the gateway p50 "
             f"{late.percentile(0.5):g} ms, p99 {late.percentile(0.99):g} ms, max {late.max_ms:.1f} ms"
         )
+
+    def lateness_lines(self) -> list[str]:
+        """The time splits, one line each (printed when the test ends)."""
+        lines = [self.generator_late_line()]
+        for name in ("gateway", "outside", "send_late"):
+            h = self.lateness[name]
+            if h.total:
+                lines.append(
+                    f"{name} ms ({LATENESS[name]}): {h.total} samples, p50 {h.percentile(0.5):g}, "
+                    f"p99 {h.percentile(0.99):g}, max {h.max_ms:.1f}"
+                )
+        return lines
 
     def record(self, *, backend: str, model: str, route: str, ms: float, kind: str, batch_size: int = 0) -> None:
         self.by_backend[(backend, model)].add(ms, kind, batch_size, backend)
@@ -291,7 +330,7 @@ class RailgateStats:
         return {
             "by_backend": [[b, m, t.to_wire()] for (b, m), t in self.by_backend.items()],
             "by_route": [[r, t.to_wire()] for r, t in self.by_route.items()],
-            "generator_late": self.generator_late.to_wire(),
+            "lateness": [[name, h.to_wire()] for name, h in self.lateness.items()],
         }
 
     def merge_wire(self, data: Mapping[str, Any]) -> None:
@@ -299,8 +338,9 @@ class RailgateStats:
             self.by_backend[(backend, model)].merge(Tally.from_wire(tally))
         for route, tally in data["by_route"]:
             self.by_route[route].merge(Tally.from_wire(tally))
-        if "generator_late" in data:
-            self.generator_late.merge(LatencyHistogram.from_wire(data["generator_late"]))
+        for name, histogram in data.get("lateness", []):
+            if name in self.lateness:
+                self.lateness[name].merge(LatencyHistogram.from_wire(histogram))
 
 
 # -- CSV -------------------------------------------------------------------------------------------
@@ -345,6 +385,18 @@ def route_rows(stats: RailgateStats) -> list[list[Any]]:
     return rows
 
 
+LATENESS_COLUMNS = ["Measure", "Meaning", "Samples", *_LATENCY_COLUMNS]
+
+
+def lateness_rows(stats: RailgateStats) -> list[list[Any]]:
+    rows = []
+    for name, meaning in LATENESS.items():
+        h = stats.lateness[name]
+        latency = [round(h.mean_ms, 2), round(0.0 if math.isinf(h.min_ms) else h.min_ms, 2)]
+        rows.append([name, meaning, h.total, *latency, *[h.percentile(q) for q in PERCENTILES], round(h.max_ms, 2)])
+    return rows
+
+
 def csv_text(columns: list[str], rows: Iterable[list[Any]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -353,14 +405,16 @@ def csv_text(columns: list[str], rows: Iterable[list[Any]]) -> str:
     return out.getvalue()
 
 
-def write_csvs(stats: RailgateStats, prefix: str | Path) -> tuple[Path, Path]:
-    """``<prefix>_backends.csv`` and ``<prefix>_routes.csv``, next to locust's own CSVs."""
+def write_csvs(stats: RailgateStats, prefix: str | Path) -> tuple[Path, Path, Path]:
+    """``<prefix>_backends.csv``, ``<prefix>_routes.csv`` and ``<prefix>_lateness.csv``, next to locust's own."""
     backends = Path(f"{prefix}_backends.csv")
     routes = Path(f"{prefix}_routes.csv")
+    lateness = Path(f"{prefix}_lateness.csv")
     backends.parent.mkdir(parents=True, exist_ok=True)
     backends.write_text(csv_text(BACKEND_COLUMNS, backend_rows(stats)))
     routes.write_text(csv_text(ROUTE_COLUMNS, route_rows(stats)))
-    return backends, routes
+    lateness.write_text(csv_text(LATENESS_COLUMNS, lateness_rows(stats)))
+    return backends, routes, lateness
 
 
 # -- locust wiring ----------------------------------------------------------------------------------
@@ -384,6 +438,10 @@ def attach(environment: Any, stats: RailgateStats) -> None:
         late = (context or {}).get("generator_late_ms")
         if late is not None:
             stats.record_generator_late(late)
+        stats.record_split(response_time, (context or {}).get("gateway_ms"))
+        send_late = (context or {}).get("send_late_ms")
+        if send_late is not None:
+            stats.record_send_late(send_late)
 
     @events.test_start.add_listener
     def _on_test_start(**_: Any) -> None:
@@ -418,4 +476,4 @@ def attach(environment: Any, stats: RailgateStats) -> None:
     def _say_generator_lateness(**_: Any) -> None:
         options = environment.parsed_options
         if options is None or not getattr(options, "worker", False):
-            print(stats.generator_late_line(), flush=True)
+            print("\n".join(stats.lateness_lines()), flush=True)

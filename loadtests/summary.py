@@ -98,6 +98,11 @@ def build(prefix: Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:
             for r in _rows(Path(f"{prefix}_routes.csv"))
         ],
         "top_failures": top_failures(_rows(Path(f"{prefix}_failures.csv"))),
+        # The gateway's own time and the load generator's, apart from the outcomes (loadtests/stats.py).
+        "lateness": [
+            {"measure": r["Measure"], "samples": int(_num(r["Samples"])), **_latency(r, locust=False)}
+            for r in _rows(Path(f"{prefix}_lateness.csv"))
+        ],
     }
     return summary
 
@@ -257,6 +262,12 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += _table(
             ["occurrences", "request", "error"],
             [[f["occurrences"], f"{f['type']} {f['name']}", f["error"]] for f in s["top_failures"]],
+        )
+    if any(r["samples"] for r in s.get("lateness", [])):
+        lines += ["", "## Gateway's time and the load generator's (not failures)", ""]
+        lines += _table(
+            ["measure", "samples", "p50", "p95", "p99", "max"],
+            [[r["measure"], r["samples"], *_percentiles(r), r["max_ms"]] for r in s["lateness"] if r["samples"]],
         )
     if s.get("plot"):
         lines += ["", "## Over time", "", f"![latency percentiles and requests per second over time]({s['plot']})"]

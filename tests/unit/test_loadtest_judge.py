@@ -31,3 +31,31 @@ def test_generator_lateness_is_tallied_apart_from_the_outcomes():
     merged.merge_wire(tallies.to_wire())
     assert merged.generator_late.total == 2 and merged.generator_late.max_ms == 22.0
     assert merged.total == 0  # no request outcome was recorded
+
+
+def test_each_reply_s_time_is_split_between_the_gateway_and_the_rest():
+    tallies = stats.RailgateStats()
+    tallies.record_split(30.0, 8.0)
+    tallies.record_split(12.0, None)  # no X-Gateway-Ms: nothing to split
+    tallies.record_send_late(4.0)
+    gateway, outside = tallies.lateness["gateway"], tallies.lateness["outside"]
+    assert (gateway.total, gateway.max_ms, outside.total, outside.max_ms) == (1, 8.0, 1, 22.0)
+    merged = stats.RailgateStats()
+    merged.merge_wire(tallies.to_wire())  # a worker's tallies reach the master's
+    assert merged.lateness["outside"].max_ms == 22.0 and merged.lateness["send_late"].max_ms == 4.0
+    assert merged.total == 0  # no request outcome was recorded
+    assert any(line.startswith("send_late ms") for line in merged.lateness_lines())
+
+
+def test_the_lateness_csv_reaches_the_summary(tmp_path):
+    from loadtests import summary
+
+    tallies = stats.RailgateStats()
+    for gateway_ms, client_ms in [(4.0, 6.0), (5.0, 30.0)]:
+        tallies.record_split(client_ms, gateway_ms)
+    stats.write_csvs(tallies, tmp_path / "locust")
+    result = summary.build(tmp_path / "locust")
+    by_measure = {r["measure"]: r for r in result["lateness"]}
+    assert by_measure["outside"]["samples"] == 2 and by_measure["outside"]["max_ms"] == 25.0
+    assert by_measure["gateway"]["max_ms"] == 5.0 and by_measure["send_late"]["samples"] == 0
+    assert "## Gateway's time and the load generator's (not failures)" in summary.markdown(result)
