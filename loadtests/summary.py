@@ -176,7 +176,7 @@ def plot(prefix: Path, path: Path) -> bool:
     return True
 
 
-_LATE = re.compile(r"^deadline miss: (\d+) ms > budget (\S+) ms$")
+_LATE = re.compile(r"^deadline miss: (?:the gateway took )?(\d+) ms > budget (\S+) ms$")
 
 
 def top_failures(rows: list[dict[str, str]], limit: int = 10) -> list[dict[str, Any]]:

@@ -59,3 +59,20 @@ def test_the_lateness_csv_reaches_the_summary(tmp_path):
     assert by_measure["outside"]["samples"] == 2 and by_measure["outside"]["max_ms"] == 25.0
     assert by_measure["gateway"]["max_ms"] == 5.0 and by_measure["send_late"]["samples"] == 0
     assert "## Gateway's time and the load generator's (not failures)" in summary.markdown(result)
+
+
+def test_the_summary_folds_the_gateway_s_late_replies_into_one_line_per_budget():
+    from loadtests import summary
+
+    rows = [
+        {
+            "Method": "POST",
+            "Name": "anomaly [msgpack]",
+            "Error": f"deadline miss: the gateway took {ms} ms > budget 10 ms",
+        }
+        for ms in (13, 17)
+    ]
+    for row, count in zip(rows, ("2", "1"), strict=True):
+        row["Occurrences"] = count
+    (folded,) = summary.top_failures(rows)
+    assert (folded["error"], folded["occurrences"]) == ("deadline miss: over budget 10 ms (worst 17 ms)", 3)
