@@ -284,6 +284,13 @@ def _operation_paths() -> dict[str, Any]:
 # -- inference ------------------------------------------------------------------------------------------
 
 
+_GATEWAY_MS = {
+    "description": "The gateway's own time for the call, from its handler's start to the reply (errors too).",
+    "schema": {"type": "number", "minimum": 0},
+    "required": False,
+}
+
+
 def _infer_operation(operation_id: str, first: ModelInfo | None) -> dict[str, Any]:
     json_body: dict[str, Any] = {"schema": _ref("schemas", "InferRequest")}
     if first is not None:
@@ -294,6 +301,7 @@ def _infer_operation(operation_id: str, first: ModelInfo | None) -> dict[str, An
         "X-Route-Reason": _header(_STRING, "Why that backend was chosen.", required=True),
         "X-Queue-Ms": _header({"type": "number", "minimum": 0}, "Time spent queued for a batch."),
         "X-Backend-Ms": _header({"type": "number", "minimum": 0}, "Time the backend took for the batch."),
+        "X-Gateway-Ms": _GATEWAY_MS,
         HEADER_LENGTH: _header({"type": "integer", "minimum": 0}, "Length of the JSON header (binary replies)."),
     }
     responses: dict[Any, Any] = {
@@ -316,6 +324,7 @@ def _infer_operation(operation_id: str, first: ModelInfo | None) -> dict[str, An
             }
         if status in (429, 503):
             response.setdefault("headers", {})["Retry-After"] = _RETRY_AFTER
+        response.setdefault("headers", {})["X-Gateway-Ms"] = _GATEWAY_MS
         if status == 401:
             response["headers"] = {"WWW-Authenticate": _WWW_AUTHENTICATE}
         responses[status] = response

@@ -149,27 +149,36 @@ async def infer(request: web.Request) -> web.Response:
         body_bytes=request.content_length,
         trace=None if front.tracer is None else request[tracing.REQUEST_SPAN],
     )
-    # Admitted (and counted in progress) before a byte of the body is read; released on every exit.
-    ticket = front.service.admit(call, request.match_info["model"], request.match_info.get("version", ""))
     try:
-        length = header_length(request.headers)
-        async with read_body(request, front.body_limits, front.reading, length) as body:
-            decoded = decode_request(
-                body,
-                content_type=request.content_type,
-                header_length=length,
-                model=ticket.info.name,
-                version=ticket.version,
-                limits=front.decode_limits,
-            )
-            served = await front.service.infer(ticket, decoded)
-    finally:
-        ticket.release()
+        # Admitted (and counted in progress) before a byte of the body is read; released on every exit.
+        ticket = front.service.admit(call, request.match_info["model"], request.match_info.get("version", ""))
+        try:
+            length = header_length(request.headers)
+            async with read_body(request, front.body_limits, front.reading, length) as body:
+                decoded = decode_request(
+                    body,
+                    content_type=request.content_type,
+                    header_length=length,
+                    model=ticket.info.name,
+                    version=ticket.version,
+                    limits=front.decode_limits,
+                )
+                served = await front.service.infer(ticket, decoded)
+        finally:
+            ticket.release()
+    except RailgateError as exc:  # its reply (the errors middleware's) says the gateway's time too: a 504's
+        exc.headers["X-Gateway-Ms"] = _gateway_ms(started)
+        raise
     chunks, headers = encode_response(served.response, decoded)
     headers.update(served.headers)
     # A client (or load generator) tells the gateway's lateness from its own by this.
-    headers["X-Gateway-Ms"] = f"{(time.perf_counter() - started) * 1000:.3f}"
+    headers["X-Gateway-Ms"] = _gateway_ms(started)
     return web.Response(body=chunks[0] if len(chunks) == 1 else b"".join(chunks), headers=headers)
+
+
+def _gateway_ms(started: float) -> str:
+    """The gateway's own time for a call, from its handler's start (``X-Gateway-Ms``)."""
+    return f"{(time.perf_counter() - started) * 1000:.3f}"
 
 
 # -- server and model endpoints ----------------------------------------------------------------

@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -262,6 +264,19 @@ def test_locust_saw_no_deadline_miss(locust_run: Path) -> None:
     assert lateness["gateway"] > 0 and lateness["outside"] == lateness["gateway"] and lateness["send_late"] > 0
 
 
+def _gateway_ms_of(url: str, budget_ms: float) -> tuple[int, bool]:
+    """One edge-like call (msgpack anomaly): its status, and whether it carried a readable X-Gateway-Ms."""
+    payload = payloads.pool("anomaly", "msgpack", count=1)[0]
+    headers = {**payload.headers, "X-Latency-Budget-Ms": f"{budget_ms:g}"}
+    request = urllib.request.Request(f"{url}{payload.path}", data=payload.body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            status, reply_headers = reply.status, reply.headers
+    except urllib.error.HTTPError as exc:
+        status, reply_headers = exc.code, exc.headers
+    return status, stats.header_ms(dict(reply_headers)) is not None
+
+
 @pytest.mark.hub
 def test_a_gateway_that_misses_its_deadlines_fails_the_judge(hub, tmp_path_factory) -> None:
     """The judge above is not blind: edge devices whose budget (5 ms) is below the hub's round trip
@@ -271,6 +286,9 @@ def test_a_gateway_that_misses_its_deadlines_fails_the_judge(hub, tmp_path_facto
         config = {"hubs": [hub_entry(hub, url=link.url)], "local": {"enabled": False}}
         gateway = GatewayProcess(tmp_path_factory.mktemp("loadtest-miss-gw"), config).start()
         try:
+            # The gateway says its own time on its 504 too: the judge reads a miss from what it said.
+            assert _gateway_ms_of(gateway.url, budget_ms=5) == (504, True)
+            assert _gateway_ms_of(gateway.url, budget_ms=5000) == (200, True)
             cmd = locust_command(gateway.url, prefix, users=4, spawn_rate=4, run_time="3s", extra=["--tags", "edge"])
             done = procs.run(cmd, env=_locust_env(RAILGATE_EDGE_BUDGETS_MS="5"), timeout_s=90)
         finally:
