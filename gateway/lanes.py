@@ -29,7 +29,7 @@ def budget_class(budget_s: float) -> int:
     return bisect.bisect_left(BUDGET_CLASSES_S, budget_s)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per batch or request and never changed; not frozen, whose __init__ costs ~4x
 class BatchResult:
     """One request's share of a batch's outputs (views into the batch's arrays, not copies)."""
 
