@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import re
@@ -164,6 +165,20 @@ def _run_workers(args: argparse.Namespace, config: GatewayConfig) -> int:
     return max(w.wait() for w in workers)
 
 
+# Container allocations between young-generation collections (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def settle_garbage_collector() -> None:
+    """Once the gateway serves, move every object alive (modules, catalogs, clients: ~75,000) out of the
+    collector's reach and collect the young generation less often. A request allocates a few hundred
+    containers, so the default thresholds ran a collection every few requests, and the older generations'
+    walks over the start-up heap took tens of milliseconds each here (a full one ~160 ms on 2 busy cores)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
 async def serve(app: web.Application, listen: Listen, grace_s: float, drain_s: float, reuse_port: bool = False) -> None:
     """Serve ``app`` until SIGTERM or SIGINT, then drain: print the banner once listening."""
     from aiohttp import web
@@ -192,6 +207,7 @@ async def serve(app: web.Application, listen: Listen, grace_s: float, drain_s: f
         if listen.ops is not None:
             ops_runner, ops_address = await _start_ops(app[OPS_APP], listen.ops, ssl_context)
             banner += f" ops={ops_address}"
+        settle_garbage_collector()
         models = ",".join(sorted(gateway.router.catalog)) or "none"
         backends = ",".join(f"{b.name}({'up' if b.healthy else 'down'})" for b in gateway.backends)
         scheme = "https" if ssl_context is not None else "http"

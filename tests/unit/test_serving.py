@@ -48,3 +48,18 @@ async def test_drain_gives_up_waiting_at_the_end_of_the_grace_period():
     stuck.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await stuck
+
+
+def test_a_serving_gateway_takes_its_start_up_heap_out_of_the_collectors_walks() -> None:
+    import gc
+
+    from gateway.serving import GC_YOUNG_THRESHOLD, settle_garbage_collector
+
+    before = gc.get_threshold()
+    try:
+        settle_garbage_collector()
+        assert gc.get_freeze_count() > 1000  # the modules and objects alive now
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
