@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import secrets
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -424,7 +425,14 @@ class FleetState:
             except REDIS_DOWN as exc:
                 self._down(exc)
         # Redis may have run the script and lost only its reply: the replay's batch id finds it there.
-        await self.journal.journal_put(batch_id, rows)
+        try:
+            await self.journal.journal_put(batch_id, rows)
+        except sqlite3.Error as exc:  # the calls go unanswered (503) rather than unbilled
+            raise StateUnavailable(
+                f"Redis at {self.where} is down and the journal {self.journal.path or '(memory)'} could not be "
+                f"written: {exc}; the answer is withheld",
+                headers={"Retry-After": "1"},
+            ) from None
         self.journalled += len(rows)
         self.metrics.state_journalled.inc(len(rows))
 

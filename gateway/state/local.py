@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 
 from gateway.state.ledger import CommitGroup, SqliteLedger, UsageRow, spend_nanos, when_written
 from gateway.tenants import Tenant, Tenants
+from railcore.errors import StateUnavailable
 
 
 class LocalState:
@@ -31,7 +33,13 @@ class LocalState:
 
     async def _write(self, batch_id: str, rows: list[UsageRow]) -> None:
         assert self.ledger is not None
-        await self.ledger.commit(batch_id, rows)
+        try:
+            await self.ledger.commit(batch_id, rows)
+        except sqlite3.Error as exc:  # the calls go unanswered (503) rather than unbilled
+            raise StateUnavailable(
+                f"the usage ledger {self.ledger.path} could not be written: {exc}; the answer is withheld",
+                headers={"Retry-After": "1"},
+            ) from None
 
     def admit(self, tenant: Tenant, model: str, rows: int) -> Awaitable[None] | None:
         self.tenants.admit(tenant, model, rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,25 @@ async def test_journals_take_a_free_slot_each_and_hand_back_what_they_hold(tmp_p
     assert await c.journal() == []
     await b.close()
     await c.close()
+
+
+class FailingLedger(SqliteLedger):
+    """A fake: the real SQLite ledger whose commit fails the way a full disk does."""
+
+    async def commit(self, batch_id: str, rows: list[UsageRow]) -> bool:
+        raise sqlite3.OperationalError("database or disk is full")
+
+
+async def test_a_ledger_that_cannot_write_withholds_the_answer_with_a_503_and_bills_nothing(tmp_path: Path):
+    from gateway.config import TenantSpec
+    from gateway.state.local import LocalState
+    from gateway.tenants import Tenants, hash_key
+    from railcore.errors import StateUnavailable
+
+    tenants = Tenants((TenantSpec("acme", keys=(hash_key("rg_acme"),)),))
+    state = LocalState(tenants, FailingLedger(tmp_path / "ledger.sqlite3"))
+    await state.start()
+    with pytest.raises(StateUnavailable, match=r"usage ledger .* could not be written: database or disk is full"):
+        await state.bill(tenants.tenants["acme"], "digits", "local", 1, 0.02, "r1")
+    assert (await state.usage())["acme"]["requests"] == 0
+    await state.close()
