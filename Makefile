@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 REPO := models/repository
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-inprocess test-system lint imports fmt bench profile nginx sysdeps bench-edge sim chaos fuzz loadtest loadtest-ui models venv clean
+.PHONY: redis demo test test-unit test-inprocess test-system lint imports fmt bench profile nginx sysdeps bench-edge sim chaos fuzz loadtest loadtest-ui models venv clean
 
 demo: $(STAMP) $(REPO)/manifest.json
 	$(PY) -m gateway.cli demo --repository $(REPO)
@@ -37,7 +37,7 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: $(STAMP) $(REPO)/manifest.json nginx
+bench: $(STAMP) $(REPO)/manifest.json nginx redis
 	$(PY) -m bench.run
 
 # Where the gateway spends its CPU: py-spy flame graphs and top frames under load, per front and
@@ -55,8 +55,15 @@ nginx:
 	    apt-get update -qq -o DPkg::Lock::Timeout=180 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=180 nginx-light >/dev/null; \
 	  else echo "MISSING nginx (install nginx-light): not root, cannot install it here"; fi; }
 
-# System parts the system tests need; a fresh machine has none. Debian's chromium (the dashboard
-# test), prometheus with promtool (the rules and scrape tests), nginx-light (the bench anchor),
+redis:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing redis-server (the fleet state bench) ..."; \
+	    apt-get update -qq -o DPkg::Lock::Timeout=180 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=180 redis-server >/dev/null; \
+	  else echo "MISSING redis-server (install redis-server): not root, cannot install it here"; fi; }
+
+# System parts the system tests need; a fresh machine has none. Debian's redis-server (fleet state),
+# chromium (the dashboard test), prometheus with promtool (the rules and scrape tests), nginx-light (the bench anchor),
 # docker-compose (compose v1, to check deploy/compose.yaml offline: no engine runs it), and
 # npm playwright-core (drives that chromium; it downloads no browser) under .venv/node. Installed as
 # root with one apt-get update; otherwise each missing one is named, and its tests skip (and fail
