@@ -197,13 +197,18 @@ def profile_case(
     driver.start()
     time.sleep(warmup_s)  # the load's own warm-up: the profile covers its measured window only
     raw = folder / f"{case.name}.raw"
+    raw.unlink(missing_ok=True)
     args = [py_spy(), "record", "--pid", str(pid), "--format", "raw", "--rate", "100"]
     args += ["--duration", str(int(seconds)), "--output", str(raw)]
-    spy = procs.spawn(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        out, _ = spy.communicate(timeout=seconds + 60)
-    finally:
-        procs.terminate(spy, timeout_s=10, stop_signal=signal.SIGINT)  # writes what it has
+    out, status = "", None
+    for _ in range(2):  # py-spy now and then fails to read a busy process's first stack: one more try
+        spy = procs.spawn(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            out, _ = spy.communicate(timeout=seconds + 60)
+        finally:
+            status = procs.terminate(spy, timeout_s=10, stop_signal=signal.SIGINT)  # writes what it has
+        if raw.exists() or not driver.is_alive():
+            break
     driver.join(timeout=seconds + warmup_s + 120)
     stacks = read_stacks(raw.read_text()) if raw.exists() else Counter()
     cpu = (result.get("cpu_s") or {}).get("gateway")
@@ -215,7 +220,7 @@ def profile_case(
         f"gateway CPU {per_request} per request{'  ERROR ' + result['error'] if 'error' in result else ''}\n"
     )
     if not stacks:
-        head += f"py-spy wrote no samples: {(out or '')[-400:]}\n"
+        head += f"py-spy wrote no samples (exit status {status}): {(out or '')[-400:]}\n"
     text = head + top_frames(stacks)
     (folder / f"{case.name}.txt").write_text(text)
     (folder / f"{case.name}.svg").write_text(flame_svg(stacks, f"railgate gateway, {case.name}"))
