@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import threading
 import time
@@ -338,6 +339,7 @@ def run(args: argparse.Namespace) -> int:
     from gateway.tenants import new_key
 
     plan = Plan.make(getattr(args, "quick", False))
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM unwinds like Ctrl-C: every process stopped
     keys = {"app": new_key(), "bank": new_key(), "admin": new_key()}
     print("the rail: data in the east, cheap GPU hubs in the west")
     for h in HUBS:
@@ -350,7 +352,10 @@ def run(args: argparse.Namespace) -> int:
     except StartError as exc:
         print(f"railgate demo: {exc}")
         return 1
-    story: Story | None = None
+    except KeyboardInterrupt:  # what had started is stopped already (closed_on_error)
+        print("\ninterrupted while starting; all processes stopped")
+        return 130
+    verdicts: list[str] = []
     try:
         print(f"stack ready in {time.monotonic() - t0:.1f} s: gateway {stack.gateway_url}")
         story = Story(stack, plan, keys, args.repository)
@@ -358,7 +363,7 @@ def run(args: argparse.Namespace) -> int:
         batches = asyncio.run(backend_batches(stack.gateway_url))
         print("\nbatches per backend (the gateway's /metrics): "
               + ", ".join(f"{b} {n:.0f} batches / {r:.0f} rows" for b, (n, r) in batches.items()))  # fmt: skip
-        verdicts = judge(story.outcomes)
+        verdicts = judge(story.outcomes)  # the story is told: Ctrl-C from here on only ends the hold
         print("\nthe story, measured:")
         for line in verdicts:
             print(f"  {line}")
@@ -372,7 +377,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         stack.close()
     print("all processes stopped")
-    return 0 if story is not None and all(v.startswith("ok") for v in judge(story.outcomes)) else 1
+    if not verdicts:  # interrupted before the end of the story
+        return 130
+    return 0 if all(v.startswith("ok") for v in verdicts) else 1
 
 
 def judge(outcomes: dict[str, dict[str, Any]]) -> list[str]:
@@ -413,6 +420,11 @@ def judge(outcomes: dict[str, dict[str, Any]]) -> list[str]:
 
 def _top(routes: dict[str, int]) -> str | None:
     return max(routes, key=lambda b: routes[b]) if routes else None
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
+    raise KeyboardInterrupt
 
 
 def hold(hold_s: float | None) -> None:

@@ -84,3 +84,47 @@ def test_every_verdict_of_the_demo_is_ok(demo: tuple[Any, dict]) -> None:
 def test_a_verdict_says_not_shown_when_the_numbers_do_not_prove_it() -> None:
     lost = {"kill": {"sent": 10, "answered": 9, "errors": {}, "lost": 1, "before": {"west-1": 5}, "after": {}}}
     assert judge(lost)[0].startswith("NOT SHOWN")
+
+
+def test_on_a_terminal_the_stack_stays_up_for_the_dashboard_until_ctrl_c(repository: Path) -> None:
+    """stdin a terminal (a pty): after the story the demo holds the stack; Ctrl-C (SIGINT) stops it all."""
+    import os
+    import pty
+    import selectors
+    import signal
+    import subprocess
+    import time
+
+    primary, secondary = pty.openpty()
+    cmd = [sys.executable, "-m", "gateway.cli", "demo", "--quick", "--repository", str(repository)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # its lines as they come, through the pipe
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        **{**procs.child_options(), "stdin": secondary},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    os.close(secondary)
+    seen = ""
+    try:
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()  # raw reads: a buffered readline could sit on the line we wait for
+        selector = selectors.DefaultSelector()
+        selector.register(fd, selectors.EVENT_READ)
+        deadline = time.monotonic() + 240
+        while "Ctrl-C stops it" not in seen and time.monotonic() < deadline:
+            if selector.select(timeout=1.0):
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                seen += chunk.decode(errors="replace")
+        assert "Ctrl-C stops it" in seen, seen[-3000:]
+        assert proc.poll() is None  # holding the stack for a person, not gone
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=60)[0].decode(errors="replace")
+        assert proc.returncode == 0, rest
+        assert rest.rstrip().endswith("all processes stopped"), seen[-2000:] + rest
+    finally:
+        procs.terminate(proc, timeout_s=0)
+        os.close(primary)
