@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import secrets
@@ -31,20 +30,10 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
-
-import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from typing import Any, Protocol
 
 from gateway.config import OnOutage, State
 from gateway.metrics import Metrics
-from gateway.state import scripts
 from gateway.state.ledger import (
     NANOS,
     CommitGroup,
@@ -53,16 +42,34 @@ from gateway.state.ledger import (
     UsageRow,
     open_journal,
     spend_nanos,
-    totals_of,
     when_written,
 )
+from gateway.state.redis_store import RedisStore
 from gateway.tenants import Tenant, Tenants, TokenBucket, quota_exceeded, rate_limited
 from railcore.errors import StateUnavailable
 
 log = logging.getLogger("railgate.state")
 
-# What "Redis is down" looks like to redis-py (a restart's loading phase is a ConnectionError too).
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+
+class Store(Protocol):
+    """Where the fleet's limits and counts live: Redis (``redis_store``) or one host's SQLite (``shared_store``)."""
+
+    kind: str
+    where: str  # for messages: "Redis at redis://host:port"
+    down: tuple[type[BaseException], ...]  # what it raises while unreachable (an outage)
+
+    async def open(self) -> None: ...
+    async def lease_tokens(self, tenant: str, rate: float, burst: float, want: int) -> tuple[int, float]: ...
+    async def return_tokens(self, tenant: str, burst: float, tokens: int) -> None: ...
+    async def lease_quota(self, tenant: str, day: int, quota: int, want: int) -> int: ...
+    async def add_quota(self, day: int, rows: dict[str, int]) -> None: ...
+    async def heartbeat(self, member: str, window_s: float) -> int: ...
+    async def leave(self, member: str) -> None: ...
+    async def commit(self, batch_id: str, rows: list[UsageRow]) -> bool: ...
+    async def totals(self, tenants: list[str], day: int) -> dict[str, Totals]: ...
+    async def close(self) -> None: ...
+
+
 _OUTAGE_RETRY_S = 0.2  # while down, Redis is tried this often
 
 
@@ -79,11 +86,6 @@ class Holding:
     outage_rows: int = 0  # rows of quota granted locally for the outage (added to Redis on recovery)
 
 
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}:{parts.port}" if parts.hostname else parts.scheme + "://"
-
-
 class FleetState:
     """Limits, quotas and usage shared through Redis (``state.redis_url``); see the module docstring."""
 
@@ -97,8 +99,8 @@ class FleetState:
         journal_dir: Path | None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        store: Store | None = None,
     ) -> None:
-        assert config.redis_url is not None
         self.tenants = tenants
         self.config = config
         self.metrics = metrics
@@ -106,21 +108,12 @@ class FleetState:
         self.journal = SqliteLedger(None)  # in memory until ``start`` opens a free journal file in journal_dir
         self.clock = clock
         self.monotonic = monotonic
-        self.where = _redacted(config.redis_url)
-        timeout = config.timeout_ms / 1000
-        self.redis = aioredis.Redis.from_url(
-            config.redis_url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),  # an outage is handled here, not by waiting inside redis-py
-            decode_responses=True,
-        )
-        self._lease_tokens = self.redis.register_script(scripts.LEASE_TOKENS)
-        self._return_tokens = self.redis.register_script(scripts.RETURN_TOKENS)
-        self._lease_quota = self.redis.register_script(scripts.LEASE_QUOTA)
-        self._commit = self.redis.register_script(scripts.COMMIT)
-        self._heartbeat = self.redis.register_script(scripts.HEARTBEAT)
-        self._commit_connection: AbstractConnection | None = None
+        if store is None:
+            assert config.redis_url is not None
+            store = RedisStore(config.redis_url, config.timeout_ms / 1000)
+        self.store = store
+        self.where = store.where
+        self.down_errors = store.down  # what an unreachable store raises: an outage, not a failure
         self.process_id = secrets.token_hex(8)
         self.commits = CommitGroup(self._write, self.process_id)
         self.holdings = {name: Holding() for name in tenants.tenants}
@@ -136,9 +129,10 @@ class FleetState:
 
     async def start(self) -> None:
         self.journal = await open_journal(self.journal_dir, self.config.sqlite_synchronous)
+        await self.store.open()
         await self._recover()
         if not self.up:
-            log.warning("event=state_outage redis=%s on_outage=%s at=start", self.where, self.config.on_outage)
+            log.warning("event=state_outage store=%r on_outage=%s at=start", self.where, self.config.on_outage)
             self._down_locally()
         self._spawn(self._beat_forever(), "state-heartbeat")
 
@@ -154,35 +148,25 @@ class FleetState:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._leases.values(), return_exceptions=True)
         if self.up:
-            with contextlib.suppress(*REDIS_DOWN):
+            with contextlib.suppress(*self.down_errors):
                 await self._give_back()
-        if self._commit_connection is not None:
-            await self._commit_connection.disconnect()
-        await self.redis.aclose()
+        await self.store.close()
         await self.journal.close()
 
     async def _give_back(self) -> None:
         """Return unspent leases (tokens to the bucket, quota rows to today's count) and leave the fleet."""
         day = int(self.clock() // 86_400)
+        unspent: dict[str, int] = {}
         for name, h in self.holdings.items():
             spec = self.tenants.tenants[name].spec
             if spec.rate_per_s and h.tokens >= 1:
-                await self._return_tokens(keys=[self._bucket(name)], args=[self._burst(spec), int(h.tokens)])
+                await self.store.return_tokens(name, self._burst(spec), int(h.tokens))
                 h.tokens = 0
             if spec.daily_quota and h.quota_rows and h.day == day:
-                await self.redis.decrby(self._quota(name, day), h.quota_rows)
-                h.quota_rows = 0
-        await self.redis.zrem(scripts.PREFIX + "members", self.process_id)
-
-    # -- keys -----------------------------------------------------------------------------------
-
-    @staticmethod
-    def _bucket(tenant: str) -> str:
-        return f"{scripts.PREFIX}bucket:{tenant}"
-
-    @staticmethod
-    def _quota(tenant: str, day: int) -> str:
-        return f"{scripts.PREFIX}quota:{tenant}:{day}"
+                unspent[name], h.quota_rows = -h.quota_rows, 0
+        if unspent:
+            await self.store.add_quota(day, unspent)
+        await self.store.leave(self.process_id)
 
     @staticmethod
     def _burst(spec: Any) -> float:
@@ -268,33 +252,29 @@ class FleetState:
 
     async def _lease_tokens_now(self, tenant: Tenant) -> None:
         spec = tenant.spec
-        burst = self._burst(spec)
-        ttl = max(60, math.ceil(2 * burst / spec.rate_per_s))
         try:
-            granted, wait = await self._lease_tokens(
-                keys=[self._bucket(tenant.name)], args=[spec.rate_per_s, burst, self._token_slice(spec), ttl]
+            granted, wait = await self.store.lease_tokens(
+                tenant.name, spec.rate_per_s, self._burst(spec), self._token_slice(spec)
             )
-        except REDIS_DOWN as exc:
+        except self.down_errors as exc:
             self._down(exc)
             return
         h = self.holdings[tenant.name]
-        h.tokens += int(granted)
-        if not int(granted):
-            h.empty_until = self.monotonic() + float(wait)
+        h.tokens += granted
+        if not granted:
+            h.empty_until = self.monotonic() + wait
 
     async def _lease_quota_now(self, tenant: Tenant, need: int) -> None:
         spec = tenant.spec
         day = int(self.clock() // 86_400)
         try:
-            granted, _ = await self._lease_quota(
-                keys=[self._quota(tenant.name, day)], args=[spec.daily_quota, self._quota_slice(spec, need), 3 * 86_400]
-            )
-        except REDIS_DOWN as exc:
+            granted = await self.store.lease_quota(tenant.name, day, spec.daily_quota, self._quota_slice(spec, need))
+        except self.down_errors as exc:
             self._down(exc)
             return
         h = self._holding(tenant)
         if h.day == day:
-            h.quota_rows += int(granted)
+            h.quota_rows += granted
             if h.quota_rows < need:
                 # Used up, unless another process gives rows back (a release, a shutdown): look again later.
                 h.quota_empty_until = self.monotonic() + self.config.heartbeat_s
@@ -311,7 +291,7 @@ class FleetState:
     def _admit_outage(self, tenant: Tenant, rows: int) -> None:
         if self.config.on_outage == OnOutage.REFUSE:
             raise StateUnavailable(
-                f"the fleet's shared state (Redis at {self.where}) is unreachable, and state.on_outage is "
+                f"the fleet's shared state ({self.where}) is unreachable, and state.on_outage is "
                 "refuse: tenant calls are refused until it is back",
                 headers={"Retry-After": "1"},
             )
@@ -336,7 +316,7 @@ class FleetState:
         if self.up:
             self.up = False
             log.warning(
-                "event=state_outage redis=%s on_outage=%s live=%d error=%s",
+                "event=state_outage store=%r on_outage=%s live=%d error=%s",
                 self.where,
                 self.config.on_outage,
                 self.live,
@@ -361,25 +341,22 @@ class FleetState:
     async def _recover(self) -> None:
         """Try Redis; once it answers, replay the journal and go back to leases."""
         try:
-            self.live = int(await self._heartbeat(keys=[scripts.PREFIX + "members"], args=self._beat_args()))
+            self.live = await self.store.heartbeat(self.process_id, 3 * self.config.heartbeat_s)
             await self._replay()
             day = int(self.clock() // 86_400)
             granted = {n: h.outage_rows for n, h in self.holdings.items() if h.outage_rows and h.day == day}
             if granted:  # the rows granted locally count against today's quota: one round trip, then cleared
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    for name, rows in granted.items():
-                        pipe.incrby(self._quota(name, day), rows)
-                    await pipe.execute()
+                await self.store.add_quota(day, granted)
             for h in self.holdings.values():
                 h.outage_rows, h.outage_bucket = 0, None
             self.up = True
             await self._replay()  # what was journalled while the first pass ran
             await self._read_fleet()
-        except REDIS_DOWN:
+        except self.down_errors:
             self.up = False
             return
         self.metrics.state_up.set(1)
-        log.info("event=state_up redis=%s live=%d replayed_rows=%d", self.where, self.live, self.replayed)
+        log.info("event=state_up store=%r live=%d replayed_rows=%d", self.where, self.live, self.replayed)
 
     async def _replay(self) -> None:
         for _ in range(10_000):  # bounded: 256 batches a pass
@@ -392,17 +369,14 @@ class FleetState:
                     self.metrics.state_replayed.inc(len(rows))
             await self.journal.journal_done([batch_id for batch_id, _ in batches])
 
-    def _beat_args(self) -> list[Any]:
-        return [self.process_id, 3 * self.config.heartbeat_s]
-
     async def _beat_forever(self) -> None:
         while True:
             if self.up:
                 await asyncio.sleep(self.config.heartbeat_s)
                 try:
-                    self.live = int(await self._heartbeat(keys=[scripts.PREFIX + "members"], args=self._beat_args()))
+                    self.live = await self.store.heartbeat(self.process_id, 3 * self.config.heartbeat_s)
                     await self._read_fleet()
-                except REDIS_DOWN as exc:
+                except self.down_errors as exc:
                     self._down(exc)
             else:
                 await asyncio.sleep(min(_OUTAGE_RETRY_S, self.config.heartbeat_s))
@@ -422,14 +396,14 @@ class FleetState:
             try:
                 await self._commit_rows(batch_id, rows)
                 return
-            except REDIS_DOWN as exc:
+            except self.down_errors as exc:
                 self._down(exc)
         # Redis may have run the script and lost only its reply: the replay's batch id finds it there.
         try:
             await self.journal.journal_put(batch_id, rows)
         except sqlite3.Error as exc:  # the calls go unanswered (503) rather than unbilled
             raise StateUnavailable(
-                f"Redis at {self.where} is down and the journal {self.journal.path or '(memory)'} could not be "
+                f"{self.where} is down and the journal {self.journal.path or '(memory)'} could not be "
                 f"written: {exc}; the answer is withheld",
                 headers={"Retry-After": "1"},
             ) from None
@@ -437,54 +411,12 @@ class FleetState:
         self.metrics.state_journalled.inc(len(rows))
 
     async def _commit_rows(self, batch_id: str, rows: list[UsageRow]) -> bool:
-        sums = totals_of(rows)
-        args: list[Any] = [scripts.PREFIX, batch_id, len(sums)]
-        for tenant, t in sums.items():
-            args += [tenant, t.requests, t.inferences, t.spend_nanos]
-        args.append(json.dumps([r.values() for r in rows], separators=(",", ":")))
-        day = rows[0].day if rows else int(self.clock() // 86_400)
-        keys = [f"{scripts.PREFIX}batch:{batch_id}", scripts.PREFIX + "ledger", f"{scripts.PREFIX}today:{day}"]
-        return bool(await self._on_commit_connection(keys, args))
-
-    async def _on_commit_connection(self, keys: list[str], args: list[Any]) -> Any:
-        """The commit script on a connection of its own: commits are serialised by the group commit, so
-        the pool's checkout and the script wrapper (a tenth of a millisecond here) are skipped."""
-        conn = self._commit_connection
-        if conn is None:
-            conn = self._commit_connection = self.redis.connection_pool.make_connection()
-        try:
-            if not conn.is_connected:
-                await conn.connect()
-            try:
-                command = conn.pack_command("EVALSHA", self._commit.sha, len(keys), *keys, *args)
-                await conn.send_packed_command(command, check_health=False)
-                return await conn.read_response()
-            except NoScriptError:  # a restarted Redis forgot the script: send it whole, once
-                command = conn.pack_command("EVAL", scripts.COMMIT, len(keys), *keys, *args)
-                await conn.send_packed_command(command, check_health=False)
-                return await conn.read_response()
-        except BaseException:
-            await conn.disconnect(nowait=True)
-            raise
+        return await self.store.commit(batch_id, rows)
 
     # -- usage ----------------------------------------------------------------------------------
 
     async def _read_fleet(self) -> None:
-        names = list(self.tenants.tenants)
-        day = int(self.clock() // 86_400)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.hgetall(f"{scripts.PREFIX}usage:{name}")
-            pipe.hgetall(f"{scripts.PREFIX}today:{day}")
-            replies = await pipe.execute()
-        today = replies[-1]
-        self.fleet = {
-            name: Totals(
-                int(r.get("requests", 0)), int(r.get("inferences", 0)), int(r.get("spend_nanos", 0)),
-                int(today.get(name, 0)),
-            )
-            for name, r in zip(names, replies, strict=False)
-        }  # fmt: skip
+        self.fleet = await self.store.totals(list(self.tenants.tenants), int(self.clock() // 86_400))
         for name, t in self.fleet.items():
             self.metrics.tenant_fleet_inferences.labels(name).set(t.inferences)
             self.metrics.tenant_fleet_spend.labels(name).set(t.spend_nanos / NANOS)
@@ -492,7 +424,7 @@ class FleetState:
     async def usage(self, only: str | None = None) -> dict[str, dict[str, float]]:
         """The fleet's usage per tenant (the last figures read while Redis is down)."""
         if self.up:
-            with contextlib.suppress(*REDIS_DOWN):
+            with contextlib.suppress(*self.down_errors):
                 await self._read_fleet()
         return {
             name: {
@@ -506,25 +438,3 @@ class FleetState:
             for t in [self.fleet.get(name, Totals())]
             if only is None or name == only
         }
-
-
-def ledger_rows(redis_url: str) -> list[UsageRow]:
-    """Every row of the fleet's ledger stream (for tests, the bench and an operator's export); blocking."""
-    import redis as syncredis
-
-    client = syncredis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        found: list[UsageRow] = []
-        last = "-"
-        for _ in range(1_000_000):  # bounded: 1,000 entries a page
-            page: list[Any] = list(client.xrange(scripts.PREFIX + "ledger", min=last, max="+", count=1000) or [])
-            if last != "-":
-                page = page[1:]  # the page starts at the last entry of the one before
-            if not page:
-                return found
-            for _entry_id, fields in page:
-                found += [UsageRow(*row) for row in json.loads(fields["rows"])]
-            last = str(page[-1][0])
-        return found
-    finally:
-        client.close()

@@ -137,7 +137,7 @@ def test_sigkill_under_load_loses_no_answered_row_and_a_restart_resumes(reposito
 
 
 def test_sigkill_under_load_with_redis_loses_no_answered_row(repository, redis_server, tmp_path: Path):
-    from gateway.state.fleet import ledger_rows
+    from gateway.state.redis_store import ledger_rows
 
     gw = GatewayProcess(tmp_path, config({"redis_url": redis_server.url})).start()
     try:
