@@ -244,6 +244,8 @@ class State:
     heartbeat_s: float = 1.0  # live-process count, fleet usage for the metrics, outage recovery checks
     timeout_ms: float = 250.0  # one Redis call; past it Redis counts as down
     sqlite_synchronous: str = "normal"  # normal: survives a crash of the process; full: also a power loss
+    # Without Redis: this host's gateway processes share data_dir's ledger and limits (--workers N sets it).
+    host_shared: bool = False
 
 
 @dataclass(frozen=True, slots=True)

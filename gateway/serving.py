@@ -61,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--host-shared", action="store_true", help=argparse.SUPPRESS)  # a worker: state.host_shared
 
 
 def resolve_config(args: argparse.Namespace) -> GatewayConfig:
@@ -79,7 +80,8 @@ def resolve_config(args: argparse.Namespace) -> GatewayConfig:
     local = config.local
     if args.repository:
         local = dataclasses.replace(local, repository=args.repository)
-    return dataclasses.replace(config, listen=listen, local=local)
+    state = dataclasses.replace(config.state, host_shared=True) if args.host_shared else config.state
+    return dataclasses.replace(config, listen=listen, local=local, state=state)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,11 +94,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"railgate serve: {exc}", file=sys.stderr)
         return 2
     if args.workers > 1:
-        if config.tenants and config.state.redis_url is None:
+        if config.tenants and config.state.redis_url is None and config.state.data_dir is None:
             # Each worker would hold the tenants' limits in its own memory: N x every rate and quota.
             print(
                 f"railgate serve: --workers {args.workers} with tenants needs shared limits: set state.redis_url "
-                "(or run one worker)",
+                "(every host) or state.data_dir (this host's workers share its ledger), or run one worker",
                 file=sys.stderr,
             )
             return 2
@@ -130,6 +132,8 @@ def _run_workers(args: argparse.Namespace, config: GatewayConfig) -> int:
     Signals are passed on; each worker drains the same way; the exit status is the worst one."""
     port = config.listen.port or _free_port(config.listen.host)
     argv = [sys.executable, "-m", "gateway.cli", "serve", "--workers", "1", "--reuse-port"]
+    if config.state.redis_url is None and config.state.data_dir is not None:
+        argv.append("--host-shared")  # the workers share the data directory's ledger and limits
     argv += ["--host", config.listen.host, "--port", str(port), "--log-level", args.log_level]
     grpc_port = config.listen.grpc_port
     if grpc_port is not None:

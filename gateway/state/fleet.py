@@ -1,5 +1,8 @@
 """Fleet state in Redis: tenant rate limits, daily quotas, usage and spend shared by every process.
 
+(The I/O is a ``Store``: ``redis_store.RedisStore``, or ``shared_store.SharedStore`` for one host's
+workers without Redis, which is never "down". What follows says Redis for either.)
+
 No Redis round trip per request. Each process *leases* from Redis, atomically (``scripts.py``): a
 slice of a tenant's rate (``state.lease_s`` seconds' worth of tokens from the fleet's one bucket) and
 a slice of its daily quota (``state.quota_lease_rows``). Admission spends what the process holds; a
@@ -44,7 +47,6 @@ from gateway.state.ledger import (
     spend_nanos,
     when_written,
 )
-from gateway.state.redis_store import RedisStore
 from gateway.tenants import Tenant, Tenants, TokenBucket, quota_exceeded, rate_limited
 from railcore.errors import StateUnavailable
 
@@ -66,7 +68,7 @@ class Store(Protocol):
     async def heartbeat(self, member: str, window_s: float) -> int: ...
     async def leave(self, member: str) -> None: ...
     async def commit(self, batch_id: str, rows: list[UsageRow]) -> bool: ...
-    async def totals(self, tenants: list[str], day: int) -> dict[str, Totals]: ...
+    async def fleet_totals(self, tenants: list[str], day: int) -> dict[str, Totals]: ...
     async def close(self) -> None: ...
 
 
@@ -109,6 +111,8 @@ class FleetState:
         self.clock = clock
         self.monotonic = monotonic
         if store is None:
+            from gateway.state.redis_store import RedisStore  # redis-py loads only for Redis
+
             assert config.redis_url is not None
             store = RedisStore(config.redis_url, config.timeout_ms / 1000)
         self.store = store
@@ -398,6 +402,10 @@ class FleetState:
                 return
             except self.down_errors as exc:
                 self._down(exc)
+            except sqlite3.Error as exc:  # the host's shared ledger (shared_store): the calls go unanswered
+                raise StateUnavailable(
+                    f"{self.where} could not be written: {exc}; the answer is withheld", headers={"Retry-After": "1"}
+                ) from None
         # Redis may have run the script and lost only its reply: the replay's batch id finds it there.
         try:
             await self.journal.journal_put(batch_id, rows)
@@ -416,7 +424,7 @@ class FleetState:
     # -- usage ----------------------------------------------------------------------------------
 
     async def _read_fleet(self) -> None:
-        self.fleet = await self.store.totals(list(self.tenants.tenants), int(self.clock() // 86_400))
+        self.fleet = await self.store.fleet_totals(list(self.tenants.tenants), int(self.clock() // 86_400))
         for name, t in self.fleet.items():
             self.metrics.tenant_fleet_inferences.labels(name).set(t.inferences)
             self.metrics.tenant_fleet_spend.labels(name).set(t.spend_nanos / NANOS)

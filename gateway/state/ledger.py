@@ -171,6 +171,9 @@ class LedgerBusy(RailgateError):
 class SqliteLedger:
     """SQLite in WAL mode on one thread; ``path`` None is an in-memory database (a journal only)."""
 
+    # A process holds its ledger alone; ``shared_store.SharedStore`` (processes of one host together) shares it.
+    shared = False
+
     def __init__(self, path: Path | None, synchronous: str = "normal") -> None:
         self.path = path
         self.synchronous = synchronous.upper()
@@ -185,12 +188,16 @@ class SqliteLedger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             lock = open(self.path.with_suffix(".lock"), "a")  # noqa: SIM115 (held open: the flock lives with it)
             try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(lock, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except BlockingIOError:
                 lock.close()
-                raise LedgerBusy(f"{self.path} is in use by another gateway process") from None
+                how = "a gateway process of its own" if self.shared else "another gateway process"
+                raise LedgerBusy(f"{self.path} is in use by {how}") from None
             self._lock = lock
-        db = sqlite3.connect(str(self.path) if self.path is not None else ":memory:", check_same_thread=False)
+        # The busy timeout: processes sharing the file wait for each other's (short) transactions.
+        db = sqlite3.connect(
+            str(self.path) if self.path is not None else ":memory:", check_same_thread=False, timeout=30.0
+        )
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
         db.executescript(_SCHEMA)

@@ -123,7 +123,7 @@ class RedisStore:
             await conn.disconnect(nowait=True)
             raise
 
-    async def totals(self, tenants: list[str], day: int) -> dict[str, Totals]:
+    async def fleet_totals(self, tenants: list[str], day: int) -> dict[str, Totals]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for name in tenants:
                 pipe.hgetall(f"{scripts.PREFIX}usage:{name}")

@@ -46,4 +46,4 @@ def test_workers_with_tenants_and_no_redis_refuse_to_start_naming_state_redis_ur
     path.write_text(yaml.safe_dump({"tenants": [TENANT]}))
     assert serving.run(serve_args(path, 2)) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert "--workers 2 with tenants" in line and "state.redis_url" in line
+    assert "--workers 2 with tenants" in line and "state.redis_url" in line and "state.data_dir" in line
