@@ -478,10 +478,11 @@ SECTION_NOTES = {
     "workers' CPU together; on 2 cores shared with the hub and the load generator the workers contend, so its "
     "figures say what a second process costs here, not what it gains on a larger machine.",
     "tls": "Two gateways in front of the hub, the same but for `listen.tls` (a P-256 certificate made for the "
-    "run). HTTP: aiohttp closed loop, binary tensors, one keep-alive connection per worker (the handshake is "
-    "paid once per connection); gRPC: tritonclient.grpc.aio, secure vs insecure channel. c=1 and "
-    "c={overhead_concurrency}, each {overhead_duration_s:g} s after {overhead_warmup_s:g} s warm-up, paths "
-    "interleaved per run; TLS adds = TLS minus plain, paired run by run, median [min, max] over runs.",
+    "run). HTTP: aiohttp, binary tensors, one keep-alive connection per worker (the handshake is paid once per "
+    "connection); gRPC: tritonclient.grpc.aio, secure vs insecure channel. c=1 and c={overhead_concurrency} "
+    "closed loops; after {overhead_warmup_s:g} s warm-up each, the two paths take turns in 0.25 s slices for "
+    "{overhead_duration_s:g} s each (finer than the shared machine's drift). TLS adds = TLS minus plain, paired "
+    "run by run, median [min, max] over runs.",
 }
 
 
