@@ -7,6 +7,7 @@ timeout: an untrusted or expired peer must be an error, never a hang.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -29,6 +30,8 @@ from tritonclient.utils import InferenceServerException
 from devtools.certs import CertSet, issue_certs
 from devtools.devstack import ROOT
 from edge import EdgeRuntime, parse_edge_config
+from edge.sync import sync_once
+from railcore.tls import ClientTLS
 from tests.conftest import GatewayProcess
 from tests.samples import sample_inputs
 
@@ -47,7 +50,8 @@ def _config(repository: Path, certs: CertSet, *, mutual: bool = False, ops: bool
     listen: dict = {"grpc_port": 0, "tls": tls}
     if ops:
         listen["ops"] = {"port": 0}
-    return {"listen": listen, "local": {"repository": str(repository), "models": ["digits"]}}
+    local = {"repository": str(repository), "models": ["digits"]}
+    return {"listen": listen, "local": local, "artifacts": {"exportable": ["digits"]}}
 
 
 @pytest.fixture(scope="module")
@@ -336,3 +340,17 @@ def test_an_ops_port_in_use_stops_serve_with_one_line_naming_it(repository: Path
     assert done.returncode == 1
     lines = [ln for ln in done.stderr.splitlines() if ln.strip() and "railgate serve:" in ln]
     assert lines == [f"railgate serve: cannot listen for ops (listen.ops) on 127.0.0.1:{port}: Address already in use"]
+
+
+@pytest.mark.parametrize(("ca", "outcome"), [("ca", "updated"), ("other_ca", "failed")])
+def test_edge_sync_pulls_models_over_https_from_the_pinned_ca_only(
+    tls_gateway: GatewayProcess, certs: CertSet, tmp_path: Path, ca: str, outcome: str
+) -> None:
+    url = f"https://localhost:{tls_gateway.port}"
+    tls = ClientTLS(ca_file=str(getattr(certs, ca)))
+    outcomes = asyncio.run(sync_once(url, tmp_path / "device", ("digits",), TIMEOUT_S, tls=tls))
+    assert [o.outcome for o in outcomes] == [outcome]
+    if outcome == "failed":
+        assert "certificate verify failed" in outcomes[0].detail
+    else:
+        assert (tmp_path / "device" / "digits" / "1" / "model.onnx").is_file()
