@@ -373,8 +373,11 @@ def grpc_markdown(section: dict[str, Any]) -> list[str]:
 
 def tracing_markdown(section: dict[str, Any]) -> list[str]:
     """Per tracing setting and concurrency: p50, gateway CPU per request, and what each adds over tracing off."""
-    rows = []
+    rows, hooks = [], []
     for case in section.get("cases", []):
+        if case["concurrency"] == "hooks":
+            hooks.append(f"{case['tracing']}: {fmt(case_spread(case, 'hooks_cpu_us'), 1)} µs")
+            continue
         off = find_case(section, tracing="off", concurrency=case["concurrency"])
         traced = case["tracing"] != "off"
         cpu = _cpu_per_request(case, "gateway")
@@ -402,7 +405,14 @@ def tracing_markdown(section: dict[str, Any]) -> list[str]:
             ]
         )
     header = ["tracing", "c", "req/s", "p50 ms", "added p50 ms", "p99 ms", "gateway CPU µs/req", "added CPU µs/req"]
-    return _table([*header, "spans received", "errors"], rows)
+    lines = _table([*header, "spans received", "errors"], rows)
+    if hooks:
+        lines += [
+            "",
+            "CPU of the tracing code alone per request (in a process of its own, all threads, OTLP export "
+            f"included; none of it runs with tracing off): {'; '.join(hooks)}.",
+        ]
+    return lines
 
 
 BATCH_NOTE = "Mean batch = rows per batch the gateway sent to the hub (from its /metrics, warm-up included)."
