@@ -219,6 +219,41 @@ def latency(workdir: Path, redis: RedisServer, runs: int, seconds: float) -> dic
     return out
 
 
+def paired_c1(workdir: Path, redis: RedisServer, calls: int) -> dict[str, Any]:
+    """c=1, one call to each gateway in turn (memory, Redis): the median of the pairs' differences, which a
+    busy spell on the machine shifts for both alike."""
+    import http.client
+
+    limit = {"rate_per_s": 1_000_000, "burst": 1_000_000}
+    memory = Gateway(workdir, gateway_config({}, **limit)).start()
+    shared = Gateway(workdir, gateway_config({"redis_url": redis.url}, **limit)).start()
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    lat: dict[str, list[float]] = {"memory": [], "redis": []}
+    with running(memory, shared):
+        conns = {"memory": http.client.HTTPConnection("127.0.0.1", memory.port, timeout=10),
+                 "redis": http.client.HTTPConnection("127.0.0.1", shared.port, timeout=10)}  # fmt: skip
+        try:
+            for _ in range(calls + 100):  # the first 100 pairs warm up
+                for name, conn in conns.items():
+                    t0 = time.perf_counter()
+                    conn.request("POST", "/v2/models/digits/infer", BODY, headers)
+                    reply = conn.getresponse()
+                    reply.read()
+                    if reply.status != 200:
+                        raise RuntimeError(f"{name} gateway answered {reply.status}")
+                    lat[name].append(time.perf_counter() - t0)
+        finally:
+            for conn in conns.values():
+                conn.close()
+    mem, red = lat["memory"][100:], lat["redis"][100:]
+    return {
+        "pairs": len(mem),
+        "p50_memory_ms": round(statistics.median(mem) * 1000, 3),
+        "p50_redis_ms": round(statistics.median(red) * 1000, 3),
+        "added_p50_ms": round(statistics.median([r - m for r, m in zip(red, mem, strict=True)]) * 1000, 3),
+    }
+
+
 def state_latency(redis: RedisServer, workdir: Path, runs: int, calls: int) -> dict[str, Any]:
     """p50 of admit + bill of one call, in process on uvloop: memory, Redis, SQLite (median over runs)."""
     import uvloop
@@ -291,6 +326,8 @@ def measure(workdir: Path, runs: int = 3, quick: bool = False, say: Callable[[st
     with running(redis := RedisServer(binary, workdir / "redis-latency").start()):
         say("state: latency, memory vs Redis, c=1 and c=16")
         figures["latency"] = latency(workdir, redis, runs, 1.0 if quick else 5.0)
+        say("state: latency, paired calls at c=1")
+        figures["paired_c1"] = paired_c1(workdir, redis, 300 if quick else 2000)
         say("state: the state's own p50 in process, c=1 and c=16")
         figures["state_latency"] = state_latency(redis, workdir, max(runs, 3), 300 if quick else 3000)
     return figures
@@ -317,6 +354,9 @@ def rows(figures: dict[str, Any]) -> list[str]:
             f"{lat[f'c{c}']['added_p50_ms_each_run']})"
             for c in (1, 16)
         ),
+        f"latency c=1, paired (one call to each gateway in turn, {figures['paired_c1']['pairs']} pairs): p50 "
+        f"{figures['paired_c1']['p50_memory_ms']} ms in memory, {figures['paired_c1']['p50_redis_ms']} ms with "
+        f"Redis: added {figures['paired_c1']['added_p50_ms']} ms (median of the pairs' differences)",
         *(
             f"state p50 in process c={c}: memory {st[f'c{c}']['memory']} ms, Redis {st[f'c{c}']['redis']} ms, "
             f"SQLite {st[f'c{c}']['sqlite']} ms: Redis adds {st[f'c{c}']['added_redis_ms']} ms (target <= 0.1 ms)"
