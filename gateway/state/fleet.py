@@ -59,6 +59,7 @@ class Store(Protocol):
     kind: str
     where: str  # for messages: "Redis at redis://host:port"
     down: tuple[type[BaseException], ...]  # what it raises while unreachable (an outage)
+    commit_concurrency: int  # groups it may write at once
 
     async def open(self) -> None: ...
     async def lease_tokens(self, tenant: str, rate: float, burst: float, want: int) -> tuple[int, float]: ...
@@ -119,7 +120,7 @@ class FleetState:
         self.where = store.where
         self.down_errors = store.down  # what an unreachable store raises: an outage, not a failure
         self.process_id = secrets.token_hex(8)
-        self.commits = CommitGroup(self._write, self.process_id)
+        self.commits = CommitGroup(self._write, self.process_id, store.commit_concurrency)
         self.holdings = {name: Holding() for name in tenants.tenants}
         self.up = False  # until Redis first answers: a gateway that starts in an outage is in one
         self.live = 1  # processes that beat at the last heartbeat

@@ -94,15 +94,20 @@ def when_written(done: asyncio.Future[None], then: Callable[[], None]) -> None:
 
 
 class CommitGroup:
-    """Rows recorded together are written together (one ``write(batch_id, rows)``) before any returns."""
+    """Rows recorded together are written together (one ``write(batch_id, rows)``) before any returns.
 
-    def __init__(self, write: Write, process_id: str) -> None:
+    Up to ``concurrency`` groups are written at once (each reply waits for its own group's write only);
+    past that, the next group gathers until a write ends."""
+
+    def __init__(self, write: Write, process_id: str, concurrency: int = 1) -> None:
         self._write = write
         self._process_id = process_id
+        self._concurrency = concurrency
         self._seq = 0
         self._rows: list[UsageRow] = []
         self._next: asyncio.Future[None] | None = None
-        self._writing: asyncio.Task[None] | None = None
+        self._writing: set[asyncio.Task[None]] = set()
+        self._scheduled = False
         self.writes = 0  # groups written (tests and the bench read it)
 
     def record(self, row: UsageRow) -> asyncio.Future[None]:
@@ -110,23 +115,26 @@ class CommitGroup:
         self._rows.append(row)
         if self._next is None:
             self._next = asyncio.get_running_loop().create_future()
-            if self._writing is None:
-                asyncio.get_running_loop().call_soon(self._flush)
+        if not self._scheduled and len(self._writing) < self._concurrency:
+            # Behind the wake-ups already queued in this pass: the rest of a batch joins the group.
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
         return self._next
 
     def _flush(self) -> None:
-        if self._writing is not None or self._next is None:
+        self._scheduled = False
+        if len(self._writing) >= self._concurrency or self._next is None:
             return
         rows, done = self._rows, self._next
         self._rows, self._next = [], None
         self._seq += 1
         batch_id = f"{self._process_id}-{self._seq}"
         task = asyncio.get_running_loop().create_task(self._write(batch_id, rows), name="ledger-commit")
-        self._writing = task
+        self._writing.add(task)
         task.add_done_callback(lambda t: self._written(t, done))
 
     def _written(self, task: asyncio.Task[None], done: asyncio.Future[None]) -> None:
-        self._writing = None
+        self._writing.discard(task)
         self.writes += 1
         if not done.done():
             if task.cancelled():
@@ -139,14 +147,13 @@ class CommitGroup:
             self._flush()
 
     async def close(self) -> None:
-        """Wait for the group being written and write what is queued."""
+        """Wait for the groups being written and write what is queued."""
         for _ in range(3):
-            if self._writing is not None:
-                with contextlib.suppress(Exception):
-                    await self._writing
-            if self._next is not None and self._writing is None:
+            if self._writing:
+                await asyncio.gather(*self._writing, return_exceptions=True)
+            if self._next is not None:
                 self._flush()
-            if self._writing is None and self._next is None:
+            if not self._writing and self._next is None:
                 return
 
 

@@ -31,6 +31,7 @@ class SharedStore(SqliteLedger):
     kind = "sqlite"
     shared = True
     down: tuple[type[BaseException], ...] = ()  # a local file is never "unreachable"
+    commit_concurrency = 1  # one thread writes the file: a second group in flight would only queue there
 
     def __init__(self, path: Path, synchronous: str = "normal", monotonic: Callable[[], float] = time.monotonic):
         super().__init__(path, synchronous)

@@ -37,6 +37,28 @@ async def test_rows_recorded_in_one_loop_pass_are_one_write_and_none_returns_bef
     assert writes == [("p1-1", 5), ("p1-2", 1)]  # what came during the write is the next group
 
 
+async def test_with_two_writers_a_group_does_not_wait_for_the_one_before_it():
+    writes: list[str] = []
+    release = {"p1-1": asyncio.Event(), "p1-2": asyncio.Event()}
+
+    async def write(batch_id: str, rows: list[UsageRow]) -> None:
+        writes.append(batch_id)
+        await release[batch_id].wait()
+
+    group = CommitGroup(write, "p1", concurrency=2)
+    first = asyncio.ensure_future(asyncio.shield(group.record(row(request_id="a"))))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(asyncio.shield(group.record(row(request_id="b"))))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert writes == ["p1-1", "p1-2"]  # the second group is written while the first still is
+    release["p1-2"].set()
+    await second
+    assert not first.done()  # each reply waits for its own group's write, and only for it
+    release["p1-1"].set()
+    await first
+
+
 async def test_a_failed_write_fails_every_row_of_its_group():
     async def write(batch_id: str, rows: list[UsageRow]) -> None:
         raise OSError("disk full")
