@@ -169,8 +169,8 @@ async def _stream(address: str, model: str, window: int, duration_s: float, warm
             aioclient.InferenceServerException,
             grpc.aio.AioRpcError,
         ) as exc:  # the stream itself broke: what was in flight is lost
-            if "before" not in marks:
-                raise
+            if "before" not in marks:  # broke in the warm-up: the run is all errors, the section goes on
+                marks["before"], marks["t"] = cpu_sample(watch), time.perf_counter()
             errors += len(sent)
             marks["broken"] = str(exc)[:200]
         elapsed = time.perf_counter() - marks["t"]
