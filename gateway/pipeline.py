@@ -359,6 +359,7 @@ class Pipeline:
         )
         self.statistics.executed(info.name, key.version or info.versions[-1], rows, forwarded.backend_s)
         offset = 0
+        queue_wait = self.metrics.queue_wait.labels(info.name)  # once per batch, not per member
         for pending in batch:
             if info.max_batch_size:
                 share = {k: v[offset : offset + pending.rows] for k, v in forwarded.outputs.items()}
@@ -367,7 +368,7 @@ class Pipeline:
             offset += pending.rows
             if not pending.item.future.done():
                 queue_s = start - pending.item.queued_at
-                self.metrics.queue_wait.labels(info.name).observe(queue_s)
+                queue_wait.observe(queue_s)
                 result = BatchResult(share, forwarded.backend, rows, forwarded.reason, queue_s, forwarded.backend_s)
                 pending.item.future.set_result(result)
 
