@@ -194,6 +194,9 @@ def grpc_section(bench: Any, section: dict[str, Any], runs_of: Callable[..., lis
         "local": {"enabled": False},
         "listen": {"grpc_port": 0},
     }
+    # The link rows first: the dev hub (tritonserver's Python backend) has been seen to die under the
+    # direct stream case (64 in flight), which would leave nothing to measure after it.
+    link_rows(bench, section, runs_of)
     with contextlib.ExitStack() as stack:
         gateway = stack.enter_context(Gateway(bench.workdir, config).start(90))
         section["gateway_config"] = gateway.config
@@ -234,7 +237,6 @@ def grpc_section(bench: Any, section: dict[str, Any], runs_of: Callable[..., lis
                 client = f"tritonclient.grpc.aio stream_infer, {STREAM_WINDOW} in flight"
                 runs_of(section, path=path, concurrency=STREAM_WINDOW, client=client, stream=True).append(record)
                 _say(bench, f"grpc stream {path}", record)
-    link_rows(bench, section, runs_of)
 
 
 def link_rows(bench: Any, section: dict[str, Any], runs_of: Callable[..., list[dict[str, Any]]]) -> None:
