@@ -478,8 +478,8 @@ SECTION_NOTES = {
     "to a real receiver on loopback in the bench process, the SDK's 5 s export delay). c=1: "
     "{sequential_requests} sequential requests after {sequential_warmup} warm-up (tritonclient.http sync); "
     "c={overhead_concurrency}: closed loop for {overhead_duration_s:g} s after {overhead_warmup_s:g} s warm-up. "
-    "Added = traced minus off, paired run by run (cases interleaved). Spans received: exported by the end of the "
-    "run (a lower bound: the last batch may still be on its way).",
+    "Added = traced minus off, paired run by run (cases interleaved, their order turning each run). "
+    "Spans received: exported by the end of the run (a lower bound: the last batch may still be on its way).",
     "cost": "Gateway straight to the hub, {cost_concurrency} closed-loop clients, {cost_duration_s:g} s after "
     "{cost_warmup_s:g} s warm-up. CPU-s from /proc/<pid>/stat (utime+stime) over the measured window; "
     "gateway cores = gateway CPU-s / window. The bare aiohttp+uvloop echo server (bench/echo.py: reads each "

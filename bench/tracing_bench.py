@@ -2,8 +2,8 @@
 
 Three gateways in front of the same hub, alike but for ``tracing:`` (off; ``sample_ratio`` 0.01;
 1.0), the traced two exporting over OTLP/HTTP to a real receiver on loopback (devtools/otlp.py, in
-this process). Per run, paths interleaved: c=1 sequential calls (tritonclient.http sync) and a
-c=16 closed loop (bench.load). Added p50 and added gateway CPU per request are each traced case
+this process). Per run, the three interleaved (their order turning from run to run): c=1 sequential
+calls (tritonclient.http sync) and a c=16 closed loop (bench.load). Added p50 and added gateway CPU per request are each traced case
 minus the untraced one, paired run by run; the spans the receiver got say the export really ran.
 
 On a shared machine those differences drown in noise, so the section also measures the tracing code
@@ -109,8 +109,11 @@ def tracing_section(
         c = plan.overhead_concurrency
         for run in range(plan.runs):
             b.say(f"tracing run {run + 1}/{plan.runs}")
+            # The order of the three turns each run: drift on a shared machine does not land on one setting.
+            order = list(gateways)[run % 3 :] + list(gateways)[: run % 3]
             for concurrency in (1, c):
-                for name, gateway in gateways.items():
+                for name in order:
+                    gateway = gateways[name]
                     watch = (hub_watch, Watch("gateway", gateway.pid))
                     service = _service(name)
                     spans_before = sum(s.service == service for s in receiver.spans())
