@@ -226,4 +226,6 @@ class InferenceService:
         info = self.router.catalog.get(model)
         self.metrics.requests.labels(info.name if info else UNKNOWN_MODEL, str(error.status), backend).inc()
         if info is not None and call is not None:  # only served models are counted, never a client's name
-            self.statistics.failed(info.name, info.versions[-1], asyncio.get_running_loop().time() - call.arrived)
+            self.statistics.failed(
+                info.name, info.versions[-1], max(asyncio.get_running_loop().time() - call.arrived, 0.0)
+            )

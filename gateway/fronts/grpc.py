@@ -30,7 +30,7 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from gateway.call import Call, call_from_metadata
+from gateway.call import Call, arrival, call_from_metadata
 from gateway.fronts.grpc_codec import decode_infer_request, encode_infer_response
 from gateway.gateway import Gateway
 from gateway.tracing import end_request_span, grpc_request_span
@@ -135,7 +135,7 @@ class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
         span = (
             None if self.tracer is None else grpc_request_span(self.tracer, metadata, "ModelInfer", request.model_name)
         )
-        call = call_from_context(context, metadata, asyncio.get_running_loop().time(), span)
+        call = call_from_context(context, metadata, arrival(asyncio.get_running_loop()), span)
         try:
             response, headers = await self._answer(request, call)
         except RailgateError as exc:
@@ -169,7 +169,9 @@ class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
                     span = None
                     if self.tracer is not None:
                         span = grpc_request_span(self.tracer, metadata, "ModelStreamInfer", message.model_name)
-                    call = call_from_context(context, metadata, loop.time(), span)  # its budget counts from its arrival
+                    call = call_from_context(
+                        context, metadata, arrival(loop), span
+                    )  # its budget counts from its arrival
                     await window.acquire()
                     task = loop.create_task(answer(message, call))
                     running.add(task)

@@ -23,7 +23,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway import artifacts, dashboard, tracing
-from gateway.call import call_from_metadata
+from gateway.call import arrival, call_from_metadata
 from gateway.config import GatewayConfig
 from gateway.fronts.access import Family, RouteFamilies, access_middleware, family_of_app
 from gateway.fronts.admin import admin_app
@@ -144,7 +144,7 @@ async def infer(request: web.Request) -> web.Response:
     transport = request.transport
     call = call_from_metadata(
         request.headers,
-        arrived=asyncio.get_running_loop().time(),
+        arrived=arrival(asyncio.get_running_loop()),
         gone=lambda: transport is None or transport.is_closing(),
         body_bytes=request.content_length,
         trace=None if front.tracer is None else request[tracing.REQUEST_SPAN],

@@ -266,6 +266,15 @@ def test_locust_saw_no_deadline_miss(locust_run: Path) -> None:
 
 def _gateway_ms_of(url: str, budget_ms: float) -> tuple[int, bool]:
     """One edge-like call (msgpack anomaly): its status, and whether it carried a readable X-Gateway-Ms."""
+    status, gateway_ms = _call(url, budget_ms)
+    return status, gateway_ms is not None
+
+
+TIMER_ROUNDING_MS = 0.5  # uvloop schedules a timer to the nearest millisecond
+
+
+def _call(url: str, budget_ms: float) -> tuple[int, float | None]:
+    """One edge-like call (msgpack anomaly): its status and the gateway's own time (X-Gateway-Ms)."""
     payload = payloads.pool("anomaly", "msgpack", count=1)[0]
     headers = {**payload.headers, "X-Latency-Budget-Ms": f"{budget_ms:g}"}
     request = urllib.request.Request(f"{url}{payload.path}", data=payload.body, headers=headers, method="POST")
@@ -274,7 +283,7 @@ def _gateway_ms_of(url: str, budget_ms: float) -> tuple[int, bool]:
             status, reply_headers = reply.status, reply.headers
     except urllib.error.HTTPError as exc:
         status, reply_headers = exc.code, exc.headers
-    return status, stats.header_ms(dict(reply_headers)) is not None
+    return status, stats.header_ms(dict(reply_headers))
 
 
 @pytest.mark.hub
@@ -289,6 +298,14 @@ def test_a_gateway_that_misses_its_deadlines_fails_the_judge(hub, tmp_path_facto
             # The gateway says its own time on its 504 too: the judge reads a miss from what it said.
             assert _gateway_ms_of(gateway.url, budget_ms=5) == (504, True)
             assert _gateway_ms_of(gateway.url, budget_ms=5000) == (200, True)
+            # ... and a 504 comes when the budget is spent, not before it by the gateway's own clock: its
+            # deadline counted from an arrival stamped on uvloop's clock (1 ms steps, up to one behind)
+            # came up to ~0.6 ms early (8 of 40 at 4.45-4.85 ms). uvloop rounds a timer's delay to the
+            # nearest millisecond, so up to half of one is the loop's, not the arrival's.
+            replies = [_call(gateway.url, budget_ms=5) for _ in range(40)]
+            assert {status for status, _ in replies} == {504}
+            early = [ms for _, ms in replies if ms is not None and ms < 5 - TIMER_ROUNDING_MS]
+            assert early == [], f"{len(early)} of 40 504s came before the 5 ms budget was spent: {sorted(early)[:5]}"
             cmd = locust_command(gateway.url, prefix, users=4, spawn_rate=4, run_time="3s", extra=["--tags", "edge"])
             done = procs.run(cmd, env=_locust_env(RAILGATE_EDGE_BUDGETS_MS="5"), timeout_s=90)
         finally:

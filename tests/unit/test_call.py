@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.call import Call, allowed_regions, budget_s, call_from_metadata, priority, route_policy
+from gateway.call import Call, allowed_regions, arrival, budget_s, call_from_metadata, priority, route_policy
 from gateway.config import Deadlines
 from railcore.errors import BadRequest
 from railcore.protocol.codec import header_length
@@ -119,3 +120,23 @@ def test_the_shared_budget_parser_takes_the_tighter_and_caps_huge_timeouts():
     assert requested_budget_ms(None, 10**400, 1000.0) == 1000.0  # a valid JSON number, no float: capped first
     with pytest.raises(BadRequest, match="X-Latency-Budget-Ms"):
         requested_budget_ms("nan", None, 1000.0)
+
+
+class _Clock:
+    """A stand-in for an event loop: only its clock, ``offset_s`` behind the monotonic one."""
+
+    def __init__(self, offset_s: float | None = None, fixed: float | None = None) -> None:
+        self.offset_s, self.fixed = offset_s, fixed
+
+    def time(self) -> float:
+        return self.fixed if self.fixed is not None else time.monotonic() - (self.offset_s or 0.0)
+
+
+def test_an_arrival_is_not_stamped_up_to_a_millisecond_early_on_a_coarse_loop_clock() -> None:
+    # uvloop's clock: the monotonic one in 1 ms steps, up to one behind; the budget counts from now.
+    before = time.monotonic()
+    stamped = arrival(_Clock(offset_s=0.0009))  # type: ignore[arg-type]
+    assert before <= stamped <= time.monotonic()
+    # A clock that is not the monotonic one (virtual time) is the loop's own, whatever it reads.
+    assert arrival(_Clock(fixed=12.5)) == 12.5  # type: ignore[arg-type]
+    assert arrival(_Clock(offset_s=-3600.0)) > time.monotonic() + 3000  # type: ignore[arg-type]
