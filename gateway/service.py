@@ -160,7 +160,9 @@ class InferenceService:
         if call.transport_budget_s is not None:
             budget_s = min(budget_s, call.transport_budget_s)
         deadline = call.arrived + budget_s
-        if loop.time() >= deadline:
+        # ``arrived`` is on ``calls.arrival``'s clock (the monotonic one, up to a uvloop step ahead of the
+        # loop's): read now on the same clock, and a budget of 0 (a gRPC deadline already past) is spent.
+        if budget_s <= 0.0 or calls.arrival(loop) >= deadline:
             raise DeadlineExceeded("latency budget already spent on arrival; the request was not sent to a backend")
         rows = info.validate(request, text_bytes=self.limits.bytes_must_be_utf8)
         if tenant is not None:

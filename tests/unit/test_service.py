@@ -167,6 +167,19 @@ async def test_a_budget_spent_on_arrival_is_504_and_never_reaches_a_hub():
 
 
 @virtual_time
+@pytest.mark.parametrize("metadata", [{"budget_ms": "0"}, {"transport_budget_s": 0.0}])
+async def test_a_spent_budget_is_refused_even_when_arrival_reads_ahead_of_the_loop_clock(metadata):
+    """``call.arrival`` reads the monotonic clock, which may be up to a uvloop step (1 ms) ahead of
+    the loop's: a budget of 0 (a gRPC deadline already past) is still refused, never sent."""
+    hub = ScriptedBackend("west-1", answer())
+    service = service_over(hub)
+    ticket = service.admit(Call(now() + 0.0008, **metadata), "m", "")
+    with pytest.raises(DeadlineExceeded, match="already spent on arrival"):
+        await service.infer(ticket, request())
+    assert hub.calls == []
+
+
+@virtual_time
 async def test_the_budget_counts_from_arrival_not_from_the_end_of_the_body():
     hub = ScriptedBackend("west-1", answer())
     service = service_over(hub)
