@@ -105,6 +105,13 @@ class Metrics:
             "railgate_tenant_fleet_spend", "Spend billed per tenant, all gateway processes", ["tenant"]
         )
         self.state_up = Gauge("railgate_state_up", "1 while the shared state (Redis) answers", registry=r)
+        # The age of the oldest answered usage row not yet in the fleet's ledger (rows journalled locally
+        # in a Redis outage, until replayed); 0 when none is waiting, and always 0 on the embedded ledger,
+        # where a row is committed before its answer is released.
+        self.ledger_lag = Gauge(
+            "railgate_usage_ledger_lag_seconds", "Age of the oldest answered usage row not yet in the ledger",
+            registry=r,
+        )  # fmt: skip
         self.state_journalled = Counter(
             "railgate_state_journalled_rows", "Usage rows journalled locally while Redis was down", registry=r
         )

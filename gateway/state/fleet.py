@@ -127,6 +127,8 @@ class FleetState:
         self.fleet: dict[str, Totals] = {}  # the fleet's totals as last read
         self.journalled = 0  # rows written to the local journal in outages (the bench reads these)
         self.replayed = 0  # ... and rows replayed from it to Redis
+        self.pending_since: float | None = None  # monotonic time the oldest row still in the journal went in
+        metrics.ledger_lag.set_function(self.ledger_lag_s)
         self._leases: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -134,6 +136,8 @@ class FleetState:
 
     async def start(self) -> None:
         self.journal = await open_journal(self.journal_dir, self.config.sqlite_synchronous)
+        if await self.journal.journal(limit=1):  # a previous run's outage rows, not yet replayed
+            self.pending_since = self.monotonic()
         await self.store.open()
         await self._recover()
         if not self.up:
@@ -367,6 +371,7 @@ class FleetState:
         for _ in range(10_000):  # bounded: 256 batches a pass
             batches = await self.journal.journal()
             if not batches:
+                self.pending_since = None
                 return
             for batch_id, rows in batches:
                 if await self._commit_rows(batch_id, rows):
@@ -418,6 +423,13 @@ class FleetState:
             ) from None
         self.journalled += len(rows)
         self.metrics.state_journalled.inc(len(rows))
+        if self.pending_since is None:
+            self.pending_since = self.monotonic()
+
+    def ledger_lag_s(self) -> float:
+        """Seconds the oldest journalled (answered, not yet in Redis) usage row has waited; 0 when none."""
+        since = self.pending_since
+        return 0.0 if since is None else max(0.0, self.monotonic() - since)
 
     async def _commit_rows(self, batch_id: str, rows: list[UsageRow]) -> bool:
         return await self.store.commit(batch_id, rows)

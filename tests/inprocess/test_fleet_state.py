@@ -11,6 +11,7 @@ import contextlib
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import State, TenantSpec
 from gateway.metrics import Metrics
@@ -52,6 +53,14 @@ async def until_refused(states: list[FleetState], rows: int = 1, most: int = 100
         if all(refused):
             break
     return admitted
+
+
+def lag_metric(state: FleetState) -> float:
+    """The exported railgate_usage_ledger_lag_seconds, read back through Prometheus's own parser."""
+    for family in text_string_to_metric_families(state.metrics.render().decode()):
+        if family.name == "railgate_usage_ledger_lag_seconds":
+            return family.samples[0].value
+    raise AssertionError("railgate_usage_ledger_lag_seconds is not exported")
 
 
 @contextlib.asynccontextmanager
@@ -139,12 +148,16 @@ async def test_redis_down_serves_on_a_share_of_the_rate_journals_usage_and_repla
         assert admitted == 20  # 40 / 2 live processes
         await a.bill(tenant, "digits", "west-1", 2, 0.02, "during-2")
         assert a.journalled == 2  # usage rows (calls), one per bill
+        assert a.ledger_lag_s() > 0  # answered, not yet in the fleet's ledger
+        assert lag_metric(a) > 0
         redis_server.start()
         for _ in range(200):  # the heartbeat task tries again every 0.2 s
             if a.up:
                 break
             await asyncio.sleep(0.05)
         assert a.up and a.replayed == 2
+        assert a.ledger_lag_s() == 0.0
+        assert lag_metric(a) == 0.0
         usage = await a.usage()
     assert usage["acme"]["requests"] == 2 and usage["acme"]["inferences"] == 4
 
