@@ -43,6 +43,9 @@ class Batching:
     max_batch_size: int = 32  # a cap: never above the model's own max_batch_size
     max_queue_delay_ms: float = 0.5
     max_concurrent_runs: int = 1  # while fewer runs of a model are in flight, a call runs at once
+    # An async call (the server's) whose predicted run is at most this long runs on the event loop itself
+    # when its model is idle: a hand-off to a pool thread and back costs more than such a run. 0: never.
+    inline_max_ms: float = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,8 @@ def _check(config: EdgeConfig) -> None:
     _positive(config.threads.inter_op, "threads.inter_op")
     _positive(config.batching.max_batch_size, "batching.max_batch_size")
     _positive(config.batching.max_concurrent_runs, "batching.max_concurrent_runs")
+    if not (config.batching.inline_max_ms >= 0 and math.isfinite(config.batching.inline_max_ms)):
+        raise ConfigError(f"batching.inline_max_ms: must be >= 0, got {config.batching.inline_max_ms}")
     if config.batching.max_queue_delay_ms < 0:
         raise ConfigError(f"batching.max_queue_delay_ms: must be >= 0, got {config.batching.max_queue_delay_ms}")
     if config.sync.interval_s < 0:

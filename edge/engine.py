@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
@@ -54,10 +54,15 @@ class LocalModel:
     session: ort.InferenceSession
     output_names: tuple[str, ...]
     inputs: tuple[_InputSpec, ...]
+    batching: bool = False  # max_batch_size > 0 (load_model sets it)
+    # A dim past the batch dim is variable (-1): calls batch together only if those dims are equal.
+    variable: bool = False
+    strings: bool = False  # an output is BYTES: its elements are turned into bytes after a run
+    datatypes: dict[str, str] = field(default_factory=dict)  # output name -> v2 datatype
 
-    @property
-    def batching(self) -> bool:
-        return self.info.max_batch_size > 0
+    def batch_shape(self, feed: Mapping[str, np.ndarray]) -> tuple[tuple[int, ...], ...] | None:
+        """The key a batch must share (the dims past the batch dim); None when they are fixed by the model."""
+        return tuple(a.shape[1:] for a in feed.values()) if self.variable else None
 
     def prepare(self, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
         """The feed for ONNX Runtime and the call's batch rows; BadRequest naming what is wrong."""
@@ -128,7 +133,14 @@ def load_model(verified: VerifiedModel, providers: list[str], options: ort.Sessi
     missing = [n for n in names if n not in graph_outputs]
     if missing:
         raise BadRequest(f"model {info.name!r}: config.pbtxt names output(s) {', '.join(missing)} the ONNX graph lacks")
-    return LocalModel(verified.name, verified.version, verified.sha256, info, session, names, specs)
+    batching = info.max_batch_size > 0
+    variable = batching and any(-1 in s.dims[1:] for s in specs)
+    strings = any(t.datatype == "BYTES" for t in info.outputs)
+    datatypes = {t.name: t.datatype for t in info.outputs}
+    return LocalModel(
+        verified.name, verified.version, verified.sha256, info, session, names, specs, batching, variable, strings,
+        datatypes,
+    )  # fmt: skip
 
 
 class _Call:
@@ -181,6 +193,11 @@ class MicroBatcher:
         self._inflight = 0
         self._service_s = 0.0
 
+    def pending(self) -> int:
+        """Calls queued, not yet in a running batch."""
+        with self._lock:
+            return len(self._queue)
+
     def swap(self, model: LocalModel, policy: BatchPolicy) -> None:
         """Serve ``model`` (a new version) from now on; runs in flight finish on the old session."""
         with self._lock:
@@ -191,10 +208,19 @@ class MicroBatcher:
 
     def run(self, feed: dict[str, np.ndarray], rows: int, deadline: float) -> dict[str, np.ndarray]:
         """Run one call from a plain thread; it may run other callers' calls with it."""
-        call = _Call(feed, rows)
         with self._lock:
-            self._queue.push(call, rows, deadline, time.monotonic())
-            batch = self._next_batch()
+            if not self._queue and self._inflight < self._queue.policy.max_inflight_batches:
+                # What the policy decides for a lone call on an idle lane (an idle or full flush of it alone),
+                # without queueing it: run it here, now.
+                self._inflight += 1
+                model = self.model
+                call = None
+            else:
+                call = _Call(feed, rows)
+                self._queue.push(call, rows, deadline, time.monotonic(), self.model.batch_shape(feed))
+                batch = self._next_batch()
+        if call is None:
+            return self._run_alone(model, feed, rows)
         while True:
             if batch is not None:
                 self._execute(batch)
@@ -219,13 +245,27 @@ class MicroBatcher:
             if call.done:
                 return call.result()
 
-    async def run_async(self, feed: dict[str, np.ndarray], rows: int, deadline: float) -> dict[str, np.ndarray]:
-        """Run one call from a coroutine; batches run in the pool, never on the event loop."""
+    async def run_async(
+        self, feed: dict[str, np.ndarray], rows: int, deadline: float, inline: bool = False
+    ) -> dict[str, np.ndarray]:
+        """Run one call from a coroutine; batches run in the pool, never on the event loop.
+
+        ``inline``: the call's predicted run is shorter than the hand-off to a pool thread and back
+        (``batching.inline_max_ms``), so on an idle lane it runs here, on the loop, at once.
+        """
+        if inline:
+            with self._lock:
+                idle = not self._queue and self._inflight < self._queue.policy.max_inflight_batches
+                if idle:
+                    self._inflight += 1
+                    model = self.model
+            if idle:
+                return self._run_alone(model, feed, rows)
         loop = asyncio.get_running_loop()
         call = _Call(feed, rows)
         call.loop, call.future = loop, loop.create_future()
         with self._lock:
-            self._queue.push(call, rows, deadline, time.monotonic())
+            self._queue.push(call, rows, deadline, time.monotonic(), self.model.batch_shape(feed))
             batch = self._next_batch()
         while True:
             if batch is not None:
@@ -275,6 +315,34 @@ class MicroBatcher:
             with self._lock:
                 batch = self._next_batch()
 
+    def _run_alone(self, model: LocalModel, feed: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        """One call on an idle lane (its run already counted in flight), in the caller's thread; then the
+        calls that queued meanwhile go to a pool thread."""
+        try:
+            started = time.perf_counter()
+            results = model.session.run(model.output_names, feed)
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            if model.strings:
+                outputs = {
+                    n: bytes_elements(r) if r.dtype.kind == "O" else r
+                    for n, r in zip(model.output_names, results, strict=True)
+                }
+            else:
+                outputs = dict(zip(model.output_names, results, strict=True))
+            self._service_s = elapsed_ms / 1000
+            self.observe(model.name, rows, elapsed_ms)
+            return outputs
+        except (BadRequest, HubFailed):
+            raise
+        except Exception as exc:
+            raise HubFailed(f"local onnxruntime failed on {model.name!r}: {exc}") from exc
+        finally:
+            with self._lock:
+                self._inflight -= 1
+                batch = self._next_batch() if self._queue else None
+            if batch is not None:
+                self.pool.submit(self._drain, batch)
+
     def _execute(self, batch: list[_Call]) -> None:
         model = self.model  # a swap mid-run does not change the session this batch runs on
         try:
@@ -286,10 +354,13 @@ class MicroBatcher:
             started = time.perf_counter()
             results = model.session.run(model.output_names, feed)
             elapsed_ms = (time.perf_counter() - started) * 1000
-            outputs = {
-                n: bytes_elements(r) if r.dtype.kind == "O" else r
-                for n, r in zip(model.output_names, results, strict=True)
-            }
+            if model.strings:
+                outputs = {
+                    n: bytes_elements(r) if r.dtype.kind == "O" else r
+                    for n, r in zip(model.output_names, results, strict=True)
+                }
+            else:
+                outputs = dict(zip(model.output_names, results, strict=True))
             if len(batch) == 1:
                 batch[0].outputs = outputs
             elif not model.batching:

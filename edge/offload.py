@@ -76,6 +76,13 @@ REASONS = (
 )
 
 LOCAL, REMOTE, NONE = OffloadTarget.LOCAL, OffloadTarget.REMOTE, OffloadTarget.NONE
+# Decisions are immutable and few: each one is built once, not per call.
+_WHERE = {
+    "policy_local": LOCAL, "policy_remote": REMOTE, "not_local": REMOTE, "unavailable": NONE, "no_gateway": LOCAL,
+    "circuit_open": LOCAL, "circuit_trial": REMOTE, "remote_unmeasured": REMOTE, "remote_fits": REMOTE,
+    "prefer_local": LOCAL, "remote_over_budget": LOCAL, "remote_faster": REMOTE,
+}  # fmt: skip
+_DECISIONS = {reason: Decision(where, reason) for reason, where in _WHERE.items()}
 
 
 def decide(
@@ -97,26 +104,26 @@ def decide(
     reachable = link in (Link.UP, Link.TRIAL)
     if local_ms is None:
         if reachable and policy != OffloadPolicy.LOCAL:
-            return Decision(REMOTE, "not_local")
-        return Decision(NONE, "unavailable")
+            return _DECISIONS["not_local"]
+        return _DECISIONS["unavailable"]
     if policy == OffloadPolicy.LOCAL:
-        return Decision(LOCAL, "policy_local")
+        return _DECISIONS["policy_local"]
     if link is Link.NONE:
-        return Decision(LOCAL, "no_gateway")
+        return _DECISIONS["no_gateway"]
     if link is Link.DOWN:
-        return Decision(LOCAL, "circuit_open")
+        return _DECISIONS["circuit_open"]
     if policy == OffloadPolicy.REMOTE:
-        return Decision(REMOTE, "policy_remote")
+        return _DECISIONS["policy_remote"]
     if link is Link.TRIAL:
-        return Decision(REMOTE, "circuit_trial")
+        return _DECISIONS["circuit_trial"]
     if remote_ms is None:
         if rtt_ms is not None and rtt_ms > budget_ms:
-            return Decision(LOCAL, "remote_over_budget")
-        return Decision(REMOTE, "remote_unmeasured")
+            return _DECISIONS["remote_over_budget"]
+        return _DECISIONS["remote_unmeasured"]
     if remote_ms <= budget_ms:
         if local_ms <= budget_ms and local_ms <= prefer_local * remote_ms:
-            return Decision(LOCAL, "prefer_local")
-        return Decision(REMOTE, "remote_fits")
+            return _DECISIONS["prefer_local"]
+        return _DECISIONS["remote_fits"]
     if local_ms > budget_ms and remote_ms < local_ms:
-        return Decision(REMOTE, "remote_faster")
-    return Decision(LOCAL, "remote_over_budget")
+        return _DECISIONS["remote_faster"]
+    return _DECISIONS["remote_over_budget"]

@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ from railcore.signing import TrustedKeys
 from railcore.tracing import end_span, start_tracing
 
 log = logging.getLogger("railgate.edge")
+_POLICIES = frozenset(POLICIES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +90,7 @@ class EdgeRuntime:
         self._tasks: set[asyncio.Task[None]] = set()
         # Label children cached per label tuple: ``labels()`` takes a lock and builds a key on every call.
         self._served_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._inline_ms = config.batching.inline_max_ms
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -213,7 +214,8 @@ class EdgeRuntime:
                     if reply is not None:
                         return self._served(model, reply.outputs, reply.served_by, reason, started, REMOTE)
             assert plan.lane is not None and plan.feed is not None
-            outputs = await plan.lane.run_async(plan.feed, plan.rows, plan.deadline)
+            inline = plan.local_ms is not None and plan.local_ms <= self._inline_ms
+            outputs = await plan.lane.run_async(plan.feed, plan.rows, plan.deadline, inline)
             return self._served(model, outputs, LOCAL, reason, started, LOCAL)
         except RailgateError as exc:
             self.metrics.calls.labels(model, NONE, str(exc.status)).inc()
@@ -274,35 +276,41 @@ class EdgeRuntime:
         version: str,
         headers: dict[str, str] | None = None,
     ) -> Plan:
-        policy = self.config.policy if policy is None else policy
-        if policy not in POLICIES:
+        config = self.config
+        if policy is None:
+            policy = config.policy  # checked when the config was read
+        elif policy not in _POLICIES:
             raise BadRequest(f"offload policy {policy!r} is not one of {', '.join(POLICIES)}")
-        budget_ms = self.config.budget_ms if budget_ms is None else budget_ms
-        if not (budget_ms >= 0 and math.isfinite(budget_ms)):
+        if budget_ms is None:
+            budget_ms = config.budget_ms
+        elif not (budget_ms >= 0 and math.isfinite(budget_ms)):
             raise BadRequest(f"budget must be a non-negative number of milliseconds, got {budget_ms!r}")
         now = time.monotonic()
         lane = self._lanes.get(model)
         if lane is not None and version and version != lane.model.version:
             lane = None  # the device holds another version: only the gateway can serve this one
-        outside = self._outside_residency(headers)
+        outside = self._outside_residency(headers) if headers else None
         if outside is not None:
             lane = None  # residency: only the gateway, within the call's regions, may serve it
         feed, rows, local_ms = None, 1, None
         if lane is not None:
             feed, rows = lane.model.prepare(inputs)
             local_ms = self.local.predictor.predict(model, rows) or 0.0
-        state, remote_ms, rtt_ms = (Link.NONE, None, None) if self.link is None else self.link.view(model)
-        choose = partial(
-            decide, policy=policy, budget_ms=budget_ms, local_ms=local_ms, remote_ms=remote_ms, rtt_ms=rtt_ms,
-            prefer_local=self.config.prefer_local,
+        link = self.link
+        state, remote_ms, rtt_ms = (Link.NONE, None, None) if link is None else link.view(model)
+        decision = decide(
+            policy=policy, budget_ms=budget_ms, local_ms=local_ms, remote_ms=remote_ms, rtt_ms=rtt_ms, link=state,
+            prefer_local=config.prefer_local,
         )  # fmt: skip
-        decision = choose(link=state)
         ticket = None
-        if decision.where == REMOTE and self.link is not None:
-            ticket = self.link.admit()
+        if decision.where == REMOTE and link is not None:
+            ticket = link.admit()
             if ticket is None:
                 # Another call took the half-open trial first: decide this one as if the circuit were open.
-                decision = choose(link=Link.DOWN)
+                decision = decide(
+                    policy=policy, budget_ms=budget_ms, local_ms=local_ms, remote_ms=remote_ms, rtt_ms=rtt_ms,
+                    link=Link.DOWN, prefer_local=config.prefer_local,
+                )  # fmt: skip
         self.metrics.decision(model, decision.where, decision.reason)
         if decision.where == NONE:
             raise self._unavailable(model, policy, outside)

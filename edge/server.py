@@ -128,7 +128,7 @@ async def infer(request: web.Request) -> web.Response:
         headers=forwarded,
     )
     local = runtime.local_model(model)
-    datatypes = {t.name: t.datatype for t in local.info.outputs} if local is not None else {}
+    datatypes = local.datatypes if local is not None else {}
     names = [o.name for o in req.outputs] or list(result.outputs)
     missing = [n for n in names if n not in result.outputs]
     if missing:

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge import EdgeConfig, EdgeRuntime, ModelRefused, ModelUnavailable, parse_edge_config
+from edge.engine import MicroBatcher, load_model
+from edge.store import ModelStore, sha256_hex
+from models.foreign import build_foreign_repository
+from railcore.batching import BatchPolicy
 from railcore.errors import BadRequest, NoBackend
+from railcore.settings import ConfigError
 from tests.samples import assert_same_outputs, copy_repository, local_outputs, sample_inputs
 
 MODELS = ["digits", "vision", "anomaly", "vocab"]
@@ -92,12 +99,121 @@ def test_concurrent_callers_share_batches_and_each_gets_its_own_rows(runtime: Ed
 
 
 async def test_concurrent_coroutines_share_batches(repository: Path) -> None:
-    async with EdgeRuntime(edge_config(repository, models=["vision"])) as rt:
+    # inline_max_ms 0: every run goes through the pool (vision's ~5 ms runs would anyway)
+    async with EdgeRuntime(edge_config(repository, models=["vision"], batching={"inline_max_ms": 0})) as rt:
         inputs = [sample_inputs("vision", batch=1, seed=i) for i in range(12)]
         results = await asyncio.gather(*(rt.infer("vision", x) for x in inputs))
         for x, result in zip(inputs, results, strict=True):
             assert_same_outputs(result.outputs, local_outputs(repository, "vision", x))
         assert _samples(rt, "railgate_edge_local_batch_size_count", model="vision") < len(inputs)
+
+
+def _block_the_pool(rt: EdgeRuntime) -> threading.Event:
+    """Every thread of the runtime's pool busy until the returned event is set."""
+    release = threading.Event()
+    for _ in range(rt._pool._max_workers):
+        rt._pool.submit(release.wait, 30)
+    return release
+
+
+async def test_a_run_shorter_than_the_inline_limit_runs_on_the_loop_not_in_the_pool(repository: Path) -> None:
+    """digits runs in ~0.05 ms, under inline_max_ms: its async call never waits for a pool thread."""
+    async with EdgeRuntime(edge_config(repository, models=["digits"], batching={"inline_max_ms": 5})) as rt:
+        x = sample_inputs("digits", batch=2, seed=3)
+        release = _block_the_pool(rt)
+        try:
+            result = await asyncio.wait_for(rt.infer("digits", x), 10)
+        finally:
+            release.set()
+        assert_same_outputs(result.outputs, local_outputs(repository, "digits", x))
+
+
+async def test_with_inline_off_an_async_run_waits_for_a_pool_thread(repository: Path) -> None:
+    async with EdgeRuntime(edge_config(repository, models=["digits"], batching={"inline_max_ms": 0})) as rt:
+        x = sample_inputs("digits", batch=1, seed=3)
+        release = _block_the_pool(rt)
+        call = asyncio.ensure_future(rt.infer("digits", x))
+        try:
+            done, _ = await asyncio.wait([call], timeout=0.3)
+            assert not done  # it cannot finish while every pool thread is held
+        finally:
+            release.set()
+        assert_same_outputs((await asyncio.wait_for(call, 10)).outputs, local_outputs(repository, "digits", x))
+
+
+def test_an_inline_limit_below_zero_is_a_config_error(repository: Path) -> None:
+    with pytest.raises(ConfigError, match=r"batching\.inline_max_ms: must be >= 0, got -1"):
+        edge_config(repository, batching={"inline_max_ms": -1})
+
+
+class GatedSession:
+    """A fake around a real session: its first run waits for ``gate`` (to hold a run in flight)."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.runs: list[list[tuple[int, ...]]] = []
+
+    def run(self, names, feed):
+        self.runs.append([a.shape for a in feed.values()])
+        if len(self.runs) == 1:
+            self.entered.set()
+            self.gate.wait(30)
+        return self.session.run(names, feed)
+
+
+def test_calls_of_different_variable_dims_queued_together_run_in_separate_batches(tmp_path: Path) -> None:
+    """bytes_identity takes [-1, -1]: two queued calls of 3 and 5 columns cannot be concatenated, so each
+    runs in a batch of its own shape and gets its own strings back (before: both failed together)."""
+    repo = build_foreign_repository(tmp_path / "repo")
+    data = (repo / "bytes_identity" / "2" / "model.onnx").read_bytes()
+    manifest = {"bytes_identity": {"file": "bytes_identity/2/model.onnx", "sha256": sha256_hex(data)}}
+    (repo / "manifest.json").write_text(json.dumps({"format": 1, "models": manifest}))
+    model = load_model(ModelStore(repo).load("bytes_identity"), ["CPUExecutionProvider"], _options())
+    gated = GatedSession(model.session)
+    model = dataclasses.replace(model, session=gated)
+    with ThreadPoolExecutor(2) as pool:
+        lane = MicroBatcher(model, BatchPolicy(8, 60.0, (), 1), pool, lambda *a: None)
+        wanted = [np.array([[f"{n}-{i}".encode() for i in range(n)]], dtype=object) for n in (2, 3, 5)]
+        feeds = [model.prepare({"IN": w})[0] for w in wanted]
+        deadline = time.monotonic() + 60
+        first = pool.submit(lane.run, feeds[0], 1, deadline)
+        assert gated.entered.wait(10)  # the first call's run is in flight: the next two queue up
+        results: dict[int, object] = {}
+
+        def call(i: int) -> None:
+            try:
+                results[i] = lane.run(feeds[i], 1, deadline)["OUT"]
+            except Exception as exc:
+                results[i] = exc
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in (1, 2)]
+        for t in threads:
+            t.start()
+        _wait_for(lambda: lane.pending() == 2, "both calls queued")
+        gated.gate.set()
+        first.result(10)
+        for t in threads:
+            t.join(10)
+    for i in (1, 2):
+        assert not isinstance(results[i], Exception), results[i]
+        assert results[i].tolist() == wanted[i].tolist()
+    assert sorted(gated.runs[1:]) == [[(1, 3)], [(1, 5)]]
+
+
+def _options():
+    from edge.engine import session_options
+
+    return session_options(1, 1)
+
+
+def _wait_for(check, what: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)  # polling a condition, bounded by the deadline
 
 
 @pytest.mark.parametrize(
