@@ -3,8 +3,9 @@
 Closing a listening socket resets every connection the kernel has accepted for it and the process
 has not: those clients connected, sent a request and get a reset. So the drain closes it in steps:
 
-1. new handshakes are dropped at the socket (a classic BPF filter that accepts no packet): a client
-   retries its SYN, finds the port closed, and never connected;
+1. new handshakes are dropped at the socket (a classic BPF filter that drops a SYN without ACK): a
+   client retries its SYN, finds the port closed, and never connected; a handshake already under way
+   still completes (its final ACK passes), so it joins the accept queue instead of being reset at close;
 2. the accept queue empties: the event loop accepts what is queued, and each request is answered
    (served, or refused 503 with Retry-After and Connection: close, as the drain has reached);
 3. the listening socket closes (nothing is queued behind it any more);
@@ -31,6 +32,11 @@ log = logging.getLogger("railgate.server")
 
 _SO_ATTACH_FILTER = 26  # linux/asm-generic/socket.h
 _BPF_RET_K = 0x06  # BPF_RET | BPF_K: return the constant (bytes of the packet to keep; 0 drops it)
+_BPF_LDB_ABS = 0x30  # BPF_LD | BPF_B | BPF_ABS: load the byte at k (a TCP socket's filter sees the TCP header)
+_BPF_AND_K = 0x54  # BPF_ALU | BPF_AND | BPF_K
+_BPF_JEQ_K = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
+_TCP_FLAGS = 13  # offset of the flags byte in the TCP header
+_SYN, _ACK = 0x02, 0x10
 _TCPI_UNACKED = 24  # offset of tcpi_unacked in struct tcp_info: a listener's accept queue length
 
 
@@ -51,11 +57,18 @@ def listening_socket(host: str, port: int, backlog: int, reuse_port: bool) -> so
 
 
 def refuse_new_connections(sock: socket.socket) -> bool:
-    """Drop every new handshake at ``sock`` while it stays open; whether the filter is in place."""
+    """Drop every new handshake (a SYN without ACK) at ``sock`` while it stays open; every other
+    packet passes, so a handshake already under way completes. Whether the filter is in place."""
     if not sys.platform.startswith("linux"):
         return False
-    drop = (_SockFilter * 1)(_SockFilter(_BPF_RET_K, 0, 0, 0))
-    program = _SockFprog(1, drop)
+    code = (_SockFilter * 5)(
+        _SockFilter(_BPF_LDB_ABS, 0, 0, _TCP_FLAGS),
+        _SockFilter(_BPF_AND_K, 0, 0, _SYN | _ACK),
+        _SockFilter(_BPF_JEQ_K, 0, 1, _SYN),  # a bare SYN: the next instruction, else skip it
+        _SockFilter(_BPF_RET_K, 0, 0, 0),  # drop
+        _SockFilter(_BPF_RET_K, 0, 0, 0xFFFFFFFF),  # keep the whole packet
+    )
+    program = _SockFprog(len(code), code)
     try:
         sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, bytes(program))
     except OSError as exc:
