@@ -319,16 +319,7 @@ class MicroBatcher:
         """One call on an idle lane (its run already counted in flight), in the caller's thread; then the
         calls that queued meanwhile go to a pool thread."""
         try:
-            started = time.perf_counter()
-            results = model.session.run(model.output_names, feed)
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            if model.strings:
-                outputs = {
-                    n: bytes_elements(r) if r.dtype.kind == "O" else r
-                    for n, r in zip(model.output_names, results, strict=True)
-                }
-            else:
-                outputs = dict(zip(model.output_names, results, strict=True))
+            outputs, elapsed_ms = _run(model, feed)
             self._service_s = elapsed_ms / 1000
             self.observe(model.name, rows, elapsed_ms)
             return outputs
@@ -351,16 +342,7 @@ class MicroBatcher:
             else:
                 feed = {name: np.concatenate([c.feed[name] for c in batch]) for name in batch[0].feed}
             rows = sum(c.rows for c in batch)
-            started = time.perf_counter()
-            results = model.session.run(model.output_names, feed)
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            if model.strings:
-                outputs = {
-                    n: bytes_elements(r) if r.dtype.kind == "O" else r
-                    for n, r in zip(model.output_names, results, strict=True)
-                }
-            else:
-                outputs = dict(zip(model.output_names, results, strict=True))
+            outputs, elapsed_ms = _run(model, feed)
             if len(batch) == 1:
                 batch[0].outputs = outputs
             elif not model.batching:
@@ -386,3 +368,17 @@ class MicroBatcher:
                 self._inflight -= 1
             for call in batch:
                 call.finish()
+
+
+def _run(model: LocalModel, feed: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+    """One ONNX Runtime run of ``feed``: its outputs by name (string tensors as bytes) and its ms."""
+    started = time.perf_counter()
+    results = model.session.run(model.output_names, feed)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    if model.strings:
+        outputs = {
+            n: bytes_elements(r) if r.dtype.kind == "O" else r for n, r in zip(model.output_names, results, strict=True)
+        }
+    else:
+        outputs = dict(zip(model.output_names, results, strict=True))
+    return outputs, elapsed_ms
