@@ -200,17 +200,22 @@ def test_a_second_gateway_on_the_same_ledger_stops_at_start_up_naming_it(reposit
         first.stop()
 
 
-def test_workers_on_redis_share_one_burst(repository, redis_server, tmp_path: Path):
-    gw = GatewayProcess(tmp_path, config({"redis_url": redis_server.url}, rate_per_s=0.001, burst=30))
+def _hammer_two_workers(gw: GatewayProcess) -> tuple[Load, dict]:
+    """``gw`` with ``--workers 2`` under 4 clients until 50 calls were refused; its load and /v1/usage."""
     gw.child.args += ["--workers", "2"]
     gw.start()
     try:
         with Load([gw], clients=4, most_s=60) as load:
             wait_for(lambda: load.statuses.get(429, 0) >= 50, 60, "50 calls refused (429)")
             load.stop()
-        fleet = usage(gw)
+        return load, usage(gw)
     finally:
         gw.stop()
+
+
+def test_workers_on_redis_share_one_burst(repository, redis_server, tmp_path: Path):
+    gw = GatewayProcess(tmp_path, config({"redis_url": redis_server.url}, rate_per_s=0.001, burst=30))
+    load, fleet = _hammer_two_workers(gw)
     assert load.statuses[200] <= 30 and load.statuses[200] >= 30 - 2  # one burst, less what a lease left unspent
     assert fleet["requests"] == load.statuses[200]
 
@@ -218,15 +223,7 @@ def test_workers_on_redis_share_one_burst(repository, redis_server, tmp_path: Pa
 def test_workers_without_redis_share_one_burst_through_the_ledger(repository, tmp_path: Path):
     data_dir = tmp_path / "state"
     gw = GatewayProcess(tmp_path, config({"data_dir": str(data_dir)}, rate_per_s=0.001, burst=30))
-    gw.child.args += ["--workers", "2"]
-    gw.start()
-    try:
-        with Load([gw], clients=4, most_s=60) as load:
-            wait_for(lambda: load.statuses.get(429, 0) >= 50, 60, "50 calls refused (429)")
-            load.stop()
-        fleet = usage(gw)
-    finally:
-        gw.stop()
+    load, fleet = _hammer_two_workers(gw)
     assert 30 - 2 <= load.statuses[200] <= 30  # one burst, less what a lease left unspent
     assert fleet["requests"] == load.statuses[200]
     assert {r.request_id for r in read_rows(data_dir / "ledger.sqlite3")} == set(load.answered)
