@@ -105,9 +105,13 @@ class Gateway:
     def status(self) -> dict[str, Any]:
         return render_status(self.router, self.config.routing.default_policy)
 
-    def statistics_for(self, model: str = "", version: str = "") -> dict[str, Any]:
-        """Triton's statistics extension reply for every served model, or one (already looked up)."""
-        versions = {name: info.versions for name, info in self.router.catalog.items()}
+    def statistics_for(
+        self, model: str = "", version: str = "", visible: frozenset[str] | None = None
+    ) -> dict[str, Any]:
+        """Triton's statistics extension reply for every served model (of ``visible``, when given: a
+        tenant's models), or one (already looked up)."""
+        catalog = self.router.catalog
+        versions = {name: info.versions for name, info in catalog.items() if visible is None or name in visible}
         return self.statistics.render(versions, only=model, version=version)
 
     # -- hub table -------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from aiohttp.typedefs import Middleware
 
 from gateway.config import Access, AccessLevels
 from gateway.tenants import Tenants
+from railcore.errors import RailgateError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -87,6 +88,19 @@ def check_access(level: Access, tenants: Tenants, authorization: str | None, mod
         tenant = tenants.authenticate_any(authorization)
         if tenant is not None and model is not None:
             tenants.check_model(tenant, model)
+
+
+def visible_models(tenants: Tenants, authorization: str | None) -> frozenset[str] | None:
+    """The models a caller is shown in a listing (the repository index, every model's statistics): a
+    tenant's key, its model list; None (every model) without tenants, for an admin key, for a tenant
+    with no list, or for a caller without a valid key where the family's level let it in (open)."""
+    if not tenants.enabled:
+        return None
+    try:
+        tenant = tenants.authenticate_any(authorization)
+    except RailgateError:
+        return None
+    return frozenset(tenant.spec.models) if tenant is not None and tenant.spec.models else None
 
 
 def access_middleware(levels: AccessLevels, tenants: Tenants, families: RouteFamilies) -> Middleware:

@@ -10,7 +10,10 @@ The gRPC deadline is a budget too: the tighter of it, ``x-latency-budget-ms`` an
 parameter wins. Errors become status codes (``STATUS_CODES``) with the HTTP front's messages; a bug
 is INTERNAL, logged, its text kept back. A cancelled call is dropped before its batch is sent
 (grpc.aio cancels the handler, which gives up its place in the queue) and counted as a 499.
-Triton's model control, trace and log settings and shared-memory registration are not served
+The other RPCs take the access level of their HTTP route's family (``access:``): the server's and
+models' metadata, readiness, statistics and the repository index are ``metadata`` (a tenant's key, for
+its own models; listings show a tenant its models only), liveness, readiness and ``grpc.health.v1``
+are ``health``. Triton's model control, trace and log settings and shared-memory registration are not served
 (``NOT_SERVED`` says why). ``ModelStreamInfer`` answers each message on its own (an
 error answers that one message and the stream stays open), with at most ``STREAM_WINDOW`` of one
 stream's messages read and not yet written back, so a stream cannot queue without bound, nor can a
@@ -30,7 +33,9 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from gateway.call import Call, arrival, call_from_metadata
+from gateway.call import AUTHORIZATION, Call, arrival, call_from_metadata
+from gateway.config import Access
+from gateway.fronts.access import Family, check_access, visible_models
 from gateway.fronts.grpc_codec import decode_infer_request, encode_infer_response
 from gateway.gateway import Gateway
 from gateway.tracing import end_request_span, grpc_request_span
@@ -197,15 +202,19 @@ class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
     # -- server and models ------------------------------------------------------------------------
 
     async def ServerLive(self, request, context):
+        await allow(self.gateway, context, Family.HEALTH)
         return service_pb2.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request, context):
+        await allow(self.gateway, context, Family.HEALTH)
         return service_pb2.ServerReadyResponse(ready=self.gateway.ready())
 
     async def ServerMetadata(self, request, context):
+        await allow(self.gateway, context, Family.METADATA)
         return service_pb2.ServerMetadataResponse(name="railgate", version=VERSION, extensions=EXTENSIONS)
 
     async def _model(self, request, context) -> tuple[ModelInfo, str]:
+        await allow(self.gateway, context, Family.METADATA, request.name)
         try:
             info = self.gateway.router.model(request.name)
             info.check_version(request.version)
@@ -214,6 +223,7 @@ class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
         return info, request.version
 
     async def ModelReady(self, request, context):
+        await allow(self.gateway, context, Family.METADATA, request.name)
         try:
             info = self.gateway.router.model(request.name)
             info.check_version(request.version)
@@ -240,13 +250,20 @@ class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(self, request, context):
         if request.name:
             await self._model(request, context)
-        stats = self.gateway.statistics_for(request.name, request.version)
+            stats = self.gateway.statistics_for(request.name, request.version)
+        else:
+            authorization = await allow(self.gateway, context, Family.METADATA)
+            stats = self.gateway.statistics_for(visible=visible_models(self.gateway.tenants, authorization))
         return json_format.ParseDict(stats, service_pb2.ModelStatisticsResponse())
 
     async def RepositoryIndex(self, request, context):
+        authorization = await allow(self.gateway, context, Family.METADATA)
+        visible = visible_models(self.gateway.tenants, authorization)
         router = self.gateway.router
         index = service_pb2.RepositoryIndexResponse()
         for info in router.catalog.values():
+            if visible is not None and info.name not in visible:
+                continue
             ready = router.ready(info.name)
             if request.ready and not ready:
                 continue  # asked for the ready models only, as Triton's ``ready`` flag means
@@ -260,6 +277,7 @@ class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
     # often unregister everything before they start); register is refused, naming why.
 
     async def SystemSharedMemoryStatus(self, request, context):
+        await allow(self.gateway, context, Family.METADATA)
         await _no_region(request.name, context)
         return service_pb2.SystemSharedMemoryStatusResponse()
 
@@ -270,6 +288,7 @@ class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, NOT_SERVED["shared_memory"])
 
     async def CudaSharedMemoryStatus(self, request, context):
+        await allow(self.gateway, context, Family.METADATA)
         await _no_region(request.name, context)
         return service_pb2.CudaSharedMemoryStatusResponse()
 
@@ -290,6 +309,19 @@ class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def LogSettings(self, request, context):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, NOT_SERVED["trace_log"])
+
+
+async def allow(
+    gateway: Gateway, context: grpc.aio.ServicerContext, family: Family, model: str | None = None
+) -> str | None:
+    """Abort the call (UNAUTHENTICATED or PERMISSION_DENIED) unless its key may call ``family``, at the
+    level the config gives the HTTP routes of that family; returns the call's ``authorization``."""
+    authorization = _metadata(context).get(AUTHORIZATION)
+    try:
+        check_access(Access(getattr(gateway.config.access, family)), gateway.tenants, authorization, model)
+    except RailgateError as exc:
+        await context.abort(status_code(exc), exc.message)
+    return authorization
 
 
 async def _no_region(name: str, context: grpc.aio.ServicerContext) -> None:
@@ -317,6 +349,7 @@ class Health(health_pb2_grpc.HealthServicer):
         self.gateway = gateway
 
     async def Check(self, request, context):
+        await allow(self.gateway, context, Family.HEALTH)
         if request.service not in self.SERVICES:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service[:80]!r}")
         serving = self.gateway.ready()

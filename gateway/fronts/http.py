@@ -25,7 +25,7 @@ from aiohttp import web
 from gateway import artifacts, dashboard, tracing
 from gateway.call import arrival, call_from_metadata
 from gateway.config import GatewayConfig
-from gateway.fronts.access import Family, RouteFamilies, access_middleware, family_of_app
+from gateway.fronts.access import Family, RouteFamilies, access_middleware, family_of_app, visible_models
 from gateway.fronts.admin import admin_app
 from gateway.fronts.body import JSON_PYTHON_BYTES_PER_BYTE, BodyLimits, ReadingBudget, read_body
 from gateway.gateway import Gateway
@@ -223,17 +223,21 @@ async def model_statistics(request: web.Request) -> web.Response:
     """Triton's statistics extension: every model (``/v2/models/stats``) or one model or version."""
     gateway = request.app[GATEWAY]
     if "model" not in request.match_info:
-        return web.json_response(gateway.statistics_for())
+        visible = visible_models(gateway.tenants, request.headers.get("Authorization"))
+        return web.json_response(gateway.statistics_for(visible=visible))
     _, info, version = _model(request)
     return web.json_response(gateway.statistics_for(info.name, version))
 
 
 async def repository_index(request: web.Request) -> web.Response:
-    router = request.app[GATEWAY].router
+    gateway = request.app[GATEWAY]
+    router = gateway.router
+    visible = visible_models(gateway.tenants, request.headers.get("Authorization"))
     return web.json_response(
         [
             {"name": m.name, "version": v, "state": "READY" if router.ready(m.name) else "UNAVAILABLE"}
             for m in router.catalog.values()
+            if visible is None or m.name in visible
             for v in m.versions
         ]
     )

@@ -72,6 +72,23 @@ async def test_each_route_family_answers_by_its_default_level(client, method, pa
     assert got == [anonymous, tenant, admin]
 
 
+async def test_a_tenant_key_lists_and_reads_the_statistics_of_its_own_models_only(client):
+    """The index and the all-models statistics are a tenant's view: acme may use digits only, so it is
+    shown digits only; an admin key sees every model."""
+
+    async def names(method: str, path: str, key: str) -> set[str]:
+        async with client.request(method, path, headers={"Authorization": f"Bearer {key}"}) as reply:
+            assert reply.status == 200, await reply.text()
+            body = await reply.json()
+        rows = body if isinstance(body, list) else body["model_stats"]
+        return {row["name"] for row in rows}
+
+    assert await names("POST", "/v2/repository/index", ACME) == {"digits"}
+    assert await names("GET", "/v2/models/stats", ACME) == {"digits"}
+    assert await names("POST", "/v2/repository/index", ADMIN) == {"digits", "vision"}
+    assert await names("GET", "/v2/models/stats", ADMIN) == {"digits", "vision"}
+
+
 async def test_the_levels_come_from_the_config(aiohttp_client, repository: Path):
     app = create_app(config(repository, AccessLevels(status="open", metrics="admin", openapi="open")))
     client = await aiohttp_client(app)

@@ -662,6 +662,46 @@ def test_a_tenant_key_is_served_its_models(tenant_front: GatewayProcess, hub: Hu
     _assert_same(_outputs(result, "vocab"), _hub_answer(hub, "vocab", arrays))
 
 
+def _metadata_call(address: str, rpc: str, key: str | None, **fields):
+    request = getattr(service_pb2, f"{rpc}Request")(**fields)
+    metadata = (("authorization", f"Bearer {key}"),) if key else ()
+    return getattr(_stub(address), rpc)(request, metadata=metadata, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("rpc", "fields", "anonymous", "acme"),
+    [
+        ("ServerLive", {}, "OK", "OK"),  # health: open, as /v2/health/live
+        ("ServerReady", {}, "OK", "OK"),
+        ("ServerMetadata", {}, "UNAUTHENTICATED", "OK"),  # metadata: tenant, as GET /v2
+        ("ModelMetadata", {"name": "digits"}, "UNAUTHENTICATED", "OK"),
+        ("ModelMetadata", {"name": "vision"}, "UNAUTHENTICATED", "PERMISSION_DENIED"),  # not acme's
+        ("ModelConfig", {"name": "vision"}, "UNAUTHENTICATED", "PERMISSION_DENIED"),
+        ("ModelReady", {"name": "vision"}, "UNAUTHENTICATED", "PERMISSION_DENIED"),
+        ("ModelStatistics", {"name": "vision"}, "UNAUTHENTICATED", "PERMISSION_DENIED"),
+        ("ModelStatistics", {}, "UNAUTHENTICATED", "OK"),
+        ("RepositoryIndex", {}, "UNAUTHENTICATED", "OK"),
+    ],
+)
+def test_the_metadata_rpcs_take_the_http_routes_access_levels(tenant_front, rpc, fields, anonymous, acme):
+    def outcome(key: str | None) -> str:
+        try:
+            _metadata_call(tenant_front.grpc_address, rpc, key, **fields)
+        except grpc.RpcError as exc:
+            return exc.code().name
+        return "OK"
+
+    assert [outcome(None), outcome(KEYS["acme"])] == [anonymous, acme]
+
+
+def test_a_tenant_key_is_shown_its_own_models_only(tenant_front: GatewayProcess):
+    index = _metadata_call(tenant_front.grpc_address, "RepositoryIndex", KEYS["acme"])
+    stats = _metadata_call(tenant_front.grpc_address, "ModelStatistics", KEYS["acme"])
+    everything = _metadata_call(tenant_front.grpc_address, "RepositoryIndex", KEYS["limited"])  # no model list
+    assert {m.name for m in index.models} == {m.name for m in stats.model_stats} == {"digits", "vocab"}
+    assert {m.name for m in everything.models} == set(MODELS)
+
+
 def test_a_tenant_over_its_rate_is_resource_exhausted(tenant_front: GatewayProcess):
     headers = {"authorization": f"Bearer {KEYS['limited']}"}
     with contextlib.suppress(InferenceServerException):  # the one call of burst, unless a test before spent it
