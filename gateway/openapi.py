@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
 from aiohttp import web
 
-from gateway.config import PRIORITIES
+from gateway.config import PRIORITIES, Access, AccessLevels
+from gateway.fronts.access import Family
 from gateway.routing.policy import POLICIES
 from railcore.catalog import ModelInfo, TensorMeta
 from railcore.protocol.codec import (
@@ -84,19 +86,41 @@ def _ops_path(path: str) -> bool:
     return path in ("/metrics", "/status") or path.startswith(("/admin/", "/dashboard"))
 
 
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Which routes need a key, as the access middleware decides it: the levels, and whether tenants
+    (``tenant`` is open without them) and any keys at all (``admin`` is open without) are configured."""
+
+    levels: AccessLevels = field(default_factory=AccessLevels)
+    tenants: bool = False
+    admin: bool = False
+
+    def level(self, family: Family) -> Access | None:
+        """The level a key is needed for on ``family``'s routes; None when they are open."""
+        level = Access(getattr(self.levels, family))
+        needed = (level == Access.TENANT and self.tenants) or (level == Access.ADMIN and self.admin)
+        return level if needed else None
+
+
 def openapi_document(
-    models: Mapping[str, ModelInfo] | None = None, *, version: str | None = None, ops_routes: bool = True
+    models: Mapping[str, ModelInfo] | None = None,
+    *,
+    version: str | None = None,
+    ops_routes: bool = True,
+    keys: Keys = Keys(),
 ) -> dict[str, Any]:
     """The OpenAPI 3.0 document of the gateway's HTTP API.
 
     With ``models`` (the gateway's catalog), the ``model`` and ``version`` path parameters are enums of what is
     served, and the inference body's example is a valid request for the first model. ``ops_routes=False``
     (an ops listener serves them): the public port's document leaves out /metrics, /status, /dashboard, /admin/*.
+    ``keys``: each operation whose family needs a key gets the bearer ``security`` and its 401 (and 403).
     """
     first = next(iter(models.values()), None) if models else None
     paths = {**_server_paths(), **_model_paths(first), **_operation_paths()}
     if not ops_routes:
         paths = {path: item for path, item in paths.items() if not _ops_path(path)}
+    _secure(paths, keys)
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -112,7 +136,7 @@ def openapi_document(
 
 
 def openapi_route(
-    catalog: Callable[[], Mapping[str, ModelInfo]], ops_routes: bool = True
+    catalog: Callable[[], Mapping[str, ModelInfo]], ops_routes: bool = True, keys: Keys = Keys()
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     """The ``GET /openapi.json`` handler. ``catalog`` is called per request, since a reload or a hub's
     discovery rebinds the catalog (``Router.rebuild_catalog`` never changes one in place); the document
@@ -123,10 +147,55 @@ def openapi_route(
         nonlocal cached
         models = catalog()
         if cached is None or cached[0] is not models:  # holding the catalog: its id cannot be reused
-            cached = (models, json.dumps(openapi_document(models, ops_routes=ops_routes)).encode())
+            cached = (models, json.dumps(openapi_document(models, ops_routes=ops_routes, keys=keys)).encode())
         return web.Response(body=cached[1], content_type=_JSON)
 
     return openapi_json
+
+
+# -- who needs a key -------------------------------------------------------------------------------------
+
+# Each operation's route family (fronts/access.py): by operationId, or by its prefix for the per-model ones.
+_OP_FAMILIES = {
+    "serverLive": Family.HEALTH,
+    "serverReady": Family.HEALTH,
+    "metrics": Family.METRICS,
+    "status": Family.STATUS,
+    "usage": Family.USAGE,
+    "openapi": Family.OPENAPI,
+    "adminReload": Family.ADMIN,
+    "drainHub": Family.ADMIN,
+    "undrainHub": Family.ADMIN,
+}
+_PREFIX_FAMILIES = (("infer", Family.INFERENCE), ("dashboard", Family.DASHBOARD))
+
+
+def _op_family(operation_id: str) -> Family:
+    family = _OP_FAMILIES.get(operation_id)
+    if family is not None:
+        return family
+    return next((f for prefix, f in _PREFIX_FAMILIES if operation_id.startswith(prefix)), Family.METADATA)
+
+
+def _secure(paths: dict[str, Any], keys: Keys) -> None:
+    """Give every operation that needs a key its ``security`` and 401, and the 403 it can answer: not an
+    admin key (admin), or a model outside the tenant's list (tenant, on a route with ``{model}``)."""
+    for path, item in paths.items():
+        for method, op in item.items():
+            if method == "parameters":
+                continue
+            level = keys.level(_op_family(op["operationId"]))
+            if level is None:
+                continue
+            responses = op["responses"]
+            if "401" not in responses:
+                responses["401"] = {**_error("No API key, or one that is not valid."),
+                                    "headers": {"WWW-Authenticate": _WWW_AUTHENTICATE}}  # fmt: skip
+            if level == Access.ADMIN:
+                responses.setdefault("403", _error(_ADMIN_ERRORS[403]))
+            elif "{model}" in path:
+                responses.setdefault("403", _error("The tenant may not use this model."))
+            op.setdefault("security", [{"bearer": []}])
 
 
 # -- paths ----------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from gateway.fronts.access import Family, RouteFamilies, access_middleware, fami
 from gateway.fronts.admin import admin_app
 from gateway.fronts.body import JSON_PYTHON_BYTES_PER_BYTE, BodyLimits, ReadingBudget, read_body
 from gateway.gateway import Gateway
-from gateway.openapi import openapi_route
+from gateway.openapi import Keys, openapi_route
 from gateway.service import InferenceService
 from railcore.catalog import ModelInfo
 from railcore.errors import ModelNotFound, RailgateError
@@ -103,7 +103,8 @@ def create_app(config: GatewayConfig, config_path: Path | None = None) -> web.Ap
         r.add_get(prefix + "/ready", model_ready)
         r.add_get(prefix + "/config", model_config)
         r.add_post(prefix + "/infer", infer)
-    openapi_json = openapi_route(lambda: gateway.router.catalog, ops_routes=config.listen.ops is None)
+    keys = Keys(config.access, tenants=gateway.tenants.enabled, admin=gateway.tenants.admin_enabled)
+    openapi_json = openapi_route(lambda: gateway.router.catalog, ops_routes=config.listen.ops is None, keys=keys)
     r.add_get("/openapi.json", openapi_json)
     r.add_get("/v1/usage", usage)
     app.add_subapp("/v1/models/", family_of_app(_artifacts_app(config), Family.ARTIFACTS))

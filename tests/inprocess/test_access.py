@@ -89,6 +89,35 @@ async def test_a_tenant_key_lists_and_reads_the_statistics_of_its_own_models_onl
     assert await names("GET", "/v2/models/stats", ADMIN) == {"digits", "vision"}
 
 
+async def test_the_openapi_document_says_which_routes_need_a_key(aiohttp_client, repository: Path):
+    """Each operation's 401/403 and ``security`` follow its family's level as configured: a generated
+    client learns which calls need the bearer key, and a gateway without keys documents none."""
+
+    async def document(app_config: GatewayConfig, key: str | None) -> dict:
+        client = await aiohttp_client(create_app(app_config))
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        async with client.get("/openapi.json", headers=headers) as reply:
+            assert reply.status == 200
+            return await reply.json()
+
+    def keyed(doc: dict, path: str, method: str = "get") -> tuple[list[str], bool]:
+        op = doc["paths"][path][method]
+        return sorted(s for s in op["responses"] if s in ("401", "403")), {"bearer": []} in op.get("security", [])
+
+    doc = await document(config(repository), ACME)
+    assert keyed(doc, "/v2/health/live") == ([], False)  # health: open
+    assert keyed(doc, "/v2") == (["401"], True)  # metadata: tenant, no model
+    assert keyed(doc, "/v2/models/{model}") == (["401", "403"], True)  # ... and the tenant's model list
+    assert keyed(doc, "/v2/repository/index", "post") == (["401"], True)
+    assert keyed(doc, "/status") == (["401", "403"], True)  # status: admin
+    assert keyed(doc, "/metrics") == ([], False)  # metrics: open
+    opened = await document(config(repository, AccessLevels(metadata="open", metrics="admin")), ACME)
+    assert keyed(opened, "/v2/models/{model}") == ([], False)
+    assert keyed(opened, "/metrics") == (["401", "403"], True)
+    bare = await document(config(repository, keys=False), None)
+    assert keyed(bare, "/v2/models/{model}") == keyed(bare, "/status") == ([], False)
+
+
 async def test_the_levels_come_from_the_config(aiohttp_client, repository: Path):
     app = create_app(config(repository, AccessLevels(status="open", metrics="admin", openapi="open")))
     client = await aiohttp_client(app)
