@@ -176,8 +176,8 @@ def stacked_and_bars(
         left.annotate(note, (position, top), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8)
     left.set_ylabel(stack_label)
     width = 0.8 / max(len(bars), 1)
-    for i, (name, values) in enumerate(bars):
-        heights = [float("nan") if v is None else float(v) for v in values]
+    for i, (name, bar_values) in enumerate(bars):
+        heights = [float("nan") if v is None else float(v) for v in bar_values]
         right.bar([p + (i - (len(bars) - 1) / 2) * width for p in positions], heights, width, label=name)
     right.set_ylabel(bar_label)
     for ax in (left, right):
