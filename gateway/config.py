@@ -8,6 +8,7 @@ else in the gateway reads files or the environment for settings.
 from __future__ import annotations
 
 import enum
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +147,12 @@ class Routing:
     hedge: bool = False  # send a copy to the next-best hub when the first is past its predicted p95
     hedge_factor: float = 1.0  # hedge after hedge_factor x the hub's predicted p95
     ewma_decay_s: float = 30.0  # an unsampled latency estimate fades with this time constant
+    # A hub serves a request only if this quantile of its recent calls (per model and batch size, the
+    # last ``tail_window``), plus ``tail_margin_ms``, fits the remaining budget; else local if it fits.
+    # 0: fit on the mean-ish prediction alone.
+    tail_quantile: float = 0.99
+    tail_window: int = 128
+    tail_margin_ms: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +371,11 @@ def _check(config: GatewayConfig) -> None:
         )
     if not 0.0 <= config.routing.balance_weight <= 1.0:
         raise ConfigError(f"routing.balance_weight: must be within 0..1, got {config.routing.balance_weight}")
+    if not 0.0 <= config.routing.tail_quantile <= 1.0:
+        raise ConfigError(f"routing.tail_quantile: must be within 0..1, got {config.routing.tail_quantile}")
+    _positive(config.routing.tail_window, "routing.tail_window")
+    if not (config.routing.tail_margin_ms >= 0 and math.isfinite(config.routing.tail_margin_ms)):
+        raise ConfigError(f"routing.tail_margin_ms: must be >= 0, got {config.routing.tail_margin_ms}")
     tenant_names = set()
     for i, tenant in enumerate(config.tenants):
         key = f"tenants[{i}]"

@@ -2,8 +2,10 @@
 
 No I/O and no clock: the router hands in snapshots, the budget, and a random source, so the same
 code runs in the gateway and under test. Hubs are preferred: they are the utility the edge buys
-compute from. The gateway's own ``local`` backend serves when no hub can, or when no hub's
-predicted latency fits the budget and the local one's does.
+compute from. The gateway's own ``local`` backend serves when no hub can, or when no hub fits the
+budget and the local one does, or when nothing fits and local's tail is the shortest. A backend fits
+when its tail (a high quantile of its recent calls, plus a margin: ``BackendView.tail_s``) is within
+the budget; a mean-ish prediction would fit a 10 ms budget to a hub whose p99 is 30 ms.
 
 Near-ties are broken by power-of-two-choices on load with random picks, so many gateways (or many
 batches) seeing the same table do not herd onto one hub.
@@ -59,8 +61,12 @@ def _latency(view: BackendView) -> float:
     return view.predicted_s if view.predicted_s is not None else 0.0
 
 
+def _tail(view: BackendView) -> float:
+    return view.tail_s if view.tail_s is not None else _latency(view)
+
+
 def _fits(view: BackendView, budget_s: float) -> bool:
-    return _latency(view) <= budget_s
+    return _tail(view) <= budget_s
 
 
 def _load(view: BackendView) -> float:
@@ -151,8 +157,11 @@ def choose(
         assert local is not None
         return Decision(local, "local: no hub can serve")
     fitting = [h for h in hubs if _fits(h, budget_s)]
-    if not fitting and local is not None and _fits(local, budget_s):
-        return Decision(local, "local: no hub fits the budget")
+    if not fitting and local is not None:
+        if _fits(local, budget_s):
+            return Decision(local, "local: no hub fits the budget")
+        if _tail(local) < min(_tail(h) for h in hubs):
+            return Decision(local, "local: nothing fits the budget, local's tail is the shortest")
     try:
         rule, within_budget = _RULES[policy]
     except KeyError:

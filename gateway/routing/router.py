@@ -77,7 +77,7 @@ class Router:
 
     def add(self, backend: Backend) -> None:
         self.backends.append(backend)
-        self.state.setdefault(backend.name, BackendState())
+        self.state.setdefault(backend.name, BackendState(tail_window=self.config.tail_window))
         self.breakers.setdefault(backend.name, Breaker(self.breaker_policy))
 
     def remove(self, name: str) -> Backend | None:
@@ -159,6 +159,23 @@ class Router:
             model, rows, backend.inflight, backend.capacity, self.clock(), self.config.ewma_decay_s
         )
 
+    def tail_s(self, backend: Backend, model: str, rows: int = 1) -> float | None:
+        """What a budget must fit for ``backend`` to serve: its recent ``routing.tail_quantile`` plus
+        ``routing.tail_margin_ms``; None when tail routing is off (``tail_quantile: 0``) or unmeasured."""
+        quantile = self.config.tail_quantile
+        if quantile <= 0:
+            return None
+        tail = self.state[backend.name].tail_s(
+            model,
+            rows,
+            backend.inflight,
+            backend.capacity,
+            quantile=quantile,
+            now=self.clock(),
+            decay_s=self.config.ewma_decay_s,
+        )
+        return None if tail is None else tail + self.config.tail_margin_ms / 1000
+
     def price_now(self, backend: Backend, model: str, minute: int | None = None) -> float:
         spec = getattr(backend, "spec", None)
         if spec is None:
@@ -191,6 +208,7 @@ class Router:
                 b.region,
                 self.price_now(b, model, minute),
                 b.carbon_g_per_kwh,
+                self.tail_s(b, model, rows),
             )
             for b in candidates
         ]

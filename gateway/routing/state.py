@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.backends import BackendKind
-from railcore.estimators import PeakEwma
+from railcore.estimators import PeakEwma, TailWindow
 
 
 def batch_bucket(rows: int) -> int:
@@ -24,6 +24,7 @@ class ModelState:
 
     total: PeakEwma = field(default_factory=PeakEwma)  # whole call as the gateway saw it
     service: dict[int, PeakEwma] = field(default_factory=dict)  # call minus RTT, by batch bucket
+    tails: dict[int, TailWindow] = field(default_factory=dict)  # recent whole calls, by batch bucket
     hub_queue_s: float | None = None  # Triton's own average queue time (statistics extension)
     hub_compute_s: float | None = None  # Triton's own average compute time per request
 
@@ -50,6 +51,7 @@ class BackendState:
     selections: int = 0
     rows_served: int = 0
     pending_requests: float | None = None  # nv_inference_pending_request_count, when scraped
+    tail_window: int = 128  # samples per model and batch bucket for ``tail_s``
 
     def model(self, name: str) -> ModelState:
         state = self.models.get(name)
@@ -75,6 +77,30 @@ class BackendState:
         queueing = max(service * (inflight // max(capacity, 1)), state.hub_queue_s or 0.0)
         return rtt + service + queueing
 
+    def tail_s(
+        self,
+        model: str,
+        rows: int,
+        inflight: int,
+        capacity: int,
+        *,
+        quantile: float,
+        now: float = 0.0,
+        decay_s: float = 0.0,
+    ) -> float | None:
+        """The ``quantile`` of the recent calls at ``rows``' batch bucket + queueing, as
+        ``predicted_s``; at a batch size never sent, ``predicted_s``'s scaled guess; None if the
+        model was never measured."""
+        state = self.models.get(model)
+        if state is None:
+            return None
+        window = state.tails.get(batch_bucket(rows))
+        tail = None if window is None else window.decayed(quantile, now, decay_s)
+        if tail is None:
+            return self.predicted_s(model, rows, inflight, capacity, now, decay_s)
+        service = state.service_s(rows, now, decay_s) or 0.0
+        return tail + max(service * (inflight // max(capacity, 1)), state.hub_queue_s or 0.0)
+
     def record(self, model: str, rows: int, seconds: float, ok: bool, now: float = 0.0) -> None:
         self.recent_errors += 0.1 * ((0.0 if ok else 1.0) - self.recent_errors)
         if not ok:
@@ -85,7 +111,12 @@ class BackendState:
         state = self.model(model)
         state.total.update(seconds, now)
         service = max(seconds - (self.rtt.value or 0.0), 0.0)
-        state.service.setdefault(batch_bucket(rows), PeakEwma()).update(service, now)
+        bucket = batch_bucket(rows)
+        state.service.setdefault(bucket, PeakEwma()).update(service, now)
+        window = state.tails.get(bucket)
+        if window is None:
+            window = state.tails[bucket] = TailWindow(self.tail_window)
+        window.update(seconds, now)
 
 
 @dataclass(slots=True)  # built per batch or request and never changed; not frozen, whose __init__ costs ~4x
@@ -100,3 +131,6 @@ class BackendView:
     region: str = "default"
     price_per_1k: float = 0.0
     carbon_g_per_kwh: float = 0.0
+    # A high quantile of its recent calls (plus a margin): what must fit a budget. None: judged on
+    # ``predicted_s`` (tail routing off, or never measured).
+    tail_s: float | None = None

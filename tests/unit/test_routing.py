@@ -9,6 +9,7 @@ import pytest
 
 from gateway.routing.policy import POLICIES, Route, choose
 from gateway.routing.state import BackendView, PeakEwma
+from railcore.estimators import TailWindow
 
 
 def hub(
@@ -106,3 +107,48 @@ def test_peak_ewma_jumps_up_at_once_and_decays_down_slowly() -> None:
     assert ewma.update(0.010) == 0.010
     assert ewma.update(0.100) == 0.100
     assert ewma.update(0.020) == pytest.approx(0.060)
+
+
+# -- routing on the tail: a hub is chosen for a budget only if its recent high percentile fits ------
+
+
+def tailed(name: str, kind: str, mean_ms: float, tail_ms: float | None) -> BackendView:
+    region = "local" if kind == "local" else "west"
+    return BackendView(
+        name, kind, mean_ms / 1000, 0, 8, region, 1.0, 100.0, None if tail_ms is None else tail_ms / 1000
+    )
+
+
+def test_a_hub_whose_tail_exceeds_the_budget_loses_to_local_though_its_mean_fits() -> None:
+    table = [tailed("h1", "hub", 5, 30), tailed("local", "local", 1, 2)]
+    decision = choose(table, 0.010, "nearest", random.Random(0))
+    assert decision.backend.name == "local" and "no hub fits" in decision.reason
+
+
+def test_a_hub_whose_tail_fits_keeps_the_request() -> None:
+    table = [tailed("h1", "hub", 5, 8), tailed("local", "local", 1, 2)]
+    assert choose(table, 0.010, "nearest", random.Random(0)).backend.name == "h1"
+
+
+@pytest.mark.parametrize(("hub_tail_ms", "local_tail_ms", "expected"), [(30, 12, "local"), (12, 30, "h1")])
+def test_when_nothing_fits_the_backend_with_the_shorter_tail_serves(
+    hub_tail_ms: float, local_tail_ms: float, expected: str
+) -> None:
+    table = [tailed("h1", "hub", 5, hub_tail_ms), tailed("local", "local", 1, local_tail_ms)]
+    assert choose(table, 0.010, "nearest", random.Random(0)).backend.name == expected
+
+
+def test_without_a_tail_a_backend_is_judged_on_its_prediction() -> None:
+    table = [tailed("h1", "hub", 5, None), tailed("local", "local", 1, None)]
+    assert choose(table, 0.010, "nearest", random.Random(0)).backend.name == "h1"
+
+
+def test_tail_window_keeps_only_its_last_samples_and_reads_a_nearest_rank_quantile() -> None:
+    window = TailWindow(size=100)
+    for i in range(1000):
+        window.update(0.001 * (i % 100), now=float(i))
+    assert len(window) == 100, "bounded"
+    assert window.quantile(0.99) == pytest.approx(0.098)
+    assert window.quantile(0.5) == pytest.approx(0.049)
+    assert TailWindow().quantile(0.99) is None
+    assert window.decayed(0.99, now=999.0 + 10.0, decay_s=10.0) == pytest.approx(0.098 / 2.718281828, rel=1e-6)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gateway.backends import Backend
-from gateway.config import Health, HubSpec, ModelPrice, TariffWindow
+from gateway.config import Health, HubSpec, ModelPrice, Routing, TariffWindow
 from gateway.routing.policy import Route
 from gateway.routing.router import Router
 from gateway.routing.state import BackendState, batch_bucket
@@ -173,3 +173,83 @@ def test_our_own_queueing_counts_when_it_is_longer_than_the_hub_s() -> None:
     state.record("m", 1, 0.010, ok=True)
     state.model("m").hub_queue_s = 0.001
     assert state.predicted_s("m", 1, inflight=8, capacity=4) == pytest.approx(0.010 + 2 * 0.010)
+
+
+# -- routing on the tail (fake clock): the hub's recent p99 must fit the budget, not its mean ------
+
+
+class StaticLocal(StaticBackend):
+    kind = "local"
+
+    def __init__(self) -> None:
+        super().__init__("local", region="local", price=0.0)
+
+
+def loaded(router: Router, clock: FakeClock, backend: Backend, samples_ms: list[float]) -> None:
+    for ms in samples_ms:
+        clock.now += 0.010
+        router.report(backend, "m", 1, ms / 1000, ok=True)
+
+
+SPIKY = [30.0 if i % 10 == 0 else 4.0 for i in range(100)]  # p50 4 ms, one call in ten 30 ms
+
+
+def test_a_hub_whose_tail_exceeds_a_tight_budget_loses_to_local_though_its_mean_fits() -> None:
+    clock = FakeClock()
+    h1, local = StaticBackend("h1"), StaticLocal()
+    router = router_with(h1, local, clock=clock)
+    loaded(router, clock, h1, SPIKY)
+    loaded(router, clock, local, [1.0] * 20)
+    assert router.predicted_s(h1, "m") < 0.010, "the mean-ish prediction alone would keep the hub"
+    tight = router.choose("m", 0.010, Route())
+    assert tight.backend is local and "no hub fits" in tight.reason
+    assert router.choose("m", 0.050, Route()).backend is h1, "a budget its tail fits keeps the hub"
+
+
+def test_a_hub_whose_tail_fits_keeps_tight_requests() -> None:
+    clock = FakeClock()
+    h1, local = StaticBackend("h1"), StaticLocal()
+    router = router_with(h1, local, clock=clock)
+    loaded(router, clock, h1, [4.0] * 100)
+    loaded(router, clock, local, [1.0] * 20)
+    assert router.choose("m", 0.010, Route()).backend is h1
+
+
+def test_residency_still_holds_when_the_tail_sends_requests_local() -> None:
+    clock = FakeClock()
+    h1, local = StaticBackend("h1"), StaticLocal()
+    router = router_with(h1, local, clock=clock)
+    loaded(router, clock, h1, SPIKY)
+    loaded(router, clock, local, [1.0] * 20)
+    assert router.choose("m", 0.010, Route(regions=frozenset({"west"}))).backend is h1
+
+
+def test_a_hub_kept_out_by_its_tail_is_tried_again_once_its_window_ages() -> None:
+    clock = FakeClock()
+    h1, local = StaticBackend("h1"), StaticLocal()
+    router = router_with(h1, local, clock=clock)
+    loaded(router, clock, h1, SPIKY)
+    loaded(router, clock, local, [1.0] * 20)
+    assert router.choose("m", 0.010, Route()).backend is local
+    clock.now += 4 * router.config.ewma_decay_s  # nothing sampled the hub since
+    assert router.choose("m", 0.010, Route()).backend is h1
+
+
+def test_tail_quantile_zero_routes_on_the_prediction_as_before() -> None:
+    clock = FakeClock()
+    h1, local = StaticBackend("h1"), StaticLocal()
+    router = Router([h1, local], Routing(tail_quantile=0.0), Health(slow_start_s=0.0), random.Random(1), clock)
+    router.rebuild_catalog()
+    loaded(router, clock, h1, SPIKY)
+    loaded(router, clock, local, [1.0] * 20)
+    assert router.choose("m", 0.010, Route()).backend is h1
+
+
+def test_the_tail_is_per_batch_size_so_big_batches_do_not_inflate_single_requests() -> None:
+    state = BackendState()
+    for i in range(50):
+        state.record("m", rows=64, seconds=0.040, ok=True, now=i)
+        state.record("m", rows=1, seconds=0.004, ok=True, now=i)
+    assert state.tail_s("m", 1, 0, 4, quantile=0.99, now=50) == pytest.approx(0.004)
+    assert state.tail_s("m", 64, 0, 4, quantile=0.99, now=50) == pytest.approx(0.040)
+    assert state.tail_s("other", 1, 0, 4, quantile=0.99) is None
