@@ -136,6 +136,9 @@ class Local:
     # Where the gateway itself runs, for residency: a call whose allowed regions leave this out
     # never runs on the local backend.
     region: str = "local"
+    # A model whose measured run (peak-sensitive EWMA) is at most this long runs on the event loop
+    # itself: handing it to a worker thread and back costs more than the run. 0: always a thread.
+    inline_max_ms: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +360,8 @@ def _check(config: GatewayConfig) -> None:
     _positive(config.deadlines.max_budget_ms, "deadlines.max_budget_ms")
     _positive(config.local.workers, "local.workers")
     _positive(config.local.intra_op_threads, "local.intra_op_threads")
+    if not (config.local.inline_max_ms >= 0 and math.isfinite(config.local.inline_max_ms)):
+        raise ConfigError(f"local.inline_max_ms: must be >= 0, got {config.local.inline_max_ms}")
     _positive(config.listen.port + 1, "listen.port")
     _check_listen(config.listen)
     _positive(config.health.probe_interval_s, "health.probe_interval_s")

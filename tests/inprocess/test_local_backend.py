@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 
 from gateway.backends.local import LocalBackend
 from gateway.config import Local
-from railcore.errors import DeadlineExceeded
+from railcore.errors import DeadlineExceeded, HubModelFailed
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "models" / "repository"
 ROWS = 256
@@ -95,4 +96,69 @@ async def test_a_local_run_past_its_deadline_is_terminated_and_leaves_nothing_in
             await pool_free(backend)
         assert watched.outcome == "terminated"
         assert never_retrieved(caplog) == []
+    await backend.close()
+
+
+# -- the fast path: a model whose measured run is tiny runs on the event loop, not through a thread --
+
+
+class ThreadedSession:
+    """Wraps an ONNX Runtime session: notes the thread each run is made on."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.threads: list[int] = []
+
+    def run(self, *args: Any) -> Any:
+        self.threads.append(threading.get_ident())
+        return self.session.run(*args)
+
+
+async def start_digits(inline_max_ms: float) -> tuple[LocalBackend, ThreadedSession]:
+    backend = LocalBackend(
+        Local(repository=str(REPOSITORY), models=("digits",), workers=1, inline_max_ms=inline_max_ms)
+    )
+    await backend.start()
+    key = next(k for k in backend.sessions if k[0] == "digits")
+    threaded = ThreadedSession(backend.sessions[key])
+    backend.sessions[key] = threaded  # type: ignore[assignment]
+    return backend, threaded
+
+
+def digits_row() -> dict[str, np.ndarray]:
+    return {"pixels": np.random.default_rng(0).random((1, 64), np.float32)}
+
+
+async def test_a_model_whose_measured_run_is_under_inline_max_ms_runs_on_the_loop() -> None:
+    # A threshold no run of digits comes near: what is tested is the choice, not a speed.
+    backend, threaded = await start_digits(inline_max_ms=1000.0)
+    loop = asyncio.get_running_loop()
+    results = [await backend.infer("digits", "", digits_row(), ["label"], loop.time() + 30) for _ in range(5)]
+    loop_thread = threading.get_ident()
+    assert threaded.threads[0] != loop_thread, "an unmeasured model runs in the pool first"
+    assert threaded.threads[1:] == [loop_thread] * 4, "then on the loop, once its run is measured short"
+    assert all(r["label"].shape[0] == 1 for r in results) and backend.inflight == 0
+    await backend.close()
+
+
+@pytest.mark.parametrize("inline_max_ms", [0.0, 1e-9])
+async def test_a_model_runs_in_the_pool_when_inline_is_off_or_its_run_is_too_long(inline_max_ms: float) -> None:
+    backend, threaded = await start_digits(inline_max_ms)
+    loop = asyncio.get_running_loop()
+    for _ in range(4):
+        await backend.infer("digits", "", digits_row(), ["label"], loop.time() + 30)
+    assert threading.get_ident() not in threaded.threads
+    await backend.close()
+
+
+async def test_an_inline_run_keeps_the_deadline_and_the_error_class() -> None:
+    backend, threaded = await start_digits(inline_max_ms=1000.0)
+    loop = asyncio.get_running_loop()
+    await backend.infer("digits", "", digits_row(), ["label"], loop.time() + 30)  # measured: inline from now
+    with pytest.raises(DeadlineExceeded):
+        await backend.infer("digits", "", digits_row(), ["label"], loop.time() - 0.001)
+    wrong = {"pixels": np.zeros((1, 63), np.float32)}  # ONNX Runtime refuses the shape
+    with pytest.raises(HubModelFailed, match="digits"):
+        await backend.infer("digits", "", wrong, ["label"], loop.time() + 30)
+    assert threaded.threads[-1] == threading.get_ident() and backend.inflight == 0
     await backend.close()
