@@ -54,6 +54,9 @@ class Listen:
     grpc_port: int | None = None  # the KServe v2 gRPC API on this port (0: any free one); absent: off
     tls: ServerTLS | None = None  # HTTPS, and TLS on the gRPC port; with client_ca_file, mutual TLS
     ops: OpsListen | None = None  # absent: the ops routes are served on the public port
+    # Connections the kernel queues for the HTTP port before the gateway accepts them: a burst past it is
+    # dropped at the handshake, or reset after it under SYN cookies (capped by net.core.somaxconn).
+    backlog: int = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +299,8 @@ def _positive(value: float, key: str) -> None:
 
 
 def _check_listen(listen: Listen) -> None:
+    if not 1 <= listen.backlog <= 65535:
+        raise ConfigError(f"listen.backlog: expected 1..65535, got {listen.backlog}")
     if listen.tls is not None:
         server_pem(listen.tls, "listen.tls")  # every file read and parsed now: start-up stops here, naming it
     if listen.ops is not None:

@@ -49,11 +49,25 @@ class _SockFprog(ctypes.Structure):
 
 
 def listening_socket(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
-    """A bound, listening TCP socket (SO_REUSEADDR; SO_REUSEPORT when asked), for ``web.SockSite``."""
+    """A bound, listening TCP socket (SO_REUSEADDR; SO_REUSEPORT when asked), for ``web.SockSite`` (which
+    must be given the same ``backlog``: it listens again). The kernel caps it at ``net.core.somaxconn``."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.create_server((host, port), family=family, backlog=backlog, reuse_port=reuse_port)
     sock.setblocking(False)
+    somaxconn = _somaxconn()
+    if somaxconn is not None and somaxconn < backlog:
+        log.warning(
+            "event=listen_backlog_capped backlog=%d somaxconn=%d (raise net.core.somaxconn)", backlog, somaxconn
+        )
     return sock
+
+
+def _somaxconn() -> int | None:
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 def refuse_new_connections(sock: socket.socket) -> bool:

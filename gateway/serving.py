@@ -195,9 +195,10 @@ async def serve(app: web.Application, listen: Listen, grace_s: float, drain_s: f
     grpc_server: GrpcServer | None = None
     ops_runner: web.AppRunner | None = None
     try:
-        # Our own listening socket, so that the drain can close it without resetting its backlog.
-        sock = listening_socket(listen.host, listen.port, backlog=1024, reuse_port=reuse_port)
-        site = web.SockSite(runner, sock, ssl_context=ssl_context)
+        # Our own listening socket, so that the drain can close it without resetting its backlog. SockSite
+        # listens on it again, with its own backlog (128 unless told): it is told the same.
+        sock = listening_socket(listen.host, listen.port, backlog=listen.backlog, reuse_port=reuse_port)
+        site = web.SockSite(runner, sock, ssl_context=ssl_context, backlog=listen.backlog)
         await site.start()
         port = runner.addresses[0][1] if runner.addresses else listen.port
         gateway = app[GATEWAY]

@@ -44,6 +44,7 @@ def test_a_full_hub_entry_parses_with_types() -> None:
         ({"batching": {"max_batch_size": 0}}, "batching.max_batch_size: must be > 0"),
         ({"batching": {"max_queue_delay_ms": True}}, "batching.max_queue_delay_ms: expected a number"),
         ({"listen": {"port": "80"}}, "listen.port: expected an integer"),
+        ({"listen": {"backlog": 0}}, "listen.backlog: expected 1..65535, got 0"),
         ({"local": {"enabled": "yes"}}, "local.enabled: expected true or false"),
         ({"local": {"models": "digits"}}, "local.models: expected a list"),
         ({"local": {"enabled": False}}, "nothing could serve"),
