@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
 
 from edge.store import VerifiedModel
 from railcore.batching import BatchPolicy, BatchQueue, Flush
@@ -41,6 +42,22 @@ class _InputSpec:
     datatype: str
     dtype: np.dtype
     dims: tuple[int, ...]  # -1: any size
+    # Precomputed for the per-call shape check: ``dims[1:]`` when all fixed (a call's shape must then equal
+    # ``(n, *tail)`` with n = dims[0], or any n when dims[0] is -1), None when a later dim is variable too.
+    tail: tuple[int, ...] | None = None
+
+    @staticmethod
+    def of(name: str, datatype: str, dtype: np.dtype, dims: tuple[int, ...]) -> _InputSpec:
+        dims = tuple(dims)
+        tail = dims[1:] if dims and -1 not in dims[1:] else None
+        return _InputSpec(name, datatype, dtype, dims, tail)
+
+    def shape_fits(self, shape: tuple[int, ...]) -> bool:
+        tail = self.tail
+        if tail is not None:
+            return shape[1:] == tail and len(shape) == len(self.dims) and self.dims[0] in (-1, shape[0])
+        dims = self.dims
+        return len(shape) == len(dims) and all(d == -1 or s == d for s, d in zip(shape, dims, strict=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +76,14 @@ class LocalModel:
     variable: bool = False
     strings: bool = False  # an output is BYTES: its elements are turned into bytes after a run
     datatypes: dict[str, str] = field(default_factory=dict)  # output name -> v2 datatype
+    # Runs call the session's C binding (``session._sess.run``) rather than ``InferenceSession.run``,
+    # whose checks ``prepare`` has already made, and stricter (input names, dtypes, shapes; numpy arrays
+    # only, so no foreign OrtValue), saving its Python wrapper per run. False when the binding is not
+    # there or the session captures graphs (WebGPU), which the wrapper must police.
+    direct: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "direct", _binding_usable(self.session))  # again on dataclasses.replace
 
     def batch_shape(self, feed: Mapping[str, np.ndarray]) -> tuple[tuple[int, ...], ...] | None:
         """The key a batch must share (the dims past the batch dim); None when they are fixed by the model."""
@@ -86,7 +111,7 @@ class LocalModel:
             elif array.dtype != spec.dtype:
                 raise BadRequest(f"input {spec.name!r}: dtype {array.dtype}, expected {spec.datatype} ({spec.dtype})")
             shape = array.shape
-            if len(shape) != len(spec.dims) or any(d != -1 and s != d for s, d in zip(shape, spec.dims, strict=True)):
+            if not spec.shape_fits(shape):
                 raise BadRequest(f"input {spec.name!r}: shape {list(shape)}, expected {list(spec.dims)}")
             if self.batching:
                 if not 1 <= shape[0] <= self.info.max_batch_size:
@@ -127,7 +152,7 @@ def load_model(verified: VerifiedModel, providers: list[str], options: ort.Sessi
     """A session over the verified bytes (never re-read from disk: what runs is what was hashed)."""
     session = ort.InferenceSession(verified.onnx, options, providers=providers)
     info = verified.info
-    specs = tuple(_InputSpec(t.name, t.datatype, DTYPES[t.datatype], t.shape) for t in info.inputs)
+    specs = tuple(_InputSpec.of(t.name, t.datatype, DTYPES[t.datatype], t.shape) for t in info.inputs)
     names = tuple(t.name for t in info.outputs)
     graph_outputs = {o.name for o in session.get_outputs()}
     missing = [n for n in names if n not in graph_outputs]
@@ -141,6 +166,14 @@ def load_model(verified: VerifiedModel, providers: list[str], options: ort.Sessi
         verified.name, verified.version, verified.sha256, info, session, names, specs, batching, variable, strings,
         datatypes,
     )  # fmt: skip
+
+
+def _binding_usable(session: ort.InferenceSession) -> bool:
+    binding = getattr(session, "_sess", None)
+    if binding is None or not callable(getattr(binding, "run", None)):
+        return False
+    capture = getattr(binding, "is_webgpu_graph_capture_enabled", None)
+    return not (capture is not None and capture())
 
 
 class _Call:
@@ -373,7 +406,14 @@ class MicroBatcher:
 def _run(model: LocalModel, feed: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
     """One ONNX Runtime run of ``feed``: its outputs by name (string tensors as bytes) and its ms."""
     started = time.perf_counter()
-    results = model.session.run(model.output_names, feed)
+    if model.direct:
+        try:
+            # The wrapper re-creates ``_sess`` when it falls back to other providers: look it up per run.
+            results = model.session._sess.run(model.output_names, feed, None)
+        except EPFail:
+            results = model.session.run(model.output_names, feed)  # the wrapper's provider fallback, as before
+    else:
+        results = model.session.run(model.output_names, feed)
     elapsed_ms = (time.perf_counter() - started) * 1000
     if model.strings:
         outputs = {

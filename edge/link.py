@@ -65,7 +65,10 @@ class GatewayLink:
     def view(self, model: str) -> tuple[Link, float | None, float | None]:
         """What the decision needs: the link's state, the predicted remote ms for ``model``, the round trip ms."""
         with self._lock:
-            return self.circuit.peek(), self.predictor.predict(model, time.monotonic()), self.predictor.rtt.value
+            state = self.circuit.peek()
+            if state is Link.DOWN:  # circuit open: the decision reads neither estimate (offload.decide)
+                return state, None, None
+            return state, self.predictor.predict(model, time.monotonic()), self.predictor.rtt.value
 
     def admit(self) -> Ticket | None:
         """Claim the right to send a call now (in half-open: the single trial): the call's ticket, or None."""

@@ -1,33 +1,179 @@
-"""Prometheus collectors of one edge runtime, on a registry of its own, names prefixed ``railgate_edge_``."""
+"""Prometheus collectors of one edge runtime, on a registry of its own, names prefixed ``railgate_edge_``.
+
+The families a call touches on its way (decisions, fallbacks, calls, call latency, local batch size) are
+``LeanCounter`` / ``LeanHistogram``: the same exposition as prometheus_client's Counter and Histogram
+(names, ``_total``/``_bucket``/``_count``/``_sum``/``_created`` samples, label order), with children that
+cost one small lock per update. prometheus_client's own children take ~2.5 us per ``inc`` and ~3 us per
+``observe`` here (observability checks, a lock per value, a bucket scan), and a local call makes four
+such updates: most of what ``infer_sync`` added over a bare ``InferenceSession.run``.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+class _CounterChild:
+    __slots__ = ("created", "lock", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+        self.lock = threading.Lock()
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError(f"counters can only be incremented by non-negative amounts, got {amount}")
+        with self.lock:
+            self.value += amount
+
+
+class _HistogramChild:
+    __slots__ = ("bounds", "counts", "created", "lock", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # per bucket, not cumulative; the last is +Inf
+        self.sum = 0.0
+        self.created = time.time()
+        self.lock = threading.Lock()
+
+    def observe(self, amount: float) -> None:
+        i = bisect_left(self.bounds, amount)  # the first bound >= amount: buckets are "le"
+        with self.lock:
+            self.counts[i] += 1
+            self.sum += amount
+
+
+class _Lean(Collector):
+    """A labelled family whose children live in a dict keyed by their label values."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], _CounterChild | _HistogramChild] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def _child(self, values: tuple[str, ...]) -> _CounterChild | _HistogramChild:
+        child = self._children.get(values)
+        if child is not None:
+            return child
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name}: expected label values for {', '.join(self.labelnames)}, got {values!r}")
+        values = tuple(str(v) for v in values)
+        with self._lock:
+            child = self._children.get(values)
+            if child is None:
+                child = self._children[values] = self._new()
+        return child
+
+    def _new(self) -> _CounterChild | _HistogramChild:
+        raise NotImplementedError
+
+    def _items(self) -> list[tuple[tuple[str, ...], _CounterChild | _HistogramChild]]:
+        with self._lock:
+            return list(self._children.items())
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def _family(self) -> Metric:
+        raise NotImplementedError
+
+
+class LeanCounter(_Lean):
+    def labels(self, *values: str) -> _CounterChild:
+        return self._child(values)  # type: ignore[return-value]
+
+    def _new(self) -> _CounterChild:
+        return _CounterChild()
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for values, child in self._items():
+            assert isinstance(child, _CounterChild)
+            family.add_metric(values, child.value, created=child.created)
+        yield family
+
+
+class LeanHistogram(_Lean):
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        registry: CollectorRegistry,
+        buckets: Sequence[float],
+    ) -> None:
+        self.bounds = tuple(float(b) for b in buckets)
+        if list(self.bounds) != sorted(set(self.bounds)):
+            raise ValueError(f"{name}: buckets must be increasing, got {buckets!r}")
+        super().__init__(name, documentation, labelnames, registry)
+
+    def labels(self, *values: str) -> _HistogramChild:
+        return self._child(values)  # type: ignore[return-value]
+
+    def _new(self) -> _HistogramChild:
+        return _HistogramChild(self.bounds)
+
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        for values, child in self._items():
+            assert isinstance(child, _HistogramChild)
+            with child.lock:
+                counts, total = list(child.counts), child.sum
+            cumulative, buckets = 0, []
+            for le, n in zip(les, counts, strict=True):
+                cumulative += n
+                buckets.append((le, float(cumulative)))
+            family.add_metric(values, buckets, total)
+            family.samples.append(
+                Sample(self.name + "_created", dict(zip(self.labelnames, values, strict=True)), child.created)
+            )
+        yield family
+
+
 class EdgeMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self.decisions = Counter(
+        self.decisions = LeanCounter(
             "railgate_edge_decisions", "Offload decisions, by where the call went and why", ["model", "where", "reason"],
             registry=r,
         )  # fmt: skip
-        self.fallbacks = Counter(
+        self.fallbacks = LeanCounter(
             "railgate_edge_fallbacks", "Remote calls that failed and ran locally instead", ["model", "cause"],
             registry=r,
         )  # fmt: skip
-        self.calls = Counter(
+        self.calls = LeanCounter(
             "railgate_edge_calls", "Calls answered, by who served them and status", ["model", "served", "status"],
             registry=r,
         )  # fmt: skip
-        self.latency = Histogram(
+        self.latency = LeanHistogram(
             "railgate_edge_call_latency_seconds", "Latency of a call inside the runtime", ["model", "served"],
             buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
-        self.local_batch = Histogram(
+        self.local_batch = LeanHistogram(
             "railgate_edge_local_batch_size", "Rows per local ONNX Runtime run", ["model"],
             buckets=_BATCH_BUCKETS, registry=r,
         )  # fmt: skip
@@ -49,15 +195,9 @@ class EdgeMetrics:
             "railgate_edge_local_model", "1 for each model runnable on the device, with its sha256", ["model", "sha256"],
             registry=r,
         )  # fmt: skip
-        # Label children cached per label tuple: ``labels()`` takes a lock and builds a key on every call.
-        self._decision_children: dict[tuple[str, str, str], Counter] = {}
 
     def decision(self, model: str, where: str, reason: str) -> None:
-        key = (model, where, reason)
-        child = self._decision_children.get(key)
-        if child is None:
-            child = self._decision_children[key] = self.decisions.labels(model, where, reason)
-        child.inc()
+        self.decisions.labels(model, where, reason).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

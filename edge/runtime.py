@@ -82,6 +82,7 @@ class EdgeRuntime:
         self._tracer = self.tracing.tracer if self.tracing is not None else None
         self.offload = Offload(self.link, self.metrics, self._tracer)
         self._lanes = self.local.lanes  # the hot path reads it directly
+        self._predict = self.local.predictor.predict
         self._refused = self.local.refused
         self._remote_info: dict[str, ModelInfo] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -90,6 +91,7 @@ class EdgeRuntime:
         self._tasks: set[asyncio.Task[None]] = set()
         # Label children cached per label tuple: ``labels()`` takes a lock and builds a key on every call.
         self._served_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._decision_children: dict[tuple[str, str], Any] = {}
         self._inline_ms = config.batching.inline_max_ms
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -205,7 +207,7 @@ class EdgeRuntime:
             if span is not None:
                 self._decided(span, plan, model)
             reason = plan.decision.reason
-            if plan.decision.where == REMOTE:
+            if plan.decision.where is REMOTE:
                 timeout_s = self.offload.window(model, plan)
                 if timeout_s is None:
                     reason = self.offload.fallback(model, "remote_timeout")
@@ -247,7 +249,7 @@ class EdgeRuntime:
             if span is not None:
                 self._decided(span, plan, model)
             reason = plan.decision.reason
-            if plan.decision.where == REMOTE:
+            if plan.decision.where is REMOTE:
                 reply, reason = self.offload.call_from_thread(loop, model, version, inputs, plan, headers)
                 if reply is not None:
                     return self._served(model, reply.outputs, reply.served_by, reason, started, REMOTE)
@@ -295,7 +297,7 @@ class EdgeRuntime:
         feed, rows, local_ms = None, 1, None
         if lane is not None:
             feed, rows = lane.model.prepare(inputs)
-            local_ms = self.local.predictor.predict(model, rows) or 0.0
+            local_ms = self._predict(model, rows) or 0.0
         link = self.link
         state, remote_ms, rtt_ms = (Link.NONE, None, None) if link is None else link.view(model)
         decision = decide(
@@ -311,8 +313,13 @@ class EdgeRuntime:
                     policy=policy, budget_ms=budget_ms, local_ms=local_ms, remote_ms=remote_ms, rtt_ms=rtt_ms,
                     link=Link.DOWN, prefer_local=config.prefer_local,
                 )  # fmt: skip
-        self.metrics.decision(model, decision.where, decision.reason)
-        if decision.where == NONE:
+        counted = self._decision_children.get((model, decision.reason))
+        if counted is None:  # a reason names where the call goes: (model, reason) stands for the label tuple
+            counted = self._decision_children[(model, decision.reason)] = self.metrics.decisions.labels(
+                model, decision.where, decision.reason
+            )
+        counted.inc()
+        if decision.where is NONE:
             raise self._unavailable(model, policy, outside)
         return Plan(decision, lane, feed, rows, now + budget_ms / 1000, budget_ms / 1000, local_ms, ticket, outside)
 
