@@ -11,7 +11,8 @@ read is ``HubProtocolError``, the hub's 5xx is ``HubError``, its 4xx ``HubReject
 request's fault), and the deadline passing ``DeadlineExceeded``.
 
 TLS (``hubs[].tls``) is set up once, at ``start``, by the helpers in the TLS section below: an
-``https://`` hub gets a connector with the pinned CA / client certificate / ``server_name``, a gRPC
+``https://`` hub gets an ``SSLContext`` with the pinned CA / client certificate / ``server_name``
+(checked and sent as SNI, whatever address is dialled) for its ``hubhttp`` pool, a gRPC
 hub with ``tls`` a secure channel; the hot path never looks at it. A probe refused by TLS (another
 CA, expired, the wrong name, no client certificate) logs why once (``event=hub_tls_failed``), and plain
 HTTP or insecure gRPC to a hub outside loopback logs a warning once, when its client is made.
@@ -25,14 +26,13 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
-import aiohttp
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
-from yarl import URL
 
 from gateway.backends import Backend, BackendKind
+from gateway.backends.hubhttp import HubConnections, Origin, Reply, ReplyUnreadable, origin
 from gateway.config import HubSpec
 from railcore.catalog import ModelInfo, build_model_info
 from railcore.errors import (
@@ -48,7 +48,7 @@ from railcore.protocol import json_codec
 from railcore.protocol.binary import decode_outputs, serialize_bytes_tensor
 from railcore.protocol.codec import HEADER_LENGTH
 from railcore.protocol.types import triton_datatype
-from railcore.tls import client_pem, describe_tls_failure, https_connector, is_loopback
+from railcore.tls import client_context, client_pem, describe_tls_failure, is_loopback
 from railcore.tracing import TRACEPARENT, headers_for
 
 log = logging.getLogger("railgate.hub")
@@ -115,7 +115,8 @@ class _TlsFailureLog:
 
 
 def _model_path(model: str, version: str) -> str:
-    return f"/v2/models/{model}/versions/{version}" if version else f"/v2/models/{model}"
+    model = quote(model, safe="")
+    return f"/v2/models/{model}/versions/{quote(version, safe='')}" if version else f"/v2/models/{model}"
 
 
 def _tensor_bytes(array: np.ndarray) -> bytes | memoryview:
@@ -126,14 +127,14 @@ def _tensor_bytes(array: np.ndarray) -> bytes | memoryview:
 
 @contextlib.contextmanager
 def _http_errors(hub: str, model: str) -> Iterator[None]:
-    """aiohttp's and the socket's failures during one infer call, as ours."""
+    """The hub client's and the socket's failures during one infer call, as ours."""
     try:
         yield
     except TimeoutError:
         raise DeadlineExceeded(f"hub {hub} did not answer {model!r} before the deadline") from None
-    except aiohttp.ClientResponseError as exc:  # the hub sent something that is not HTTP
-        raise HubProtocolError(f"hub {hub} failed: {exc.__class__.__name__}: {exc}") from exc
-    except (aiohttp.ClientError, OSError) as exc:  # refused, reset, closed mid-reply
+    except ReplyUnreadable as exc:  # the hub sent something that is not HTTP we can read
+        raise HubProtocolError(f"hub {hub} failed: sent an unreadable reply: {exc}") from exc
+    except OSError as exc:  # refused, TLS refused, reset, closed mid-reply
         raise HubUnreachable(f"hub {hub} failed: {exc.__class__.__name__}: {exc}") from exc
 
 
@@ -177,76 +178,79 @@ def _decoded(hub: str, raw: bytes, length: str | None, outputs: list[str]) -> di
 
 
 class TritonHttpBackend(Backend):
+    """A hub's HTTP API through the lean client (``hubhttp``): one bounded keep-alive pool per hub."""
+
     kind = BackendKind.HUB
 
     def __init__(self, spec: HubSpec) -> None:
         super().__init__(spec.name, spec.region, spec.price_per_1k, spec.carbon_g_per_kwh, spec.max_inflight)
         self.spec = spec
         self.base_url = spec.url.rstrip("/")
-        self.session: aiohttp.ClientSession | None = None
-        # Each model's infer URL, built once (aiohttp would parse and join a path per call); bounded
-        # by the catalog, since a batch's model was validated against it.
-        self._infer_urls: dict[tuple[str, str], URL] = {}
+        self.pool: HubConnections | None = None
+        self._metrics_pool: HubConnections | None = None
+        # Each model's infer request head up to its lengths, built once; bounded by the catalog, since a
+        # batch's model was validated against it.
+        self._infer_heads: dict[tuple[str, str], bytes] = {}
         self._tls_log = _TlsFailureLog(spec.name)
         _warn_if_plaintext(spec)
 
-    async def start(self) -> None:
-        self.base_url, connector = https_connector(
-            self.spec.url.rstrip("/"),
-            self.spec.tls,
-            f"hub {self.name} tls",
-            limit=self.spec.max_connections,
-            keepalive_timeout=60,
-        )
-        self.session = aiohttp.ClientSession(
-            self.base_url,
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None),
-            # No Accept-Encoding: offered gzip, Triton compresses every reply and the gateway inflates
-            # it, both for nothing on a backbone of small tensors. No cookies: a hub sets none.
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+    def _origin(self, url: str) -> Origin:
+        tls = self.spec.tls
+        context = client_context(tls, f"hub {self.name} tls") if tls is not None else None
+        return origin(url, context, tls.server_name if tls is not None else None)
 
-    def _infer_url(self, model: str, version: str) -> URL:
-        url = self._infer_urls.get((model, version))
-        if url is None:
-            url = self._infer_urls[(model, version)] = URL(f"{self.base_url}{_model_path(model, version)}/infer")
-        return url
+    async def start(self) -> None:
+        self.pool = HubConnections(self._origin(self.base_url), self.spec.max_connections)
+        if self.spec.metrics_url:
+            self._metrics_pool = HubConnections(self._origin(self.spec.metrics_url), 2)
+
+    def _infer_head(self, model: str, version: str) -> bytes:
+        head = self._infer_heads.get((model, version))
+        if head is None:
+            assert self.pool is not None
+            head = self._infer_heads[(model, version)] = (
+                f"POST {_model_path(model, version)}/infer HTTP/1.1\r\nHost: {self.pool.origin.authority}\r\n"
+                f"Content-Type: application/octet-stream\r\n{HEADER_LENGTH}: "
+            ).encode()
+        return head
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        for pool in (self.pool, self._metrics_pool):
+            if pool is not None:
+                await pool.close()
+        self.pool = self._metrics_pool = None
+
+    async def _get(self, pool: HubConnections | None, path: str, method: str, timeout_s: float) -> Reply:
+        assert pool is not None
+        length = "Content-Length: 0\r\n" if method == "POST" else ""
+        head = f"{method} {path} HTTP/1.1\r\nHost: {pool.origin.authority}\r\n{length}\r\n".encode()
+        return await pool.request([head], asyncio.get_running_loop().time() + timeout_s)
 
     async def _get_json(self, path: str, method: str = "GET", timeout_s: float = 5.0) -> Any:
-        assert self.session is not None
-        url = path if path.startswith("http") else self.base_url + path
-        async with asyncio.timeout(timeout_s), self.session.request(method, url) as reply:
-            body = await reply.read()
-            if reply.status != 200:
-                raise HubError(f"hub {self.name}: {method} {path} answered {reply.status}: {body[:200]!r}")
-            return json.loads(body)
+        try:
+            reply = await self._get(self.pool, path, method, timeout_s)
+        except ReplyUnreadable as exc:
+            raise HubProtocolError(f"hub {self.name}: {method} {path} sent an unreadable reply: {exc}") from exc
+        if reply.status != 200:
+            raise HubError(f"hub {self.name}: {method} {path} answered {reply.status}: {reply.body[:200]!r}")
+        return json.loads(reply.body)
 
     async def discover(self) -> dict[str, ModelInfo]:
         index = await self._get_json("/v2/repository/index", method="POST")
         names = sorted({e["name"] for e in index if e.get("state", "READY") == "READY"})
 
         async def read(name: str) -> ModelInfo:
-            metadata, config = await asyncio.gather(
-                self._get_json(f"/v2/models/{name}"), self._get_json(f"/v2/models/{name}/config")
-            )
+            path = _model_path(name, "")
+            metadata, config = await asyncio.gather(self._get_json(path), self._get_json(f"{path}/config"))
             return build_model_info(metadata, config)
 
         self.models = await _read_models(self.name, names, read)
         return self.models
 
     async def probe(self, timeout_s: float) -> bool:
-        assert self.session is not None
         try:
-            async with asyncio.timeout(timeout_s), self.session.get(f"{self.base_url}/v2/health/ready") as reply:
-                await reply.read()
-        except (aiohttp.ClientError, OSError) as exc:
+            reply = await self._get(self.pool, "/v2/health/ready", "GET", timeout_s)
+        except (OSError, ReplyUnreadable) as exc:
             self._tls_log.failed(describe_tls_failure(exc))
             return False
         except TimeoutError:
@@ -259,12 +263,14 @@ class TritonHttpBackend(Backend):
         return _statistics(stats.get("model_stats", []))
 
     async def pending_requests(self) -> float | None:
-        if not self.spec.metrics_url:
+        if self._metrics_pool is None:
             return None
-        assert self.session is not None
-        async with asyncio.timeout(2.0), self.session.get(self.spec.metrics_url) as reply:
-            text = await reply.text()
-        return _pending_requests(text)
+        parts = urlsplit(self.spec.metrics_url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        reply = await self._get(self._metrics_pool, target, "GET", 2.0)
+        if reply.status != 200:
+            raise HubError(f"hub {self.name}: GET {self.spec.metrics_url} answered {reply.status}")
+        return _pending_requests(reply.body.decode("utf-8", errors="replace"))
 
     async def infer(
         self,
@@ -276,7 +282,7 @@ class TritonHttpBackend(Backend):
         timeout_s: float | None = None,
         trace: Any = None,
     ) -> dict[str, np.ndarray]:
-        assert self.session is not None
+        assert self.pool is not None
         loop = asyncio.get_running_loop()
         remaining = deadline - loop.time()
         if remaining <= 0:
@@ -296,23 +302,31 @@ class TritonHttpBackend(Backend):
             "parameters": {"timeout": _timeout_us(remaining if timeout_s is None else timeout_s)},
         }
         head = json_codec.dumps(header)
-        body = b"".join([head, *blobs])
-        headers = {HEADER_LENGTH: str(len(head)), "Content-Type": "application/octet-stream"}
+        length = len(head) + sum(len(b) for b in blobs)
+        extra = b""
         if trace is not None:
-            _traced_call(trace, headers, self.base_url)
+            traced = _traced_call(trace, {}, self.base_url)
+            # W3C values never hold CR or LF; a line that did would split the request, so it is not sent
+            extra = "".join(f"{k}: {v}\r\n" for k, v in traced.items() if not _CRLF & set(v)).encode("latin-1")
+        request_head = self._infer_head(model, version) + b"%d\r\nContent-Length: %d\r\n%s\r\n" % (
+            len(head),
+            length,
+            extra,
+        )
         self.inflight += 1
         try:
             with _http_errors(self.name, model):
-                async with asyncio.timeout_at(deadline):
-                    async with self.session.post(self._infer_url(model, version), data=body, headers=headers) as reply:
-                        raw = await reply.read()
-                        status, length = reply.status, reply.headers.get(HEADER_LENGTH)
+                reply = await self.pool.request([request_head, head, *blobs], deadline)
         finally:
             self.inflight -= 1
         if trace is not None:
-            trace.set_attribute("http.response.status_code", status)
-        _http_status(self.name, status, raw)
-        return _decoded(self.name, raw, length, outputs)
+            trace.set_attribute("http.response.status_code", reply.status)
+        _http_status(self.name, reply.status, reply.body)
+        return _decoded(self.name, reply.body, reply.header(_HEADER_LENGTH_KEY), outputs)
+
+
+_HEADER_LENGTH_KEY = HEADER_LENGTH.lower().encode()
+_CRLF = frozenset("\r\n")
 
 
 def _traced_call(span: Any, headers: dict[str, str], url: str) -> dict[str, str]:

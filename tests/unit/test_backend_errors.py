@@ -4,14 +4,14 @@ tests of each translation, no sockets."""
 from __future__ import annotations
 
 import json
+import ssl
 
-import aiohttp
 import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
-from yarl import URL
 
 from gateway.backends import require_rows
+from gateway.backends.hubhttp import ConnectionLost, ReplyUnreadable
 from gateway.backends.triton import _decoded, _grpc_errors, _http_errors, _http_status, _pending_requests
 from railcore.errors import (
     BadRequest,
@@ -25,24 +25,18 @@ from railcore.errors import (
     HubUnreachable,
 )
 
-URL_ = URL("http://near:8000/v2/models/digits/infer")
-REQUEST = aiohttp.RequestInfo(URL_, "POST", {}, URL_)  # type: ignore[arg-type]
-
 
 @pytest.mark.parametrize(
     ("raised", "expected", "cause"),
     [
         (ConnectionRefusedError(111, "connection refused"), HubUnreachable, Cause.UNREACHABLE),
-        (aiohttp.ServerDisconnectedError(), HubUnreachable, Cause.UNREACHABLE),
+        (ConnectionLost("the hub closed the connection before its reply"), HubUnreachable, Cause.UNREACHABLE),
         (ConnectionResetError(104, "reset by peer"), HubUnreachable, Cause.UNREACHABLE),
-        (aiohttp.ClientPayloadError("truncated"), HubUnreachable, Cause.UNREACHABLE),
-        (
-            aiohttp.ClientResponseError(REQUEST, (), status=400, message="bad status line"),
-            HubProtocolError,
-            Cause.PROTOCOL,
-        ),
+        (ConnectionLost("the hub closed the connection mid-reply"), HubUnreachable, Cause.UNREACHABLE),
+        (ssl.SSLCertVerificationError("certificate verify failed"), HubUnreachable, Cause.UNREACHABLE),
+        (ReplyUnreadable("not an HTTP/1.x status line: b'SPAM'"), HubProtocolError, Cause.PROTOCOL),
     ],
-    ids=["refused", "closed", "reset", "cut_mid_reply", "not_http"],
+    ids=["refused", "closed", "reset", "cut_mid_reply", "tls_refused", "not_http"],
 )
 def test_http_transport_failures_are_translated_by_cause(raised: Exception, expected: type, cause: Cause) -> None:
     with pytest.raises(expected, match="hub near failed: ") as caught, _http_errors("near", "digits"):
