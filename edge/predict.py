@@ -20,7 +20,9 @@ class LocalPredictor:
         self._ewma: dict[str, dict[int, PeakEwma]] = {}
 
     def observe(self, model: str, rows: int, ms: float) -> None:
-        sizes = self._ewma.setdefault(model, {})
+        sizes = self._ewma.get(model)
+        if sizes is None:
+            sizes = self._ewma[model] = {}
         ewma = sizes.get(rows)
         if ewma is None:
             ewma = sizes[rows] = PeakEwma(self.alpha)

@@ -174,6 +174,23 @@ async def test_an_error_to_a_msgpack_client_is_msgpack(unix_edge) -> None:
         assert reply.status == 400 and "not valid msgpack" in msgpack.unpackb(await reply.read())["error"]
 
 
+async def test_each_route_keeps_its_method_with_infer_routes_first(unix_edge) -> None:
+    """The infer routes are registered first (the hot call matches at once): the others still resolve, and a
+    wrong method on either is a 405 error body, not another route's answer."""
+    _, path = unix_edge
+    body = v2_json(sample_inputs("digits", batch=1))
+    async with unix_client(path) as http:
+        async with http.post("http://edge/v2/models/digits/versions/1/infer", data=body) as reply:
+            assert reply.status == 200 and reply.headers["X-Edge-Path"] == "local"
+            assert (await reply.json())["model_version"] == "1"
+        async with http.get("http://edge/v2/models/digits/infer") as reply:
+            assert reply.status == 405 and "error" in await reply.json()
+        async with http.post("http://edge/v2/models/digits", data=body) as reply:
+            assert reply.status == 405 and "error" in await reply.json()
+        async with http.get("http://edge/v2/models/digits") as reply:
+            assert reply.status == 200 and (await reply.json())["name"] == "digits"
+
+
 async def test_health_metadata_config_and_metrics(unix_edge) -> None:
     runtime, path = unix_edge
     async with unix_client(path) as http:
