@@ -37,7 +37,7 @@ from edge.engine import LocalModel
 from edge.errors import EdgeError, ModelRefused, ModelUnavailable
 from edge.link import GatewayLink
 from edge.local import LocalModels
-from edge.metrics import EdgeMetrics
+from edge.metrics import UNKNOWN_MODEL, EdgeMetrics
 from edge.offload import LOCAL, NONE, REMOTE, Link, OffloadPolicy, decide
 from edge.offloading import Offload, Plan
 from edge.remote import GatewayRejected, RemoteFailed
@@ -92,6 +92,9 @@ class EdgeRuntime:
         # Label children cached per label tuple: ``labels()`` takes a lock and builds a key on every call.
         self._served_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._decision_children: dict[tuple[str, str], Any] = {}
+        # Names that may label metrics: configured, on the device (lanes, refused) or answered by the gateway.
+        # Any other name a client sends is counted as UNKNOWN_MODEL: no label value per client-chosen string.
+        self._named: set[str] = set(config.models)
         self._inline_ms = config.batching.inline_max_ms
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -220,7 +223,7 @@ class EdgeRuntime:
             outputs = await plan.lane.run_async(plan.feed, plan.rows, plan.deadline, inline)
             return self._served(model, outputs, LOCAL, reason, started, LOCAL)
         except RailgateError as exc:
-            self.metrics.calls.labels(model, NONE, str(exc.status)).inc()
+            self.metrics.calls.labels(self._label(model), NONE, str(exc.status)).inc()
             raise
         finally:
             if span is not None:
@@ -257,7 +260,7 @@ class EdgeRuntime:
             outputs = plan.lane.run(plan.feed, plan.rows, plan.deadline)
             return self._served(model, outputs, LOCAL, reason, started, LOCAL)
         except RailgateError as exc:
-            self.metrics.calls.labels(model, NONE, str(exc.status)).inc()
+            self.metrics.calls.labels(self._label(model), NONE, str(exc.status)).inc()
             raise
         finally:
             if span is not None:
@@ -313,15 +316,22 @@ class EdgeRuntime:
                     policy=policy, budget_ms=budget_ms, local_ms=local_ms, remote_ms=remote_ms, rtt_ms=rtt_ms,
                     link=Link.DOWN, prefer_local=config.prefer_local,
                 )  # fmt: skip
-        counted = self._decision_children.get((model, decision.reason))
-        if counted is None:  # a reason names where the call goes: (model, reason) stands for the label tuple
-            counted = self._decision_children[(model, decision.reason)] = self.metrics.decisions.labels(
-                model, decision.where, decision.reason
+        label = model if lane is not None else self._label(model)
+        counted = self._decision_children.get((label, decision.reason))
+        if counted is None:  # a reason names where the call goes: (label, reason) stands for the label tuple
+            counted = self._decision_children[(label, decision.reason)] = self.metrics.decisions.labels(
+                label, decision.where, decision.reason
             )
         counted.inc()
         if decision.where is NONE:
             raise self._unavailable(model, policy, outside)
         return Plan(decision, lane, feed, rows, now + budget_ms / 1000, budget_ms / 1000, local_ms, ticket, outside)
+
+    def _label(self, model: str) -> str:
+        """``model`` as a metric label: its name if the device or the gateway knows it, else UNKNOWN_MODEL."""
+        if model in self._named or model in self._lanes or model in self._refused:
+            return model
+        return UNKNOWN_MODEL
 
     def _outside_residency(self, headers: dict[str, str] | None) -> str | None:
         """Why the call's allowed regions (X-Allowed-Regions) leave out the device, or None if they do not."""
@@ -339,6 +349,7 @@ class EdgeRuntime:
         latency_s = time.perf_counter() - started
         children = self._served_children.get((model, path))
         if children is None:
+            self._named.add(model)  # served: the device holds it, or the gateway answered for it
             children = self._served_children[(model, path)] = (
                 self.metrics.calls.labels(model, path, "200"),
                 self.metrics.latency.labels(model, path),

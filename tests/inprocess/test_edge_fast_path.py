@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
 
-from edge import EdgeRuntime, parse_edge_config
+from edge import EdgeRuntime, ModelUnavailable, parse_edge_config
 from edge.engine import _InputSpec, _run, load_model, session_options
 from edge.store import ModelStore
 from railcore.errors import BadRequest
@@ -133,3 +133,22 @@ def test_each_call_counts_its_decision_once(repository: Path) -> None:
         assert rt.metrics.registry.get_sample_value("railgate_edge_calls_total", calls) == 3
         latency = rt.metrics.registry.get_sample_value
         assert latency("railgate_edge_call_latency_seconds_count", {"model": "digits", "served": "local"}) == 3
+
+
+def test_model_names_a_client_made_up_label_no_metric(repository: Path) -> None:
+    """A call for a model neither the device nor the gateway has is counted under "(unknown)": one label
+    value in all, however many names clients send (before, each name made a child of its own)."""
+    config = parse_edge_config({"repository": str(repository), "models": ["digits"]})
+    with EdgeRuntime(config) as rt:
+        for i in range(40):
+            with pytest.raises(ModelUnavailable):
+                rt.infer_sync(f"made-up-{i}", sample_inputs("digits", batch=1))
+        rt.infer_sync("digits", sample_inputs("digits", batch=1))
+        get = rt.metrics.registry.get_sample_value
+        unknown = {"model": "(unknown)", "where": "none", "reason": "unavailable"}
+        assert get("railgate_edge_decisions_total", unknown) == 40
+        assert get("railgate_edge_calls_total", {"model": "(unknown)", "served": "none", "status": "503"}) == 40
+        assert get("railgate_edge_calls_total", {"model": "digits", "served": "local", "status": "200"}) == 1
+        text = rt.metrics.render().decode()
+        assert "made-up" not in text
+        assert len(rt._decision_children) == 2  # (unknown) and digits: bounded
