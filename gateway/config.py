@@ -159,6 +159,9 @@ class Routing:
     tail_quantile: float = 0.99
     tail_window: int = 128
     tail_margin_ms: float = 1.0
+    # A hub call for a batch still out when only the local backend's tail (plus the margin) is left of
+    # the budget is raced by a local run (where residency allows local); the first answer wins.
+    rescue_locally: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,11 @@ cancelled. Over gRPC Triton cancels the loser's work; over HTTP closing the conn
 a request Triton already queued, so the loser's compute is wasted. Hedges spend the same budget as
 retries. The deadline shrinks across retries and hedges and never resets.
 
+The local rescue (``routing.rescue_locally``, on by default): a hub call still out when only the local
+backend's tail (plus ``routing.tail_margin_ms``) is left of the budget is raced by a local run, where
+residency allows local, spending the same budget as hedges; the hub's tail then counts the call as
+the whole budget it was given, so the next tight batches go local instead of to the hub and a rescue.
+
 What a failure means is its class (railcore.errors, translated once in gateway/backends/): a
 ``HubFailed`` (unreachable, protocol error, the hub's 5xx) counts against the hub and fails over; a
 timeout counts only past the hub's own p95; ``HubRejected`` (the hub's 4xx) is the request's fault:
@@ -153,30 +158,39 @@ class Forwarder:
                 self.budget.release()
 
     async def _attempt(self, batch: Batch, first: Selection, tried: set[str]) -> Forwarded:
-        hedge_after = self._hedge_delay(first, batch)
-        if hedge_after is None:
-            return await self._call(batch, first)
         loop = asyncio.get_running_loop()
+        given_s = batch.budget_s(loop.time())
+        hedge_after = self._hedge_delay(first, batch)
+        rescue_after = self._rescue_delay(first, batch, tried, given_s)
+        if hedge_after is None and rescue_after is None:
+            return await self._call(batch, first)
+        rescue = rescue_after is not None and (hedge_after is None or rescue_after < hedge_after)
+        wait_s = rescue_after if rescue else hedge_after
         primary = loop.create_task(self._call(batch, first))
         try:
-            done, _ = await asyncio.wait({primary}, timeout=hedge_after)
+            done, _ = await asyncio.wait({primary}, timeout=wait_s)
             if done or not self.budget.try_acquire(self.active()):
                 return await primary
             try:
                 try:
-                    second = self.router.choose(
-                        batch.model, batch.budget_s(loop.time()), batch.route, max(batch.rows, 1), frozenset(tried)
-                    )
+                    second = self._second(batch, tried, rescue)
                 except NoBackend:
                     return await primary
                 tried.add(second.backend.name)
+                kind = "rescue" if rescue else "hedge"
                 self.metrics.hedges.labels(second.backend.name).inc()
                 if batch.trace is not None:
-                    batch.trace.event("hedge", {"railgate.to": second.backend.name, "railgate.after_s": hedge_after})
+                    batch.trace.event(kind, {"railgate.to": second.backend.name, "railgate.after_s": wait_s})
                 hedge = loop.create_task(
-                    self._call(batch, dataclasses.replace(second, reason=f"hedge: {second.reason}", predicted_s=None))
+                    self._call(batch, dataclasses.replace(second, reason=f"{kind}: {second.reason}", predicted_s=None))
                 )
-                return await _first_success(primary, hedge)
+                forwarded = await _first_success(primary, hedge)
+                if rescue and forwarded.backend != first.backend.name:
+                    # The hub's real time is unknown, and it missed the time it could be waited for:
+                    # its tail counts it as the whole budget it was given, so the next tight batch
+                    # goes local, not to the hub and its rescue again.
+                    self.router.observe_tail(first.backend, batch.model, max(batch.rows, 1), given_s)
+                return forwarded
             finally:
                 self.budget.release()
         finally:
@@ -184,6 +198,30 @@ class Forwarder:
                 primary.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await primary
+
+    def _second(self, batch: Batch, tried: set[str], rescue: bool) -> Selection:
+        """The backend a hedge (the next-best) or a rescue (the local one) is sent to."""
+        loop = asyncio.get_running_loop()
+        exclude = frozenset(tried)
+        if rescue:
+            hubs = self.router.candidates(batch.model, batch.route, exclude)
+            exclude |= {b.name for b in hubs if b.kind != BackendKind.LOCAL}
+        return self.router.choose(batch.model, batch.budget_s(loop.time()), batch.route, max(batch.rows, 1), exclude)
+
+    def _rescue_delay(self, selection: Selection, batch: Batch, tried: set[str], budget_s: float) -> float | None:
+        """How long a hub call may go unanswered before the local backend races it: until only the
+        local backend's own tail (plus the margin) is left of the budget. None: no rescue (off, not a
+        hub, residency leaves local out, local unmeasured, or no time for it)."""
+        if not self.config.rescue_locally or selection.backend.kind != BackendKind.HUB:
+            return None
+        candidates = self.router.candidates(batch.model, batch.route, frozenset(tried))
+        local = next((b for b in candidates if b.kind == BackendKind.LOCAL), None)
+        if local is None:
+            return None
+        tail = self.router.tail_s(local, batch.model, max(batch.rows, 1))
+        if tail is None or budget_s - tail <= 0:
+            return None
+        return budget_s - tail
 
     def _hedge_delay(self, selection: Selection, batch: Batch) -> float | None:
         if not self.config.hedge or selection.backend.kind != BackendKind.HUB:

@@ -262,6 +262,11 @@ class Router:
         if breaker is not None:
             breaker.release(ticket, cause)
 
+    def observe_tail(self, backend: Backend, model: str, rows: int, seconds: float) -> None:
+        """A call's time for ``tail_s`` alone (not the EWMAs, not the breaker): a hub call that lost a
+        local rescue, counted as the budget it was given."""
+        self.state[backend.name].record_tail(model, rows, seconds, self.clock())
+
     def observe_rtt(self, backend: Backend, seconds: float) -> None:
         self.state[backend.name].rtt.update(seconds, self.clock())
 

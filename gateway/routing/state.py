@@ -111,8 +111,13 @@ class BackendState:
         state = self.model(model)
         state.total.update(seconds, now)
         service = max(seconds - (self.rtt.value or 0.0), 0.0)
+        state.service.setdefault(batch_bucket(rows), PeakEwma()).update(service, now)
+        self.record_tail(model, rows, seconds, now)
+
+    def record_tail(self, model: str, rows: int, seconds: float, now: float = 0.0) -> None:
+        """A sample for ``tail_s`` alone (``record`` adds every successful call's)."""
+        state = self.model(model)
         bucket = batch_bucket(rows)
-        state.service.setdefault(bucket, PeakEwma()).update(service, now)
         window = state.tails.get(bucket)
         if window is None:
             window = state.tails[bucket] = TailWindow(self.tail_window)
