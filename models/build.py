@@ -1,7 +1,7 @@
 """``railgate models build``: write the Triton model repository and its manifest.
 
 The build is byte-for-byte deterministic: fixed seeds, single-threaded BLAS while training, pinned
-ONNX versions, and deterministic protobuf serialisation.
+ONNX versions listed in one order, and deterministic protobuf serialisation.
 """
 
 from __future__ import annotations

@@ -92,6 +92,12 @@ def pin_versions(model: onnx.ModelProto) -> onnx.ModelProto:
             opset.version = OPSET
         elif opset.domain == "ai.onnx.ml":
             opset.version = ML_OPSET
+    # skl2onnx lists the opsets from a set, in the order of the process's string hash seed: sorted
+    # by domain, a build's bytes no longer depend on it ("" first, the order most seeds gave).
+    opsets = sorted(model.opset_import, key=lambda o: o.domain)
+    ordered = [onnx.OperatorSetIdProto(domain=o.domain, version=o.version) for o in opsets]
+    del model.opset_import[:]
+    model.opset_import.extend(ordered)
     model.producer_name = "railgate"
     model.producer_version = "1"
     onnx.checker.check_model(model)

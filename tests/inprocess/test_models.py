@@ -139,3 +139,22 @@ def test_the_cli_prints_build_progress_to_stderr_and_the_manifest_to_stdout(tmp_
     assert "models build 1/1 (100%)  vocab written" in result.stderr
     assert "models build done: 1/1 in " in result.stderr
     assert "models build" not in result.stdout and result.stdout.startswith("vocab ")
+
+
+def test_pinned_models_list_their_opsets_in_one_order_whatever_order_the_converter_chose() -> None:
+    """skl2onnx collects the opsets in a set, whose order follows the process's string hash seed:
+    1 digits build in ~30 listed ai.onnx.ml first (PYTHONHASHSEED=53 does it every time)."""
+    from onnx import TensorProto, helper
+
+    from models.spec import pin_versions
+
+    def identity(opsets: list[tuple[str, int]]) -> onnx.ModelProto:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])
+
+    usual = pin_versions(identity([("", 17), ("ai.onnx.ml", 3)]))
+    swapped = pin_versions(identity([("ai.onnx.ml", 3), ("", 17)]))
+    assert [o.domain for o in swapped.opset_import] == ["", "ai.onnx.ml"]
+    assert swapped.SerializeToString(deterministic=True) == usual.SerializeToString(deterministic=True)
