@@ -27,14 +27,14 @@ from typing import Any
 
 from aiohttp import web
 
+from edge.answer import answer
 from edge.config import EdgeConfig, Listen, load_edge_config
+from edge.firmware import FirmwareSite
 from edge.runtime import EdgeRuntime
 from edge.sync import sync_once
-from railcore.budget import BUDGET_HEADER, requested_budget_ms
-from railcore.errors import BadRequest, PayloadTooLarge, RailgateError
+from railcore.errors import PayloadTooLarge, RailgateError
 from railcore.progress import Progress
-from railcore.protocol.codec import DecodeLimits, decode_request, encode_response, header_length
-from railcore.protocol.types import InferResponse, Tensor, triton_datatype
+from railcore.protocol.codec import DecodeLimits
 from railcore.settings import ConfigError
 from railcore.web import errors_middleware
 
@@ -44,9 +44,6 @@ VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "msgpack_tensor_data", "latency_budget", "offload"]
 RUNTIME: web.AppKey[EdgeRuntime] = web.AppKey("edge_runtime", EdgeRuntime)
 DECODE_LIMITS: web.AppKey[DecodeLimits] = web.AppKey("edge_decode_limits", DecodeLimits)
-# traceparent/tracestate: the firmware's trace context, the parent of the runtime's span (tracing on) or
-# passed on to the gateway as sent (tracing off).
-FORWARDED_HEADERS = ("X-Route-Policy", "X-Allowed-Regions", "Authorization", "traceparent", "tracestate")
 
 
 # -- server and model endpoints ----------------------------------------------------------------
@@ -94,12 +91,7 @@ async def metrics(request: web.Request) -> web.Response:
 # -- inference ------------------------------------------------------------------------------------
 
 
-MAX_BUDGET_MS = 3_600_000.0  # an hour: past it a budget means "no hurry", and a float is always finite
-
-
-def budget_ms(request: web.Request, parameters: dict[str, Any]) -> float | None:
-    """The call's budget: the tighter of X-Latency-Budget-Ms and the v2 ``timeout`` (us); None: the default."""
-    return requested_budget_ms(request.headers.get(BUDGET_HEADER), parameters.get("timeout"), MAX_BUDGET_MS)
+_SHUTDOWN_S = 10.0  # how long a lean-path call in flight may take to finish once the server stops
 
 
 async def infer(request: web.Request) -> web.Response:
@@ -107,47 +99,16 @@ async def infer(request: web.Request) -> web.Response:
     limit = runtime.config.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"body of {request.content_length} bytes is over the limit of {limit} bytes")
-    model = request.match_info["model"]
-    version = request.match_info.get("version", "")
     body = await request.read()
-    req = decode_request(
+    chunks, headers = await answer(
+        runtime,
+        request.app[DECODE_LIMITS],
+        request.match_info["model"],
+        request.match_info.get("version", ""),
+        request.headers,
+        request.content_type,
         body,
-        content_type=request.content_type,
-        header_length=header_length(request.headers),
-        model=model,
-        version=version,
-        limits=request.app[DECODE_LIMITS],
     )
-    headers_in = request.headers
-    forwarded = {}
-    for name in FORWARDED_HEADERS:  # one lookup each (a header sent twice goes on with its first value, as before)
-        value = headers_in.get(name)
-        if value is not None:
-            forwarded[name] = value
-    result = await runtime.infer(
-        model,
-        {t.name: t.data for t in req.inputs},
-        budget_ms(request, req.parameters),
-        headers_in.get("X-Offload-Policy"),
-        version=version,
-        headers=forwarded,
-    )
-    local = runtime.local_model(model)
-    datatypes = local.datatypes if local is not None else {}
-    names = [o.name for o in req.outputs] or list(result.outputs)
-    missing = [n for n in names if n not in result.outputs]
-    if missing:
-        raise BadRequest(f"model {model!r} has no output {missing[0]!r}; outputs are {', '.join(result.outputs)}")
-    outputs = []
-    for name in names:
-        array = result.outputs[name]
-        outputs.append(Tensor(name, datatypes.get(name) or triton_datatype(array.dtype), array.shape, array))
-    model_version = version or (local.version if local is not None else "1")
-    chunks, headers = encode_response(InferResponse(model, model_version, outputs, id=req.id), req)
-    headers["X-Served-By"] = result.served_by
-    headers["X-Offload-Reason"] = result.reason
-    headers["X-Edge-Path"] = "remote" if result.offloaded else "local"
-    headers["X-Edge-Latency-Ms"] = f"{result.latency_ms:.3f}"
     return web.Response(body=chunks[0] if len(chunks) == 1 else b"".join(chunks), headers=headers)
 
 
@@ -293,11 +254,13 @@ async def _serve(config: EdgeConfig) -> None:
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()  # starts the runtime: models verified, loaded and warmed up, first sync done
     unix = Path(config.listen.unix) if config.listen.unix else None
+    fast: FirmwareSite | None = None
     try:
         if unix is not None:
             _clear_stale_socket(unix)
-            site: web.BaseSite = web.UnixSite(runner, str(unix))
-            await site.start()
+            # The firmware's socket: infer calls on the lean path, every other request to aiohttp (firmware.py).
+            fast = FirmwareSite(runner, runtime, app[DECODE_LIMITS], str(unix))
+            await fast.start()
             where = f"unix:{unix}"
         else:
             site = web.TCPSite(runner, config.listen.host, config.listen.port)
@@ -311,6 +274,8 @@ async def _serve(config: EdgeConfig) -> None:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
+        if fast is not None:
+            await fast.stop(_SHUTDOWN_S)
         await runner.cleanup()
         if unix is not None:
             with contextlib.suppress(FileNotFoundError):

@@ -24,7 +24,8 @@ from aiohttp import web
 
 from devtools.devstack import next_line
 from edge import EdgeRuntime, parse_edge_config
-from edge.server import create_app
+from edge.firmware import FirmwareSite
+from edge.server import DECODE_LIMITS, create_app
 from hub.server import free_port
 from tests.conftest import GatewayProcess
 from tests.samples import assert_same_outputs, local_outputs, sample_inputs
@@ -34,19 +35,25 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @contextlib.asynccontextmanager
 async def serving(config: dict, unix: Path | None = None) -> AsyncIterator[tuple[EdgeRuntime, str]]:
-    """The edge app with its runtime, on a Unix socket (``unix``) or a free loopback port; yields the base URL."""
+    """The edge app with its runtime, on a Unix socket (``unix``: the lean infer path with aiohttp behind it, as
+    ``railgate edge`` serves it) or a free loopback port; yields the base URL."""
     runtime = EdgeRuntime(parse_edge_config(config))
-    runner = web.AppRunner(create_app(runtime))
+    app = create_app(runtime)
+    runner = web.AppRunner(app)
     await runner.setup()
+    site = None
     try:
         if unix is not None:
-            await web.UnixSite(runner, str(unix)).start()
+            site = FirmwareSite(runner, runtime, app[DECODE_LIMITS], str(unix))
+            await site.start()
             yield runtime, "http://edge"
         else:
             port = free_port()
             await web.TCPSite(runner, "127.0.0.1", port).start()
             yield runtime, f"http://127.0.0.1:{port}"
     finally:
+        if site is not None:
+            await site.stop()
         await runner.cleanup()
 
 
