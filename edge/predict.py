@@ -7,6 +7,7 @@ predicted slow at once, one that recovers earns its traffic back over a few samp
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from railcore.estimators import PeakEwma
@@ -66,16 +67,25 @@ class RemotePredictor:
 
     stale_s: float = 30.0
     alpha: float = 0.2
+    max_models: int = 1024  # a cut call's model name is the caller's: the least recently measured goes first
     rtt: PeakEwma = field(default_factory=PeakEwma)
-    _models: dict[str, _ModelRemote] = field(default_factory=dict)
+    _models: OrderedDict[str, _ModelRemote] = field(default_factory=OrderedDict)
 
     def observe_rtt(self, ms: float) -> None:
         self.rtt.update(ms)
+
+    def models(self) -> int:
+        """How many models have remote figures (bounded by ``max_models``)."""
+        return len(self._models)
 
     def observe(self, model: str, total_ms: float, queue_ms: float, backend_ms: float, now: float) -> None:
         entry = self._models.get(model)
         if entry is None:
             entry = self._models[model] = _ModelRemote(PeakEwma(self.alpha), PeakEwma(self.alpha))
+            if len(self._models) > self.max_models:
+                self._models.popitem(last=False)
+        else:
+            self._models.move_to_end(model)
         entry.queue.update(queue_ms)
         entry.backend.update(backend_ms)
         entry.updated_at = now

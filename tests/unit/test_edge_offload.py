@@ -201,6 +201,21 @@ def test_a_cut_remote_call_counts_as_at_least_that_slow() -> None:
     assert predictor.predict("digits", now=0.0) >= 30.0
 
 
+def test_the_remote_predictor_keeps_a_bounded_number_of_models() -> None:
+    """A cut call creates an entry for its model, and the name is the caller's: made-up names over a
+    slow link must not grow the table without bound. The least recently measured goes first."""
+    predictor = RemotePredictor(max_models=8)
+    predictor.observe_rtt(2.0)
+    predictor.observe_cut("digits", elapsed_ms=30.0, now=0.0)
+    for i in range(1000):
+        predictor.observe_cut(f"made-up-{i}", elapsed_ms=30.0, now=0.0)
+        if i % 4 == 0:
+            predictor.observe("digits", total_ms=5.0, queue_ms=0.0, backend_ms=1.0, now=0.0)  # still in use
+    assert predictor.models() <= 8
+    assert predictor.predict("digits", now=0.0) is not None
+    assert predictor.predict("made-up-0", now=0.0) is None  # evicted
+
+
 def test_edge_config_defaults_and_types() -> None:
     config = parse_edge_config(
         {
