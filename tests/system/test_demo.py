@@ -66,7 +66,12 @@ def told(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Told:
         held = "Ctrl-C stops it" in seen and proc.poll() is None  # holding the stack for a person, not gone
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
-        seen += proc.communicate(timeout=60)[0].decode(errors="replace")
+        try:
+            seen += proc.communicate(timeout=60)[0].decode(errors="replace")
+        except subprocess.TimeoutExpired:  # say how far it got: a hang is a finding, not just a timeout
+            procs.terminate(proc, timeout_s=0)
+            seen += proc.communicate()[0].decode(errors="replace")
+            pytest.fail(f"the demo did not stop within 60 s of Ctrl-C (held: {held}); its output:\n{seen[-4000:]}")
     finally:
         procs.terminate(proc, timeout_s=0)
         os.close(primary)
