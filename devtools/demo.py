@@ -341,6 +341,9 @@ def run(args: argparse.Namespace) -> int:
 
     plan = Plan.make(getattr(args, "quick", False))
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM unwinds like Ctrl-C: every process stopped
+    # Ctrl-C is KeyboardInterrupt even when started with SIGINT ignored (a shell's background job, a CI
+    # runner): Python keeps an inherited ignore, and the held stack would then never stop.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     keys = {"app": new_key(), "bank": new_key(), "admin": new_key()}
     print("the rail: data in the east, cheap GPU hubs in the west")
     for h in HUBS:

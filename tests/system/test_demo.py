@@ -41,14 +41,23 @@ class Told:
 @pytest.fixture(scope="module")
 def told(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Told:
     """The demo as a person runs it: stdin a terminal (a pty), so after the story it holds the stack
-    for the dashboard; Ctrl-C (SIGINT) then stops it all. One run serves every test here."""
+    for the dashboard; Ctrl-C (SIGINT) then stops it all. One run serves every test here.
+
+    It starts with SIGINT ignored, as a non-interactive shell starts a background job (``make test &``,
+    CI runners): the ignore is inherited and Python keeps it, so the demo must take Ctrl-C itself."""
     out = tmp_path_factory.mktemp("demo") / "outcomes.json"
     cmd = [sys.executable, "-m", "gateway.cli", "demo", "--quick", "--repository", str(repository), "--json", str(out)]
     primary, secondary = pty.openpty()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # its lines as they come, through the pipe
-    proc = subprocess.Popen(
-        cmd, env=env, **{**procs.child_options(), "stdin": secondary}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )  # fmt: skip
+    options = procs.child_options()
+    die_with_parent = options["preexec_fn"]
+
+    def started_as_a_background_job() -> None:
+        die_with_parent()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    options.update(stdin=secondary, preexec_fn=started_as_a_background_job)
+    proc = subprocess.Popen(cmd, env=env, **options, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     os.close(secondary)
     seen = ""
     try:
