@@ -41,6 +41,12 @@ class ModelState:
         return value * bucket / b if bucket > b else value
 
 
+def _queueing(state: ModelState, service: float, inflight: int, capacity: int) -> float:
+    """The wait before a new batch starts: behind our own in-flight batches, or the hub's own average
+    queue time (Triton's statistics), whichever is longer."""
+    return max(service * (inflight // max(capacity, 1)), state.hub_queue_s or 0.0)
+
+
 @dataclass(slots=True)
 class BackendState:
     rtt: PeakEwma = field(default_factory=PeakEwma)
@@ -74,8 +80,7 @@ class BackendState:
         if service is None:
             return state.total.decayed(now, decay_s)
         rtt = self.rtt.value or 0.0
-        queueing = max(service * (inflight // max(capacity, 1)), state.hub_queue_s or 0.0)
-        return rtt + service + queueing
+        return rtt + service + _queueing(state, service, inflight, capacity)
 
     def tail_s(
         self,
@@ -99,7 +104,7 @@ class BackendState:
         if tail is None:
             return self.predicted_s(model, rows, inflight, capacity, now, decay_s)
         service = state.service_s(rows, now, decay_s) or 0.0
-        return tail + max(service * (inflight // max(capacity, 1)), state.hub_queue_s or 0.0)
+        return tail + _queueing(state, service, inflight, capacity)
 
     def record(self, model: str, rows: int, seconds: float, ok: bool, now: float = 0.0) -> None:
         self.recent_errors += 0.1 * ((0.0 if ok else 1.0) - self.recent_errors)
