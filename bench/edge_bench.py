@@ -31,7 +31,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -74,8 +74,8 @@ def _summary(samples: list[float]) -> dict[str, float]:
     return {"p50": percentile(samples, 50), "p99": percentile(samples, 99), "n": len(samples)}
 
 
-def _spread_of(runs: list[dict[str, float]], key: str) -> dict[str, float] | None:
-    s = spread([r[key] for r in runs])
+def _spread_of(runs: Sequence[Mapping[str, float | None]], key: str) -> dict[str, float] | None:
+    s = spread([r[key] for r in runs])  # a run that could not measure it (a server's CPU) is left out
     return s.as_dict() if s else None
 
 
@@ -234,7 +234,7 @@ class LeanClient:
         self.sock.close()
 
 
-def _lean_runs(where: str, pid: int, encoding: str, iterations: int, runs: int) -> list[dict[str, float]]:
+def _lean_runs(where: str, pid: int, encoding: str, iterations: int, runs: int) -> list[dict[str, float | None]]:
     client = LeanClient(where, *_body(encoding))
     out = []
     try:
@@ -249,7 +249,7 @@ def _lean_runs(where: str, pid: int, encoding: str, iterations: int, runs: int) 
     return out
 
 
-async def _http_runs(where: str, pid: int, encoding: str, iterations: int, runs: int) -> list[dict[str, float]]:
+async def _http_runs(where: str, pid: int, encoding: str, iterations: int, runs: int) -> list[dict[str, float | None]]:
     body, content_type = _body(encoding)
     if where.startswith("unix:"):
         connector: aiohttp.BaseConnector = aiohttp.UnixConnector(path=where.removeprefix("unix:"))

@@ -49,6 +49,21 @@ def machine_cpu_s() -> tuple[float, float] | None:
     return (sum(ticks) - idle) / _TICKS, sum(ticks) / _TICKS
 
 
+def steal_s() -> tuple[float, int] | None:
+    """(seconds, cores): CPU time the hypervisor gave to others while this VM's cores wanted to run,
+    summed over every core since boot (the 8th field of /proc/stat's first line, in clock ticks).
+
+    On a virtual machine it is the time a process here could neither run nor queue visibly: a stall the
+    guest's own scheduler does not see. 0 on bare metal."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+        steal = int(lines[0].split()[8])
+    except (OSError, IndexError, ValueError):
+        return None
+    cores = sum(1 for line in lines[1:] if line.startswith("cpu"))
+    return steal / _TICKS, cores
+
+
 TCP_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPSynRetrans")
 
 

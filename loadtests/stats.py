@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -243,12 +244,22 @@ LATENESS = {
 }
 
 
+# One row per failed request (``<prefix>_failed.csv``): when it ended (Unix seconds, to line it up with
+# the machine's own record of that moment), what it was, and where the gateway says its time went.
+FAILED_COLUMNS = [
+    "End (unix s)", "Name", "Client ms", "Kind", "Error",
+    "X-Served-By", "X-Route-Reason", "X-Queue-Ms", "X-Backend-Ms", "X-Gateway-Ms",
+]  # fmt: skip
+MAX_FAILED_ROWS = 1000  # the first ones: a run that fails everything keeps bounded memory
+
+
 class RailgateStats:
     """Tallies per (backend, model) and per route reason; pure: fed by ``record``, read by the CSV writers."""
 
     def __init__(self) -> None:
         self.by_backend: dict[tuple[str, str], Tally] = defaultdict(Tally)
         self.by_route: dict[str, Tally] = defaultdict(Tally)
+        self.failed: list[list[Any]] = []  # FAILED_COLUMNS, at most MAX_FAILED_ROWS
         # Each reply's time split between the gateway and the rest, and the generator's own lateness.
         self.lateness: dict[str, LatencyHistogram] = {name: LatencyHistogram() for name in LATENESS}
 
@@ -260,6 +271,7 @@ class RailgateStats:
     def reset(self) -> None:
         self.by_backend.clear()
         self.by_route.clear()
+        self.failed = []
         self.lateness = {name: LatencyHistogram() for name in LATENESS}
 
     def record_generator_late(self, ms: float) -> None:
@@ -316,6 +328,16 @@ class RailgateStats:
             batch_size=batch_size,
         )
 
+    def record_failed(
+        self, *, end_s: float, name: str, ms: float, exception: BaseException | str, headers: Mapping[str, str] | None
+    ) -> None:
+        """One failed request's row, while fewer than ``MAX_FAILED_ROWS`` are kept."""
+        if len(self.failed) >= MAX_FAILED_ROWS:
+            return
+        headers = headers or {}
+        row = [round(end_s, 4), name, round(ms, 2), failure_kind(exception), str(exception)]
+        self.failed.append(row + [headers.get(column, "") for column in FAILED_COLUMNS[5:]])
+
     @property
     def total(self) -> int:
         return sum(t.requests for t in self.by_route.values())
@@ -331,6 +353,7 @@ class RailgateStats:
             "by_backend": [[b, m, t.to_wire()] for (b, m), t in self.by_backend.items()],
             "by_route": [[r, t.to_wire()] for r, t in self.by_route.items()],
             "lateness": [[name, h.to_wire()] for name, h in self.lateness.items()],
+            "failed": self.failed,
         }
 
     def merge_wire(self, data: Mapping[str, Any]) -> None:
@@ -341,6 +364,7 @@ class RailgateStats:
         for name, histogram in data.get("lateness", []):
             if name in self.lateness:
                 self.lateness[name].merge(LatencyHistogram.from_wire(histogram))
+        self.failed.extend(data.get("failed", [])[: max(0, MAX_FAILED_ROWS - len(self.failed))])
 
 
 # -- CSV -------------------------------------------------------------------------------------------
@@ -406,7 +430,8 @@ def csv_text(columns: list[str], rows: Iterable[list[Any]]) -> str:
 
 
 def write_csvs(stats: RailgateStats, prefix: str | Path) -> tuple[Path, Path, Path]:
-    """``<prefix>_backends.csv``, ``<prefix>_routes.csv`` and ``<prefix>_lateness.csv``, next to locust's own."""
+    """``<prefix>_backends.csv``, ``<prefix>_routes.csv`` and ``<prefix>_lateness.csv``, next to locust's
+    own (returned), and ``<prefix>_failed.csv``."""
     backends = Path(f"{prefix}_backends.csv")
     routes = Path(f"{prefix}_routes.csv")
     lateness = Path(f"{prefix}_lateness.csv")
@@ -414,6 +439,7 @@ def write_csvs(stats: RailgateStats, prefix: str | Path) -> tuple[Path, Path, Pa
     backends.write_text(csv_text(BACKEND_COLUMNS, backend_rows(stats)))
     routes.write_text(csv_text(ROUTE_COLUMNS, route_rows(stats)))
     lateness.write_text(csv_text(LATENESS_COLUMNS, lateness_rows(stats)))
+    Path(f"{prefix}_failed.csv").write_text(csv_text(FAILED_COLUMNS, sorted(stats.failed)))
     return backends, routes, lateness
 
 
@@ -430,11 +456,16 @@ def attach(environment: Any, stats: RailgateStats) -> None:
     events = environment.events
 
     @events.request.add_listener
-    def _on_request(response_time: float, context: dict | None = None, response: Any = None, exception=None, **_):
+    def _on_request(
+        response_time: float, context: dict | None = None, response: Any = None, exception=None, name: str = "", **_
+    ):
         model = (context or {}).get("model")
         if model is None:
             return
-        stats.record_reply(model, getattr(response, "headers", None), response_time, failure_kind(exception))
+        headers = getattr(response, "headers", None)
+        stats.record_reply(model, headers, response_time, failure_kind(exception))
+        if exception is not None:
+            stats.record_failed(end_s=time.time(), name=name, ms=response_time, exception=exception, headers=headers)
         late = (context or {}).get("generator_late_ms")
         if late is not None:
             stats.record_generator_late(late)

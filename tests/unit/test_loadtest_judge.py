@@ -3,6 +3,8 @@ budget, or its 504), never the load generator's lateness, which is reported on i
 
 from __future__ import annotations
 
+import csv
+
 from loadtests import stats
 
 
@@ -76,3 +78,22 @@ def test_the_summary_folds_the_gateway_s_late_replies_into_one_line_per_budget()
         row["Occurrences"] = count
     (folded,) = summary.top_failures(rows)
     assert (folded["error"], folded["occurrences"]) == ("deadline miss: over budget 10 ms (worst 17 ms)", 3)
+
+
+def test_failed_requests_keep_their_time_and_the_gateway_s_split_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(stats, "MAX_FAILED_ROWS", 3)
+    worker = stats.RailgateStats()
+    miss = stats.judge(504, 13.0, 10.0)
+    headers = {"X-Served-By": "local", "X-Queue-Ms": "0.2", "X-Backend-Ms": "0.3", "X-Gateway-Ms": "11.8"}
+    for i in range(5):  # past the bound: the first ones are kept, memory is not
+        worker.record_failed(end_s=100.0 + i, name="anomaly [msgpack]", ms=13.0, exception=miss, headers=headers)
+    assert len(worker.failed) == 3
+    master = stats.RailgateStats()
+    master.merge_wire(worker.to_wire())
+    master.merge_wire(worker.to_wire())  # a second worker's rows: still bounded
+    stats.write_csvs(master, tmp_path / "locust")
+    with open(tmp_path / "locust_failed.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and rows[0]["End (unix s)"] == "100.0" and rows[0]["Kind"] == stats.DEADLINE
+    assert (rows[0]["X-Served-By"], rows[0]["X-Gateway-Ms"], rows[0]["X-Route-Reason"]) == ("local", "11.8", "")
+    assert "504" in rows[0]["Error"]
