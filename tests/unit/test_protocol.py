@@ -500,3 +500,45 @@ def test_a_float_tensor_s_long_fractions_are_read_by_orjson_as_the_stdlib_reads_
         header = json_codec.loads(f'{{"n": [1.5e-7, {big}]}}'.encode())
         assert header["n"][1] == big and type(header["n"][1]) is int
     assert len(stdlib_calls) == 2
+
+
+# -- the byte scans before a JSON parse: cheap paths agree with the plain definitions ---------------
+
+
+def _plain_long_integer(raw: bytes) -> bool:
+    """The definition: a run of 19+ digits that starts a token (not after a point, an e/E or a +)."""
+    return any(m.start() == 0 or raw[m.start() - 1 : m.start()] not in (b".", b"e", b"E", b"+")
+               for m in re.finditer(rb"[0-9]{19,}", raw))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"", b"1234567890123456789", b"[123456789012345678]", b"[0.00085486622992902994]", b"[1e1234567890123456789]",
+        b"[1E+1234567890123456789]", b"[-1234567890123456789]", b'{"a":12345678901234567890}', b"1" * 40,
+        b"[0.1234567890123456789,12345678901234567890]", b'"abc1234567890123456789"', b"x" + b"9" * 19,
+        b".1234567890123456789", b"[1.5, 2, 3]" * 1000 + b"[98765432109876543210]",
+    ],
+)  # fmt: skip
+def test_the_long_integer_scan_matches_its_definition(raw: bytes) -> None:
+    assert json_codec._long_integer(raw) == _plain_long_integer(raw)
+
+
+def test_the_long_integer_scan_matches_its_definition_on_random_bodies() -> None:
+    rng = np.random.default_rng(7)
+    alphabet = np.frombuffer(b"0123456789.eE+-,[] ", dtype=np.uint8)
+    for _ in range(300):
+        digits_heavy = rng.choice(alphabet, size=int(rng.integers(0, 400)), p=[0.09] * 10 + [0.1 / 9] * 9)
+        raw = digits_heavy.tobytes()
+        assert json_codec._long_integer(raw) == _plain_long_integer(raw), raw
+
+
+def test_the_python_bytes_bound_is_exact_where_it_could_matter_and_skipped_where_it_cannot() -> None:
+    body = b'{"inputs":[{"name":"x","data":[1,2,3]}]}'
+    exact = json_codec.python_bytes_bound(body)
+    assert exact == len(body) + 32 * body.count(b",") + 64 * 4 + 64 * body.count(b":") + 32 * body.count(b'"')
+    with pytest.raises(PayloadTooLarge, match="could take"):
+        json_codec.loads(body, max_python_bytes=exact - 1)
+    assert json_codec.loads(body, max_python_bytes=exact) == json.loads(body)
+    # A body whose every byte could cost the most is still under the limit: no count is needed.
+    assert json_codec.loads(body, max_python_bytes=len(body) * json_codec.MAX_PYTHON_BYTES_PER_BYTE)["inputs"]
