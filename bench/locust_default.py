@@ -154,6 +154,8 @@ def run_once(repo: Path, gateway_nice: int | None) -> tuple[int, int, str, str]:
         for row in csv.DictReader(f):
             print("  " + ",".join(row[k] for k in ("Backend", "Model", "Requests", "Failures", "50%", "99%")))
     print("\n".join(_histograms(metrics, ("railgate_queue_wait_seconds", "railgate_backend_latency_seconds"))))
+    raced = [line for line in metrics.splitlines() if line.startswith("railgate_hedges_total{")]
+    print("hedges and local rescues (railgate_hedges_total):", ", ".join(raced) or "none")
     print(f"host steal: {during} during the run, {idle} in the {IDLE_S:g} s idle before it")
     print("failed requests:")
     print("\n".join(_failed_lines(out / "l_failed.csv", steal)) or "  none")

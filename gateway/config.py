@@ -162,6 +162,9 @@ class Routing:
     # A hub call for a batch still out when only the local backend's tail (plus the margin) is left of
     # the budget is raced by a local run (where residency allows local); the first answer wins.
     rescue_locally: bool = True
+    # ... or sooner: once the call is past this quantile of the hub's own recent calls (measured over
+    # at least 1 / (1 - q) of them), where that comes first. 0: only when the budget says so.
+    rescue_quantile: float = 0.95
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +387,10 @@ def _check(config: GatewayConfig) -> None:
         )
     if not 0.0 <= config.routing.balance_weight <= 1.0:
         raise ConfigError(f"routing.balance_weight: must be within 0..1, got {config.routing.balance_weight}")
+    if not 0.0 <= config.routing.rescue_quantile < 1.0:
+        raise ConfigError(
+            f"routing.rescue_quantile: must be within 0..1 (1 excluded), got {config.routing.rescue_quantile}"
+        )
     if not 0.0 <= config.routing.tail_quantile <= 1.0:
         raise ConfigError(f"routing.tail_quantile: must be within 0..1, got {config.routing.tail_quantile}")
     _positive(config.routing.tail_window, "routing.tail_window")

@@ -9,9 +9,12 @@ a request Triton already queued, so the loser's compute is wasted. Hedges spend 
 retries. The deadline shrinks across retries and hedges and never resets.
 
 The local rescue (``routing.rescue_locally``, on by default): a hub call still out when only the local
-backend's tail (plus ``routing.tail_margin_ms``) is left of the budget is raced by a local run, where
-residency allows local, spending the same budget as hedges; the hub's tail then counts the call as
-the whole budget it was given, so the next tight batches go local instead of to the hub and a rescue.
+backend's tail (plus ``routing.tail_margin_ms``) is left of the budget, or sooner once it is past the
+hub's own recent ``routing.rescue_quantile`` (0.95), is raced by a local run, where residency allows
+local, spending the same budget as hedges. A hub call that loses a rescue counts in the hub's tail as
+what it is known to have taken at least: the whole budget it was given when the budget called the
+rescue (so the next tight batches go local, not to the hub and a rescue), the time until the local
+answer when its own quantile did.
 
 What a failure means is its class (railcore.errors, translated once in gateway/backends/): a
 ``HubFailed`` (unreachable, protocol error, the hub's 5xx) counts against the hub and fails over; a
@@ -161,12 +164,13 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         given_s = batch.budget_s(loop.time())
         hedge_after = self._hedge_delay(first, batch)
-        rescue_after = self._rescue_delay(first, batch, tried, given_s)
+        rescue_after, rescue_late = self._rescue_delay(first, batch, tried, given_s)
         if hedge_after is None and rescue_after is None:
             return await self._call(batch, first)
         rescue = rescue_after is not None and (hedge_after is None or rescue_after < hedge_after)
         wait_s = rescue_after if rescue else hedge_after
         primary = loop.create_task(self._call(batch, first))
+        sent_at = self.clock()
         try:
             done, _ = await asyncio.wait({primary}, timeout=wait_s)
             if done or not self.budget.try_acquire(self.active()):
@@ -186,10 +190,12 @@ class Forwarder:
                 )
                 forwarded = await _first_success(primary, hedge)
                 if rescue and forwarded.backend != first.backend.name:
-                    # The hub's real time is unknown, and it missed the time it could be waited for:
-                    # its tail counts it as the whole budget it was given, so the next tight batch
-                    # goes local, not to the hub and its rescue again.
-                    self.router.observe_tail(first.backend, batch.model, max(batch.rows, 1), given_s)
+                    # The hub's real time is unknown. Raced because it missed the time it could be
+                    # waited for, its tail counts it as the whole budget it was given (the next tight
+                    # batch goes local, not to the hub and its rescue again); raced because it was past
+                    # its own quantile, as the time it is known to have taken at least.
+                    known_s = given_s if rescue_late else self.clock() - sent_at
+                    self.router.observe_tail(first.backend, batch.model, max(batch.rows, 1), known_s)
                 return forwarded
             finally:
                 self.budget.release()
@@ -208,20 +214,30 @@ class Forwarder:
             exclude |= {b.name for b in hubs if b.kind != BackendKind.LOCAL}
         return self.router.choose(batch.model, batch.budget_s(loop.time()), batch.route, max(batch.rows, 1), exclude)
 
-    def _rescue_delay(self, selection: Selection, batch: Batch, tried: set[str], budget_s: float) -> float | None:
-        """How long a hub call may go unanswered before the local backend races it: until only the
-        local backend's own tail (plus the margin) is left of the budget. None: no rescue (off, not a
-        hub, residency leaves local out, local unmeasured, or no time for it)."""
+    def _rescue_delay(
+        self, selection: Selection, batch: Batch, tried: set[str], budget_s: float
+    ) -> tuple[float | None, bool]:
+        """How long a hub call may go unanswered before the local backend races it, and whether that
+        is the budget's call: until only the local backend's own tail (plus the margin) is left of
+        the budget, or until the call is past the hub's own recent ``rescue_quantile`` where that
+        comes first. None: no rescue (off, not a hub, residency leaves local out, local unmeasured,
+        or no time for it)."""
         if not self.config.rescue_locally or selection.backend.kind != BackendKind.HUB:
-            return None
+            return None, False
         candidates = self.router.candidates(batch.model, batch.route, frozenset(tried))
         local = next((b for b in candidates if b.kind == BackendKind.LOCAL), None)
         if local is None:
-            return None
-        tail = self.router.tail_s(local, batch.model, max(batch.rows, 1))
+            return None, False
+        rows = max(batch.rows, 1)
+        tail = self.router.tail_s(local, batch.model, rows)
         if tail is None or budget_s - tail <= 0:
-            return None
-        return budget_s - tail
+            return None, False
+        late = budget_s - tail
+        quantile = self.config.rescue_quantile
+        hub_s = self.router.measured_quantile_s(selection.backend, batch.model, rows, quantile) if quantile else None
+        if hub_s is None or hub_s >= late:
+            return late, True
+        return hub_s, False
 
     def _hedge_delay(self, selection: Selection, batch: Batch) -> float | None:
         if not self.config.hedge or selection.backend.kind != BackendKind.HUB:

@@ -176,6 +176,19 @@ class Router:
         )
         return None if tail is None else tail + self.config.tail_margin_ms / 1000
 
+    def measured_quantile_s(self, backend: Backend, model: str, rows: int, quantile: float) -> float | None:
+        """The ``quantile`` of ``backend``'s recent calls of ``model`` at ``rows`` plus queueing, once
+        enough calls were measured for it; no margin added."""
+        return self.state[backend.name].measured_quantile_s(
+            model,
+            rows,
+            backend.inflight,
+            backend.capacity,
+            quantile=quantile,
+            now=self.clock(),
+            decay_s=self.config.ewma_decay_s,
+        )
+
     def price_now(self, backend: Backend, model: str, minute: int | None = None) -> float:
         spec = getattr(backend, "spec", None)
         if spec is None:

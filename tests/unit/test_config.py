@@ -50,6 +50,7 @@ def test_a_full_hub_entry_parses_with_types() -> None:
         ({"local": {"enabled": False}}, "nothing could serve"),
         ({"local": {"inline_max_ms": -1}}, "local.inline_max_ms: must be >= 0"),
         ({"routing": {"tail_quantile": 1.5}}, "routing.tail_quantile: must be within 0..1"),
+        ({"routing": {"rescue_quantile": 1.0}}, "routing.rescue_quantile: must be within 0..1 (1 excluded)"),
         ({"routing": {"tail_window": 0}}, "routing.tail_window: must be > 0"),
         ({"routing": {"tail_margin_ms": -1}}, "routing.tail_margin_ms: must be >= 0"),
         ([1, 2], "config: expected a mapping"),

@@ -87,3 +87,48 @@ async def test_a_rescued_hub_call_counts_in_the_hub_s_tail_so_the_next_tight_bat
     forwarded = await forwarder.forward(batch(budget_s=BUDGET_S))
     assert forwarded.backend == "local" and "no hub fits" in forwarded.reason
     assert len(hub.calls) == 2, "the hub is not sent the next tight batch"
+
+
+HUB_S = 0.002  # what each of the hub's measured calls took
+ENOUGH = 20  # calls: enough for a 0.95 quantile to mean something
+
+
+async def measured_over(hub: ScriptedBackend, local: ScriptedLocal, routing: Routing | None = None) -> Forwarder:
+    """``measured``, then the hub's window filled with ``ENOUGH`` calls of ``HUB_S`` (the local backend
+    answers every call: a hub call at its own p95 exactly may be raced, and the hub wins)."""
+    local.handler = answer(after=LOCAL_S)
+    forwarder = await measured(hub, local, routing)
+    for _ in range(ENOUGH):
+        hub.script.appendleft(answer(after=HUB_S))
+        assert (await forwarder.forward(batch())).backend == "h1"
+    return forwarder
+
+
+@virtual_time
+async def test_a_hub_call_past_the_hub_s_own_p95_is_rescued_then_not_when_the_budget_alone_would() -> None:
+    hub, local = backends(answer(after=0.006))  # in budget, three times its usual
+    forwarder = await measured_over(hub, local)
+    sent = batch(budget_s=BUDGET_S)
+    forwarded = await forwarder.forward(sent)
+    assert forwarded.backend == "local" and forwarded.reason.startswith("rescue:")
+    assert local.calls[-1].started_at - hub.calls[-1].started_at == pytest.approx(HUB_S)
+    assert hub.calls[-1].cancelled
+    # It counts in the hub's tail as what it took at least (until the local answer), not the whole
+    # budget: one slow call among 20 does not send the next tight batch away from the hub.
+    hub.script.appendleft(answer(after=HUB_S))
+    assert (await forwarder.forward(batch(budget_s=BUDGET_S))).backend == "h1"
+
+
+@virtual_time
+async def test_with_rescue_quantile_0_only_the_budget_calls_a_rescue() -> None:
+    hub, local = backends(answer(after=0.006))
+    forwarder = await measured_over(hub, local, Routing(rescue_quantile=0.0))
+    assert (await forwarder.forward(batch(budget_s=BUDGET_S))).backend == "h1"
+    assert len(local.calls) == 1, "no local run beyond the measuring one"
+
+
+@virtual_time
+async def test_too_few_calls_for_the_quantile_leave_the_rescue_to_the_budget() -> None:
+    hub, local = backends(answer(after=0.006), answer(after=LOCAL_S))
+    forwarder = await measured(hub, local)  # one hub call measured: its "p95" means nothing yet
+    assert (await forwarder.forward(batch(budget_s=BUDGET_S))).backend == "h1"
