@@ -164,8 +164,11 @@ def test_the_hub_is_served_with_every_model_after_warm_up(front: GatewayProcess)
     assert _discovery_and_warm_up_failures(front) == []
     assert any("event=hub_warmed hub=foreign models=5 warmed=5" in ln for ln in front.child.output)
     client = httpclient.InferenceServerClient(front.address)
-    assert all(client.is_model_ready(m) for m in MODELS)
-    assert client.get_model_metadata("bytes_identity")["versions"] == ["1", "2"]
+    try:
+        assert all(client.is_model_ready(m) for m in MODELS)
+        assert client.get_model_metadata("bytes_identity")["versions"] == ["1", "2"]
+    finally:
+        client.close()
 
 
 def _discovery_and_warm_up_failures(gateway: GatewayProcess) -> list[str]:
@@ -186,16 +189,19 @@ def _http_inputs(module, case: Case) -> tuple[list, list]:
 
 def http_sync(address: str, case: Case, compression: str | None = None) -> dict[str, np.ndarray]:
     client = httpclient.InferenceServerClient(address)
-    inputs, outputs = _http_inputs(httpclient, case)
-    result = client.infer(
-        case.model,
-        inputs,
-        model_version=case.version,
-        outputs=outputs,
-        request_compression_algorithm=compression,
-        response_compression_algorithm=compression,
-    )
-    return {n: result.as_numpy(n) for n in case.outputs}
+    try:
+        inputs, outputs = _http_inputs(httpclient, case)
+        result = client.infer(
+            case.model,
+            inputs,
+            model_version=case.version,
+            outputs=outputs,
+            request_compression_algorithm=compression,
+            response_compression_algorithm=compression,
+        )
+        return {n: result.as_numpy(n) for n in case.outputs}
+    finally:
+        client.close()
 
 
 def http_async_infer(address: str, case: Case) -> dict[str, np.ndarray]:
@@ -399,11 +405,16 @@ def test_concurrent_failing_batches_never_crash_the_hub(foreign_hub: Hub, hub_ad
     bad = Case("str_math", {"A": _strings([["", "1", "2", "3"]]), "B": _strings([["1"] * 4])}, ("SUM", "DIFF"))
 
     def fail_once(_: int) -> str:
+        # Closed after its call: tritonserver's shutdown waits (up to its 30 s exit timeout) for every
+        # HTTP connection still open, and 31 left to the garbage collector held this module's teardown 20 s.
         client = httpclient.InferenceServerClient(hub_address["http"])
-        inputs, outputs = _http_inputs(httpclient, bad)
-        with pytest.raises(InferenceServerException) as raised:
-            client.infer(bad.model, inputs, outputs=outputs)
-        return str(raised.value)
+        try:
+            inputs, outputs = _http_inputs(httpclient, bad)
+            with pytest.raises(InferenceServerException) as raised:
+                client.infer(bad.model, inputs, outputs=outputs)
+            return str(raised.value)
+        finally:
+            client.close()
 
     with ThreadPoolExecutor(16) as pool:
         errors = list(pool.map(fail_once, range(96)))
