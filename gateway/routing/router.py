@@ -165,21 +165,18 @@ class Router:
         quantile = self.config.tail_quantile
         if quantile <= 0:
             return None
-        tail = self.state[backend.name].tail_s(
-            model,
-            rows,
-            backend.inflight,
-            backend.capacity,
-            quantile=quantile,
-            now=self.clock(),
-            decay_s=self.config.ewma_decay_s,
-        )
+        tail = self._quantile_s(backend, model, rows, quantile, measured_only=False)
         return None if tail is None else tail + self.config.tail_margin_ms / 1000
 
     def measured_quantile_s(self, backend: Backend, model: str, rows: int, quantile: float) -> float | None:
         """The ``quantile`` of ``backend``'s recent calls of ``model`` at ``rows`` plus queueing, once
         enough calls were measured for it; no margin added."""
-        return self.state[backend.name].measured_quantile_s(
+        return self._quantile_s(backend, model, rows, quantile, measured_only=True)
+
+    def _quantile_s(
+        self, backend: Backend, model: str, rows: int, quantile: float, measured_only: bool
+    ) -> float | None:
+        return self.state[backend.name].tail_s(
             model,
             rows,
             backend.inflight,
@@ -187,6 +184,7 @@ class Router:
             quantile=quantile,
             now=self.clock(),
             decay_s=self.config.ewma_decay_s,
+            measured_only=measured_only,
         )
 
     def price_now(self, backend: Backend, model: str, minute: int | None = None) -> float:

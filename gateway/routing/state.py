@@ -92,33 +92,23 @@ class BackendState:
         quantile: float,
         now: float = 0.0,
         decay_s: float = 0.0,
+        measured_only: bool = False,
     ) -> float | None:
         """The ``quantile`` of the recent calls at ``rows``' batch bucket + queueing, as
         ``predicted_s``; at a batch size never sent, ``predicted_s``'s scaled guess; None if the
-        model was never measured."""
+        model was never measured. ``measured_only``: None, not a guess, unless the window holds
+        enough calls for the quantile to mean something (at least 1 / (1 - quantile))."""
         state = self.models.get(model)
         if state is None:
             return None
         window = state.tails.get(batch_bucket(rows))
+        if measured_only and (window is None or len(window) * (1.0 - quantile) < 1.0):
+            return None
         tail = None if window is None else window.decayed(quantile, now, decay_s)
         if tail is None:
             return self.predicted_s(model, rows, inflight, capacity, now, decay_s)
         service = state.service_s(rows, now, decay_s) or 0.0
         return tail + _queueing(state, service, inflight, capacity)
-
-    def measured_quantile_s(
-        self, model: str, rows: int, inflight: int, capacity: int, *, quantile: float, now: float, decay_s: float
-    ) -> float | None:
-        """``tail_s`` where the window holds enough calls for ``quantile`` to mean something (at least
-        1 / (1 - quantile) of them); None otherwise (no guess from the mean)."""
-        state = self.models.get(model)
-        window = None if state is None else state.tails.get(batch_bucket(rows))
-        if state is None or window is None or len(window) * (1.0 - quantile) < 1.0:
-            return None
-        tail = window.decayed(quantile, now, decay_s)
-        if tail is None:
-            return None
-        return tail + _queueing(state, state.service_s(rows, now, decay_s) or 0.0, inflight, capacity)
 
     def record(self, model: str, rows: int, seconds: float, ok: bool, now: float = 0.0) -> None:
         self.recent_errors += 0.1 * ((0.0 if ok else 1.0) - self.recent_errors)
