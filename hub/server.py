@@ -59,6 +59,9 @@ class HubConfig:
     models: tuple[str, ...] = ()
     intra_op_threads: int = 1
     ready_timeout_s: float = 180.0
+    # How long tritonserver's shutdown waits for in-flight requests and open HTTP connections (its
+    # default, 30 s, outlasts ``Hub.stop``'s 20 s wait: a client left connected got the hub SIGKILLed).
+    exit_timeout_s: int = 5
     extra_args: tuple[str, ...] = field(default_factory=tuple)
     grpc_tls: GrpcTLS | None = None  # the HTTP port stays plain: Triton has no TLS there (put nginx in front)
 
@@ -202,6 +205,7 @@ class Hub:
             "--exit-on-error=true",
             "--disable-auto-complete-config",
             "--log-verbose=0",
+            f"--exit-timeout-secs={cfg.exit_timeout_s}",
         ]
         args += (
             [f"--grpc-address={cfg.host}", f"--grpc-port={cfg.grpc_port}"] if cfg.grpc_port else ["--allow-grpc=false"]
@@ -234,14 +238,15 @@ class Hub:
         if self.child is not None:
             self.child.kill()
 
-    def stop(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM tritonserver, wait, then make sure nothing of its process group survives."""
+    def stop(self, timeout_s: float = 20.0) -> int | None:
+        """SIGTERM tritonserver, wait, then make sure nothing of its process group survives; its exit
+        status (negative: the signal that ended it), None if it was not running."""
         child, self.child = self.child, None
-        if child is not None:
-            child.stop(timeout_s)
+        status = None if child is None else child.stop(timeout_s)
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+        return status
 
     def __enter__(self) -> Hub:
         return self if self.child is not None else self.start()

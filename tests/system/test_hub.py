@@ -175,3 +175,15 @@ def _processes_mentioning(text: str) -> list[int]:
 
 def test_hub_reports_startup_time(hub: Hub) -> None:
     assert hub.startup_s is not None and hub.startup_s > 0
+
+
+def test_a_hub_stopped_while_a_client_holds_a_connection_exits_by_itself(repository: Path) -> None:
+    """tritonserver's shutdown waits for open HTTP connections, up to its exit timeout: the dev hub's
+    is shorter than its own stop's wait, so it exits by itself rather than being SIGKILLed (Triton's
+    default 30 s outlasted the 20 s wait, and every test that left a client open paid 20 s)."""
+    h = start_hub(repository, "held-open")
+    with socket.create_connection(("127.0.0.1", h.config.http_port), timeout=10) as held:
+        held.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: hub\r\n\r\n")
+        assert held.recv(4096).startswith(b"HTTP/1.1 200"), "a kept-alive connection, now idle"
+        status = h.stop()
+    assert status is not None and status != -signal.SIGKILL, f"tritonserver was killed (status {status})"
