@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 
@@ -152,3 +153,19 @@ def test_tail_window_keeps_only_its_last_samples_and_reads_a_nearest_rank_quanti
     assert window.quantile(0.5) == pytest.approx(0.049)
     assert TailWindow().quantile(0.99) is None
     assert window.decayed(0.99, now=999.0 + 10.0, decay_s=10.0) == pytest.approx(0.098 / 2.718281828, rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_tail_window_quantiles_are_those_of_its_last_samples_sorted(seed: int) -> None:
+    """The window's sorted copy is kept up to date per sample, not re-sorted: with repeats, ties and
+    evictions of equal values it must still read as a sort of exactly the last ``size`` samples."""
+    rng = random.Random(seed)
+    window = TailWindow(size=16)
+    seen: list[float] = []
+    for i in range(300):
+        sample = rng.choice([0.001, 0.002, 0.005]) if rng.random() < 0.5 else rng.random()
+        window.update(sample, now=float(i))
+        seen.append(sample)
+        last = sorted(seen[-16:])
+        for q in (0.0, 0.5, 0.95, 0.99, 1.0):
+            assert window.quantile(q) == last[min(max(math.ceil(q * len(last)) - 1, 0), len(last) - 1)]
