@@ -75,6 +75,8 @@ class Lane:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     inflight: int = 0
     runner: asyncio.Task[None] | None = None
+    # When a batch was last sent or ended, on the loop's clock: the lane is idle ``idle_lane_s`` after.
+    active_at: float = 0.0
     # Expected service time by batch bucket: asked on every arrival, it changes only when a batch
     # returns (new measurements), so it is kept until then instead of re-derived per request.
     estimates: dict[int, float] = field(default_factory=dict)

@@ -2,7 +2,9 @@
 
 This is the asyncio shell around the pure ``BatchQueue`` policy and the router. Each batch key
 has a lane: a queue, a runner task that applies the flush decision, and the count of its batches in
-flight. A lane with nothing queued or in flight for ``batching.idle_lane_s`` is removed and its
+flight. A request that finds its lane's queue empty and a batch free to go is sent from its own call,
+as the runner would send it (alone, at once): the runner wakes only for requests that must wait.
+A lane with nothing queued, in flight or sent for ``batching.idle_lane_s`` is removed and its
 runner returns: part of the key (the allowed regions) is the client's choice, so lanes must not
 outlive their traffic. Every task here is owned by the pipeline and cancelled or awaited in ``close``.
 
@@ -31,7 +33,7 @@ from gateway.routing.router import Router
 from gateway.routing.state import batch_bucket
 from gateway.statistics import Statistics
 from gateway.tracing import BatchTrace, batch_trace
-from railcore.batching import BatchPolicy, BatchQueue, Flush, Pending
+from railcore.batching import BatchPolicy, BatchQueue, Flush, FlushReason, Pending
 from railcore.catalog import ModelInfo
 from railcore.errors import (
     ClientGone,
@@ -50,6 +52,9 @@ log = logging.getLogger("railgate.pipeline")
 
 # Concatenating more than this many bytes runs off the event loop.
 _OFFLOAD_BYTES = 1 << 20
+# uvloop's timers fire on a 1 ms clock, up to a step early: an idle lane within it of its time has had it.
+_TIMER_STEP_S = 0.001
+_GONE = "client went away before its batch was sent"
 
 
 class Slot:
@@ -123,8 +128,10 @@ class Pipeline:
             if old is not None and old.runner is not None:
                 old.runner.cancel()
             key = LaneKey(info.name, version, route, budget_class)
-            lane = Lane(key, info, BatchQueue(self._policy(info)))
-            lane.runner = asyncio.get_running_loop().create_task(self._run(lane), name=f"lane-{info.name}")
+            loop = asyncio.get_running_loop()
+            lane = Lane(key, info, BatchQueue(self._policy(info)), active_at=loop.time())
+            self.metrics.queue_depth.labels(info.name)  # its series reads 0 while nothing has had to queue
+            lane.runner = loop.create_task(self._run(lane), name=f"lane-{info.name}")
             if old is not None:
                 # Requests still queued on the old lane move over, in order.
                 for pending in old.queue.take(len(old.queue)):
@@ -192,9 +199,16 @@ class Pipeline:
         admitted = Admitted(request, loop.create_future(), gone, self.clock())
         if trace is not None:
             admitted.trace, admitted.queued_ns = trace, time.time_ns()
-        lane.queue.push(admitted, rows, deadline, loop.time(), _batch_shape(info, request))
-        self.metrics.queue_depth.labels(info.name).inc()
-        lane.wakeup.set()
+        now, shape = loop.time(), _batch_shape(info, request)
+        alone = lane.queue.alone(rows, lane.inflight)
+        if alone is None:
+            lane.queue.push(admitted, rows, deadline, now, shape)
+            self.metrics.queue_depth.labels(info.name).inc()
+            lane.wakeup.set()
+        elif gone():  # as the runner drops a client that went away before its batch is sent
+            raise ClientGone(_GONE)
+        else:  # nothing queued and a batch may go now: sent from here, as the runner would send it
+            self._start(lane, [Pending(admitted, rows, deadline, now, shape)], alone)
         # One timer handle that fails the future at the deadline (an ``asyncio.timeout`` would cancel
         # and uncancel the whole task for the same effect, at several times the cost per request).
         future = admitted.future
@@ -221,12 +235,14 @@ class Pipeline:
 
     def _refuse_predicted_miss(self, lane: Lane, rows: int, budget_s: float) -> None:
         """A request that would wait in the queue past its budget is refused now, not answered 504 later."""
+        batches_ahead = (lane.queue.rows + rows - 1) // max(lane.queue.policy.max_batch_size, 1)
+        if batches_ahead <= 0:  # it goes in the next batch: no wait to predict
+            return
         service = self._service_estimate(lane)
         if service <= 0:
             return
-        batches_ahead = (lane.queue.rows + rows - 1) // max(lane.queue.policy.max_batch_size, 1)
         waiting = batches_ahead * service / max(self.batching.max_inflight_batches, 1)
-        if waiting + service > budget_s and batches_ahead > 0:
+        if waiting + service > budget_s:
             self.metrics.shed.labels("predicted_miss").inc()
             raise PredictedMiss(
                 f"predicted wait {1000 * waiting:.0f} ms plus service {1000 * service:.0f} ms exceeds the "
@@ -248,25 +264,24 @@ class Pipeline:
                 dropped = queue.remove(_abandoned, within=decision.count)
                 if dropped:  # clients that went away never reach a backend; decide again
                     for pending in dropped:
-                        self._fail(pending, ClientGone("client went away before its batch was sent"))
+                        self._fail(pending, ClientGone(_GONE))
                     continue
                 batch = queue.take(decision.count)
                 self.metrics.queue_depth.labels(lane.info.name).dec(len(batch))
-                self.metrics.batches.labels(lane.info.name, decision.reason).inc()
-                lane.inflight += 1
-                task = loop.create_task(self._dispatch(lane, batch))
-                self._dispatches.add(task)
-                task.add_done_callback(self._dispatches.discard)
+                self._start(lane, batch, decision.reason)
                 continue
             lane.wakeup.clear()
-            if decision.until is None and not queue and not lane.inflight:
-                try:
-                    async with asyncio.timeout(self.batching.idle_lane_s):
+            if decision.until is None:  # nothing queued: wait for an arrival, or go once idle
+                idle_s = self.batching.idle_lane_s
+                quiet_s = now - lane.active_at
+                if not lane.inflight and quiet_s >= idle_s - _TIMER_STEP_S:
+                    self._evict(lane)
+                    return
+                try:  # with a batch in flight its end restarts the count, so look again after a while
+                    async with asyncio.timeout(idle_s if lane.inflight else idle_s - quiet_s):
                         await lane.wakeup.wait()
                 except TimeoutError:
-                    if not queue and not lane.inflight:
-                        self._evict(lane)
-                        return
+                    pass
                 continue
             timer = loop.call_at(decision.until, lane.wakeup.set) if decision.until is not None else None
             try:
@@ -274,6 +289,15 @@ class Pipeline:
             finally:
                 if timer is not None:
                     timer.cancel()
+
+    def _start(self, lane: Lane, batch: list[Pending[Admitted]], reason: FlushReason) -> None:
+        """Send ``batch`` (flushed for ``reason``) in a task of its own, counted in flight on ``lane``."""
+        self.metrics.batches.labels(lane.info.name, reason).inc()
+        lane.inflight += 1
+        lane.active_at = asyncio.get_running_loop().time()
+        task = asyncio.get_running_loop().create_task(self._dispatch(lane, batch))
+        self._dispatches.add(task)
+        task.add_done_callback(self._dispatches.discard)
 
     def _evict(self, lane: Lane) -> None:
         """Forget an idle lane; its runner returns. ``submit`` looks a lane up and queues on it with
@@ -325,7 +349,9 @@ class Pipeline:
         finally:
             lane.inflight -= 1
             lane.estimates.clear()
-            lane.wakeup.set()
+            lane.active_at = asyncio.get_running_loop().time()
+            if lane.queue:  # an empty lane's runner needs no wake: it looks at its idle time by itself
+                lane.wakeup.set()
             if traced is not None:
                 traced.end(sys.exc_info()[1])
 

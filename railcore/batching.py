@@ -168,6 +168,18 @@ class BatchQueue(Generic[T]):
             count += 1
         return count
 
+    def alone(self, rows: int, inflight: int) -> FlushReason | None:
+        """Why a request of ``rows`` arriving now would be sent at once as a batch of its own, or None
+        when it must queue: what ``decide`` says after its ``push``, for an empty queue only, asked
+        without the push (the pipeline sends such a request without waking its lane's runner)."""
+        if self._queue:
+            return None
+        if rows >= self.policy.max_batch_size:
+            return FlushReason.FULL
+        if inflight < self.policy.max_inflight_batches:
+            return FlushReason.IDLE
+        return None
+
     def decide(self, now: float, inflight: int, service_s: float) -> Flush | Wait:
         """What to do now, given the batches in flight and the expected service time of a batch."""
         if not self._queue:

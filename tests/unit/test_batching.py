@@ -109,3 +109,20 @@ def test_take_leaves_rows_deadline_and_shapes_as_a_full_recount_would() -> None:
     assert q.decide(now=6.5, inflight=9, service_s=0.0) == Wait(7.0)  # the earliest left is 7.0, not 1.0
     q.push(9, 1, 8.0, 0.0, "b")
     assert q._fitting(99) == 3  # one shape left: the whole queue batches together
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 9])
+@pytest.mark.parametrize("inflight", [0, 1, 2])
+@pytest.mark.parametrize("queued", [(), (1,)])
+def test_alone_says_what_decide_would_after_the_push(rows: int, inflight: int, queued: tuple[int, ...]) -> None:
+    """The pipeline sends a request ``alone`` names without queueing it: that must be exactly the
+    batch ``decide`` would flush at once after the push, and never a request that must wait."""
+    q = queue_with(*queued)
+    reason = q.alone(rows, inflight)
+    q.push(99, rows, FAR, 0.0)
+    decision = q.decide(now=0.0, inflight=inflight, service_s=0.0)
+    if reason is not None:
+        assert decision == Flush(1, reason)
+    else:
+        assert queued or decision != Flush(1, "idle")
+    assert (reason is None) == (bool(queued) or (rows < POLICY.max_batch_size and inflight >= 1))

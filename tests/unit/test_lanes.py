@@ -62,3 +62,21 @@ async def test_a_request_for_an_evicted_lane_s_key_is_answered() -> None:
     result = await pipeline.submit(request(), MODEL, 1, now() + 1.0, lambda: False, route(0))
     assert result.backend == "west-1" and len(pipeline.lanes) == 1
     await pipeline.close()
+
+
+@virtual_time
+async def test_a_lane_in_use_keeps_its_runner_and_goes_idle_s_after_its_last_batch() -> None:
+    """Requests sent straight from their call (nothing queued) never wake the runner: it must still
+    count them as use, and the lane go only ``idle_lane_s`` after the last one ended."""
+    pipeline = pipeline_over_one_hub()
+    await pipeline.submit(request(), MODEL, 1, now() + 1.0, lambda: False, route(0))
+    (lane,) = pipeline.lanes.values()
+    for _ in range(6):  # 6 x 0.6 idle_lane_s: past its first timeout, never idle for a whole one
+        await elapse(0.6 * IDLE_S)
+        await pipeline.submit(request(), MODEL, 1, now() + 1.0, lambda: False, route(0))
+        assert list(pipeline.lanes.values()) == [lane] and not lane.runner.done()
+    await elapse(0.9 * IDLE_S)
+    assert list(pipeline.lanes.values()) == [lane]
+    await elapse(0.2 * IDLE_S)
+    assert pipeline.lanes == {} and lane.runner.done()
+    await pipeline.close()
