@@ -97,12 +97,16 @@ def create_app(config: GatewayConfig, config_path: Path | None = None) -> web.Ap
     r.add_get("/v2/health/ready", ready)
     r.add_post("/v2/repository/index", repository_index)
     r.add_get("/v2/models/stats", model_statistics)
-    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+    # aiohttp tries the routes under one static prefix (here /v2/models) in the order they were added,
+    # a regex each: the infer routes, on every request's path, go first.
+    prefixes = ("/v2/models/{model}", "/v2/models/{model}/versions/{version}")
+    for prefix in prefixes:
+        r.add_post(prefix + "/infer", infer)
+    for prefix in prefixes:
         r.add_get(prefix + "/stats", model_statistics)
         r.add_get(prefix, model_metadata)
         r.add_get(prefix + "/ready", model_ready)
         r.add_get(prefix + "/config", model_config)
-        r.add_post(prefix + "/infer", infer)
     keys = Keys(config.access, tenants=gateway.tenants.enabled, admin=gateway.tenants.admin_enabled)
     openapi_json = openapi_route(lambda: gateway.router.catalog, ops_routes=config.listen.ops is None, keys=keys)
     r.add_get("/openapi.json", openapi_json)
