@@ -460,7 +460,10 @@ SECTION_NOTES = {
     "overhead": "c=1: {sequential_requests} sequential requests after {sequential_warmup} warm-up, tritonclient.http "
     "sync client. c={overhead_concurrency}: closed loop for {overhead_duration_s:g} s after {overhead_warmup_s:g} s "
     "warm-up (bench.load, own process). Added = gateway (or nginx) minus direct, paired run by run. "
-    "Proxy CPU = the gateway's (or nginx's, master and worker) CPU time per answered request.",
+    "Proxy CPU = the gateway's (or nginx's, master and worker) CPU time per answered request. python floor: "
+    "bench/forward_floor.py, a bare aiohttp + uvloop server that sends each body unchanged to the hub with the "
+    "gateway's own hub client and answers its reply (no decoding, validation, routing, batching or metrics): "
+    "the least any Python front that calls a hub per request spends here, as railgate does at c=1.",
     "batching": "{batching_concurrency} closed-loop clients, one item each, {batching_duration_s:g} s after "
     "{batching_warmup_s:g} s warm-up; `railgate link --delay-ms {link_delay_ms:g}` in front of the hub. direct: "
     "clients → link → hub; gateway: clients → gateway → link → hub; nginx: clients → nginx → link → hub. "

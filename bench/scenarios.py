@@ -29,6 +29,8 @@ MISSING_ROW = "MISSING nginx (install nginx-light): nginx row not measured"
 
 # The servers of the cost section: railgate, the bare echo anchor, railgate with two worker processes.
 SERVER_RAILGATE, SERVER_ECHO, SERVER_WORKERS = "railgate", "bare aiohttp+uvloop echo", "railgate --workers 2"
+# The overhead section's bare forwarder: the floor for any Python front that calls a hub per request.
+PATH_FLOOR = "python floor"
 
 RUN_FIGURES = (
     "ok",
@@ -202,6 +204,10 @@ def overhead(b: Bench, section: dict[str, Any]) -> None:
         section["gateway_config"] = gateway.config
         hub_watch = Watch("hub", b.hub.pid, group=True)
         paths = {"direct": (b.hub.http_url, ()), "gateway": (gateway.url, (Watch("gateway", gateway.pid),))}
+        floor = stack.enter_context(start_forward_floor(b.hub.http_url))
+        assert floor.ready_match is not None
+        floor_url = f"http://127.0.0.1:{floor.ready_match.group(1)}"
+        paths[PATH_FLOOR] = (floor_url, (Watch(PATH_FLOOR, floor.pid),))
         if b.nginx:
             nginx = stack.enter_context(Nginx("nginx", b.nginx, b.hub.config.http_port, b.workdir))
             paths["nginx"] = (nginx.url, (Watch("nginx", nginx.pid, group=True),))
@@ -288,6 +294,16 @@ def batching(b: Bench, section: dict[str, Any]) -> None:
                 record["system_cpu_us_per_inference"] = system_cpu_us(record, path)
                 _runs(section, path=path, concurrency=c).append(record)
                 _progress(b, f"{path}", record)
+
+
+def start_forward_floor(hub_url: str) -> procs.Child:
+    """``python -m bench.forward_floor`` (a bare aiohttp + uvloop forwarder over the gateway's hub client)."""
+    child = procs.Child(
+        [sys.executable, "-m", "bench.forward_floor", "--hub", hub_url],
+        "forward floor",
+        ready_line=r"forward floor listening 127\.0\.0\.1:(\d+)",
+    )
+    return child.start(30)
 
 
 def start_echo() -> procs.Child:

@@ -196,3 +196,29 @@ def test_the_tls_table_gives_what_tls_adds_paired_run_by_run():
     assert len(rows) == 1
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert cells[:5] == ["http", "16", "2.50 [2.00, 3.00]", "2.90 [2.30, 3.50]", "+0.40 [+0.30, +0.50]"]
+
+
+def test_the_python_floor_forwards_to_a_real_hub_and_answers_as_the_hub_does(hub):
+    """The overhead section's floor row is only a floor if it does the forwarding for real: a
+    tritonclient call through it is answered with the hub's own outputs, binary and JSON."""
+    import tritonclient.http as triton_http
+
+    from bench.scenarios import start_forward_floor
+
+    pixels = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 64)
+    answers = []
+    with start_forward_floor(hub.http_url) as floor:
+        assert floor.ready_match is not None
+        for url in (f"127.0.0.1:{floor.ready_match.group(1)}", f"127.0.0.1:{hub.config.http_port}"):
+            client = triton_http.InferenceServerClient(url)
+            try:
+                for binary in (True, False):
+                    tensor = triton_http.InferInput("pixels", [1, 64], "FP32")
+                    tensor.set_data_from_numpy(pixels, binary_data=binary)
+                    wanted = [triton_http.InferRequestedOutput("probabilities", binary_data=binary)]
+                    answers.append(client.infer("digits", [tensor], outputs=wanted).as_numpy("probabilities"))
+            finally:
+                client.close()
+    through_floor, direct = answers[:2], answers[2:]
+    for got, expected in zip(through_floor, direct, strict=True):
+        np.testing.assert_array_equal(got, expected)
