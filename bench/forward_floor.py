@@ -28,7 +28,7 @@ def app(hub_url: str) -> web.Application:
 
     async def forward(request: web.Request) -> web.Response:
         body = await request.read()
-        head = [f"POST {request.path} HTTP/1.1\r\nHost: {authority}\r\n"]
+        head = [f"{request.method} {request.path_qs} HTTP/1.1\r\nHost: {authority}\r\n"]
         head += [f"{name}: {request.headers[name]}\r\n" for name in _FORWARDED if name in request.headers]
         head.append(f"Content-Length: {len(body)}\r\n\r\n")
         reply = await hub.request(["".join(head).encode("latin-1"), body], asyncio.get_running_loop().time() + 30.0)
@@ -38,8 +38,8 @@ def app(hub_url: str) -> web.Application:
         return web.Response(status=reply.status, body=reply.body, headers=headers)
 
     application = web.Application()
-    application.router.add_post("/v2/models/{model}/infer", forward)
-    application.router.add_post("/v2/models/{model}/versions/{version}/infer", forward)
+    # Any method and path, as it came (tritonclient asks for the model's metadata before it infers).
+    application.router.add_route("*", "/{path:.*}", forward)
     return application
 
 

@@ -199,8 +199,8 @@ def test_the_tls_table_gives_what_tls_adds_paired_run_by_run():
 
 
 def test_the_python_floor_forwards_to_a_real_hub_and_answers_as_the_hub_does(hub):
-    """The overhead section's floor row is only a floor if it does the forwarding for real: a
-    tritonclient call through it is answered with the hub's own outputs, binary and JSON."""
+    """The overhead section's floor row is only a floor if it does the forwarding for real: tritonclient
+    through it gets the hub's own metadata and outputs, binary and JSON."""
     import tritonclient.http as triton_http
 
     from bench.scenarios import start_forward_floor
@@ -212,6 +212,7 @@ def test_the_python_floor_forwards_to_a_real_hub_and_answers_as_the_hub_does(hub
         for url in (f"127.0.0.1:{floor.ready_match.group(1)}", f"127.0.0.1:{hub.config.http_port}"):
             client = triton_http.InferenceServerClient(url)
             try:
+                answers.append(client.get_model_metadata("digits")["outputs"])
                 for binary in (True, False):
                     tensor = triton_http.InferInput("pixels", [1, 64], "FP32")
                     tensor.set_data_from_numpy(pixels, binary_data=binary)
@@ -219,6 +220,7 @@ def test_the_python_floor_forwards_to_a_real_hub_and_answers_as_the_hub_does(hub
                     answers.append(client.infer("digits", [tensor], outputs=wanted).as_numpy("probabilities"))
             finally:
                 client.close()
-    through_floor, direct = answers[:2], answers[2:]
-    for got, expected in zip(through_floor, direct, strict=True):
+    through_floor, direct = answers[:3], answers[3:]
+    assert through_floor[0] == direct[0], "the model's metadata, as tritonclient asks for it first"
+    for got, expected in zip(through_floor[1:], direct[1:], strict=True):
         np.testing.assert_array_equal(got, expected)
