@@ -294,8 +294,9 @@ class Pipeline:
         """Send ``batch`` (flushed for ``reason``) in a task of its own, counted in flight on ``lane``."""
         self.metrics.batches.labels(lane.info.name, reason).inc()
         lane.inflight += 1
-        lane.active_at = asyncio.get_running_loop().time()
-        task = asyncio.get_running_loop().create_task(self._dispatch(lane, batch))
+        loop = asyncio.get_running_loop()
+        lane.active_at = loop.time()
+        task = loop.create_task(self._dispatch(lane, batch))
         self._dispatches.add(task)
         task.add_done_callback(self._dispatches.discard)
 
