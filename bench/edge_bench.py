@@ -12,6 +12,10 @@
    pre-built, Content-Length framing), which leaves mostly the server's own cost in the round trip.
    Each row also gives the server's CPU per call (its utime + stime over the row's calls, /proc).
    Target: Unix socket, msgpack, at most 200 us at p50.
+   The lean Unix-socket row is measured a second time with every core kept awake (one ``nice 19`` busy
+   loop per core, which yields to any other work at once): a diagnostic of what the machine's idle
+   waits cost. On a VM whose idle cores halt at once (``guest_halt_poll_ns=0``) each round trip waits
+   on a VM exit and cold caches; the report names the machine's idle policy.
 
 Prints a markdown table and writes ``reports/bench/edge.json`` and ``edge.md``. Figures, not tests:
 nothing here asserts a speed.
@@ -43,8 +47,9 @@ import numpy as np
 import onnxruntime as ort
 import yaml
 
+from bench.procstat import idle_policy
 from bench.stats import percentile, spread
-from devtools.procs import ROOT, Child, free_port
+from devtools.procs import ROOT, Child, free_port, spawn, terminate
 from edge import EdgeRuntime, parse_edge_config
 from edge.engine import session_options
 
@@ -234,6 +239,19 @@ class LeanClient:
         self.sock.close()
 
 
+@contextmanager
+def cores_kept_awake():
+    """One ``nice 19`` busy loop per core while the block runs: a core never goes idle, so it never halts,
+    and any other process preempts the loop at once (its CPU is its own: the server's per-call CPU is
+    read from the server's /proc entry). A diagnostic, stopped by its handles."""
+    loops = [spawn(["nice", "-n", "19", sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        yield
+    finally:
+        for loop in loops:
+            terminate(loop, timeout_s=5.0)
+
+
 def _lean_runs(where: str, pid: int, encoding: str, iterations: int, runs: int) -> list[dict[str, float | None]]:
     client = LeanClient(where, *_body(encoding))
     out = []
@@ -298,6 +316,10 @@ def firmware_path(iterations: int, runs: int) -> dict[str, Any]:
                     result[f"{transport}_{encoding}"] = {k: _spread_of(per_run, k) for k in keys}
                 lean = _lean_runs(where, pid, "msgpack", iterations, runs)
                 result[f"{transport}_msgpack_lean"] = {k: _spread_of(lean, k) for k in keys}
+                if transport == "unix":
+                    with cores_kept_awake():
+                        awake = _lean_runs(where, pid, "msgpack", iterations, runs)
+                    result["unix_msgpack_lean_awake"] = {k: _spread_of(awake, k) for k in keys}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return result
@@ -319,6 +341,7 @@ def markdown(report: dict[str, Any]) -> str:
         "# Edge runtime benchmark",
         "",
         f"{report['machine']}; onnxruntime {report['onnxruntime']} ({', '.join(report['providers'])}).",
+        f"Idle cores: {report.get('idle_policy') or 'unknown (no cpuidle in sysfs)'}.",
         "Figures in microseconds: median over runs [min, max].",
         "",
         f"## 1. Local path overhead ({local['model']}, batch 1, {local['runs']} runs x {local['iterations_per_run']} calls)",
@@ -357,6 +380,7 @@ def markdown(report: dict[str, Any]) -> str:
             ("tcp_json", "loopback TCP, v2 JSON (aiohttp client)"),
             ("unix_msgpack_lean", "Unix socket, msgpack (lean client: blocking socket, pre-built request)"),
             ("tcp_msgpack_lean", "loopback TCP, msgpack (lean client: blocking socket, pre-built request)"),
+            ("unix_msgpack_lean_awake", "diagnostic: Unix socket, msgpack, lean client, every core kept awake"),
         ]:
             row = fw.get(key)
             if row is not None:
@@ -368,6 +392,13 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"- Target: Unix socket, msgpack, p50 <= {TARGET_UNIX_MSGPACK_P50_US:.0f} us ({client}): "
                 f"{'met' if met else '**missed**'}."
+            )
+        awake = fw.get("unix_msgpack_lean_awake", {}).get("p50")
+        if awake is not None:
+            lines.append(
+                f"- Diagnostic, not the target: the lean Unix-socket row with every core kept awake (a `nice 19` busy "
+                f"loop per core) has p50 {awake['median']:.1f} us. The gap to the plain row is what this machine's "
+                f"idle waits cost a round trip ({report.get('idle_policy') or 'idle policy unknown'})."
             )
         lines.append("")
     return "\n".join(lines)
@@ -388,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     report: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "idle_policy": idle_policy(),
         "onnxruntime": ort.__version__,
         "providers": ort.get_available_providers(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

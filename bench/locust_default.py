@@ -174,6 +174,7 @@ def main() -> None:
                         help="diagnostic: run the gateway's threads at this nice value (e.g. -5; root)")  # fmt: skip
     args = parser.parse_args()
     repo = Path("models/repository").resolve()
+    print("idle cores:", procstat.idle_policy() or "unknown (no cpuidle in sysfs)")
     results = [run_once(repo, args.gateway_nice) for _ in range(args.runs)]
     if args.runs > 1:
         print("\nruns (failures of requests; host steal during the run / idle before it):")

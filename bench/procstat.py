@@ -83,3 +83,24 @@ def tcp_counters() -> dict[str, int]:
             if name in TCP_COUNTERS:
                 counters[name] = int(value)
     return counters
+
+
+def idle_policy(sysfs: Path = Path("/sys")) -> str | None:
+    """How this machine's idle cores wait, from sysfs: the cpuidle driver and, under a hypervisor's
+    ``haltpoll`` driver, how long an idle core polls before it halts (``guest_halt_poll_ns``).
+
+    It matters to every round trip measured here: a core that halts at once (0 ns) leaves the guest on
+    each idle wait (a VM exit) and comes back to cold caches, which at concurrency 1 costs more than
+    the Python work of a small call. None where sysfs does not say."""
+    base = sysfs / "devices/system/cpu/cpuidle"
+    try:
+        driver = (base / "current_driver").read_text().strip()
+    except OSError:
+        return None
+    text = f"cpuidle driver {driver}"
+    with contextlib.suppress(OSError):
+        poll_ns = int((sysfs / "module/haltpoll/parameters/guest_halt_poll_ns").read_text())
+        text += f", guest_halt_poll_ns={poll_ns}"
+        if poll_ns == 0:
+            text += " (an idle core halts at once: a VM exit per idle wait)"
+    return text

@@ -522,6 +522,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"Model `{plan.get('model', 'digits')}`, one FP32 {list(plan.get('shape', (1, 64)))} input per request, "
         "real Triton hub on loopback.",
         "",
+        f"Idle cores: {machine.get('idle_policy') or 'unknown (no cpuidle in sysfs)'}.",
+        "",
     ]
     for note in report.get("notes", []):
         lines.append(f"> {note}")

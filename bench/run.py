@@ -29,6 +29,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from bench import procstat
 from bench.report import markdown, write_report
 from bench.scenarios import SECTIONS, Bench, Plan
 from devtools.devstack import ROOT, StartError, nginx_binary, nginx_version, start_hub
@@ -76,6 +77,7 @@ def machine_info() -> dict[str, Any]:
         ).stdout.strip()
     return {
         "cores": os.cpu_count(),
+        "idle_policy": procstat.idle_policy(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cpu": cpu,
         "platform": platform.platform(),

@@ -75,3 +75,33 @@ def test_cpu_per_call_reads_this_process() -> None:
     assert _cpu_us_per_call(1.0, 1.5, 1000) == pytest.approx(500.0)
     assert _cpu_us_per_call(None, 1.5, 1000) is None
     assert _cpu_s(2**22 + 12345) is None  # no such process
+
+
+def test_the_awake_loops_run_during_the_block_and_are_gone_after_it() -> None:
+    """bench.edge_bench.cores_kept_awake: one busy loop per core while the block runs, stopped by its
+    handles when it ends (no process outlives the diagnostic)."""
+    from bench.edge_bench import cores_kept_awake
+    from devtools.procs import group_members
+
+    before = set(Path("/proc").glob("[0-9]*"))
+    with cores_kept_awake():
+        started = [p for p in set(Path("/proc").glob("[0-9]*")) - before if _is_busy_loop(p)]
+        assert len(started) == (os.cpu_count() or 1)
+        pids = [int(p.name) for p in started]
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or _state(pid) == "Z"
+        assert not group_members(pid)
+
+
+def _is_busy_loop(proc: Path) -> bool:
+    try:
+        return b"while True: pass" in (proc / "cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
