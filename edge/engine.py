@@ -242,7 +242,8 @@ class MicroBatcher:
     def run(self, feed: dict[str, np.ndarray], rows: int, deadline: float) -> dict[str, np.ndarray]:
         """Run one call from a plain thread; it may run other callers' calls with it."""
         with self._lock:
-            if not self._queue and self._inflight < self._queue.policy.max_inflight_batches:
+            # ``rows`` is 0 exactly when nothing is queued (every call brings a row at least): no __len__ call.
+            if not self._queue.rows and self._inflight < self._queue.policy.max_inflight_batches:
                 # What the policy decides for a lone call on an idle lane (an idle or full flush of it alone),
                 # without queueing it: run it here, now.
                 self._inflight += 1
@@ -288,7 +289,7 @@ class MicroBatcher:
         """
         if inline:
             with self._lock:
-                idle = not self._queue and self._inflight < self._queue.policy.max_inflight_batches
+                idle = not self._queue.rows and self._inflight < self._queue.policy.max_inflight_batches
                 if idle:
                     self._inflight += 1
                     model = self.model
@@ -363,7 +364,7 @@ class MicroBatcher:
         finally:
             with self._lock:
                 self._inflight -= 1
-                batch = self._next_batch() if self._queue else None
+                batch = self._next_batch() if self._queue.rows else None
             if batch is not None:
                 self.pool.submit(self._drain, batch)
 

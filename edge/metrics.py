@@ -59,6 +59,25 @@ class _HistogramChild:
             self.sum += amount
 
 
+class _CountOf:
+    """A counter child that is a histogram child's number of observations: a call counted by both costs
+    one update, not two. It cannot be incremented on its own."""
+
+    __slots__ = ("histogram",)
+
+    def __init__(self, histogram: _HistogramChild) -> None:
+        self.histogram = histogram
+
+    @property
+    def value(self) -> float:
+        with self.histogram.lock:
+            return float(sum(self.histogram.counts))
+
+    @property
+    def created(self) -> float:
+        return self.histogram.created
+
+
 class _Lean(Collector):
     """A labelled family whose children live in a dict keyed by their label values."""
 
@@ -66,11 +85,11 @@ class _Lean(Collector):
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
-        self._children: dict[tuple[str, ...], _CounterChild | _HistogramChild] = {}
+        self._children: dict[tuple[str, ...], _CounterChild | _HistogramChild | _CountOf] = {}
         self._lock = threading.Lock()
         registry.register(self)
 
-    def _child(self, values: tuple[str, ...]) -> _CounterChild | _HistogramChild:
+    def _child(self, values: tuple[str, ...]) -> _CounterChild | _HistogramChild | _CountOf:
         child = self._children.get(values)
         if child is not None:
             return child
@@ -86,7 +105,7 @@ class _Lean(Collector):
     def _new(self) -> _CounterChild | _HistogramChild:
         raise NotImplementedError
 
-    def _items(self) -> list[tuple[tuple[str, ...], _CounterChild | _HistogramChild]]:
+    def _items(self) -> list[tuple[tuple[str, ...], _CounterChild | _HistogramChild | _CountOf]]:
         with self._lock:
             return list(self._children.items())
 
@@ -99,7 +118,23 @@ class _Lean(Collector):
 
 class LeanCounter(_Lean):
     def labels(self, *values: str) -> _CounterChild:
-        return self._child(values)  # type: ignore[return-value]
+        child = self._child(values)
+        if not isinstance(child, _CounterChild):
+            raise ValueError(f"{self.name}{list(values)} counts a histogram's observations: observe that instead")
+        return child
+
+    def count_of(self, histogram: _HistogramChild, *values: str) -> None:
+        """The child for ``values`` is ``histogram``'s observation count from now on (before any ``labels``
+        made it a counter of its own)."""
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name}: expected label values for {', '.join(self.labelnames)}, got {values!r}")
+        key = tuple(str(v) for v in values)
+        with self._lock:
+            child = self._children.get(key)
+            if child is None:
+                self._children[key] = _CountOf(histogram)
+            elif not (isinstance(child, _CountOf) and child.histogram is histogram):  # another thread's is the same
+                raise ValueError(f"{self.name}{list(key)} exists already")
 
     def _new(self) -> _CounterChild:
         return _CounterChild()
@@ -110,7 +145,7 @@ class LeanCounter(_Lean):
     def collect(self) -> Iterator[Metric]:
         family = self._family()
         for values, child in self._items():
-            assert isinstance(child, _CounterChild)
+            assert isinstance(child, _CounterChild | _CountOf)
             family.add_metric(values, child.value, created=child.created)
         yield family
 

@@ -25,6 +25,10 @@ def loads(body: bytes | memoryview, max_items: int | None = None) -> Any:
     """
     if max_items is None:
         hooks: dict[str, Any] = {}
+    elif 2 * len(body) <= max_items:
+        # The count cannot pass the limit: every value takes a byte at least, and the count is at most two per
+        # value (once as an entry of its container, once as a container itself). No hook to call per container.
+        hooks = {"max_array_len": max_items, "max_map_len": max_items}
     else:
         left = max_items
 

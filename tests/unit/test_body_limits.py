@@ -68,3 +68,35 @@ def test_a_msgpack_body_of_nested_empty_arrays_is_refused_while_unpacked():
     with pytest.raises(PayloadTooLarge, match="array and map entries"):
         msgpack_codec.loads(body, max_items=100_000)
     assert msgpack_codec.loads(msgpack.packb({"inputs": [{"shape": [1, 64]}]}), max_items=100) is not None
+
+
+def _entries(document: object) -> int:
+    """What loads' count charges a document: each array or map's length plus one, all together."""
+    if isinstance(document, list):
+        return len(document) + 1 + sum(_entries(v) for v in document)
+    if isinstance(document, dict):
+        return len(document) + 1 + sum(_entries(k) + _entries(v) for k, v in document.items())
+    return 0
+
+
+def test_a_msgpack_body_can_never_count_more_than_twice_its_bytes():
+    """Why loads counts nothing for a body of at most max_items / 2 bytes: the count cannot pass the limit.
+    The densest documents there are (empty containers in containers) and random ones, all within 2x."""
+    import random
+
+    dense = [[[]] * 1000] * 1000, [[] for _ in range(5000)], [{} for _ in range(5000)], {i: [] for i in range(5000)}
+    nested: list[object] = []
+    for _ in range(200):
+        nested = [nested]
+    rng = random.Random(7)
+
+    def build(depth: int) -> object:
+        kind = rng.random()
+        if depth > 4 or kind < 0.3:
+            return rng.choice([0, 1.5, "a", b"", None, True])
+        if kind < 0.65:
+            return [build(depth + 1) for _ in range(rng.randrange(6))]
+        return {str(i): build(depth + 1) for i in range(rng.randrange(6))}
+
+    for document in [*dense, nested, *(build(0) for _ in range(300))]:
+        assert _entries(document) <= 2 * len(msgpack.packb(document))

@@ -84,3 +84,31 @@ def test_misuse_is_refused_as_prometheus_client_refuses_it() -> None:
         LeanHistogram("railgate_edge_t_b", "b", ["model"], registry=registry, buckets=(1.0, 0.5))
     with pytest.raises(ValueError, match="Duplicated"):
         LeanCounter("railgate_edge_t_c", "again", ["model"], registry=registry)
+
+
+def test_a_count_of_child_renders_as_a_counter_incremented_with_every_observation() -> None:
+    """The runtime counts a call answered 200 once, in the latency histogram; the calls counter's 200 child
+    reads that count. The exposition is prometheus_client's for a counter incremented beside each observe."""
+    lean, real = CollectorRegistry(), CollectorRegistry()
+    calls = LeanCounter("railgate_edge_t_calls", "Calls", ["model", "status"], registry=lean)
+    latency = LeanHistogram("railgate_edge_t_seconds", "Latency", ["model"], registry=lean, buckets=BUCKETS)
+    real_calls = Counter("railgate_edge_t_calls", "Calls", ["model", "status"], registry=real)
+    real_latency = Histogram("railgate_edge_t_seconds", "Latency", ["model"], registry=real, buckets=BUCKETS)
+    child = latency.labels("digits")
+    calls.count_of(child, "digits", "200")
+    calls.count_of(child, "digits", "200")  # a second thread doing the same first-call set-up: the same child
+    real_calls.labels("digits", "200")  # children render in the order they were made
+    calls.labels("digits", "503").inc()
+    real_calls.labels("digits", "503").inc()
+    for value in (0.0005, 0.02, 3.0):
+        child.observe(value)
+        real_latency.labels("digits").observe(value)
+        real_calls.labels("digits", "200").inc()
+    assert _exposition(lean) == _exposition(real)
+    assert lean.get_sample_value("railgate_edge_t_calls_created", {"model": "digits", "status": "200"}) == child.created
+    with pytest.raises(ValueError, match="observe that instead"):
+        calls.labels("digits", "200")  # it has no inc of its own
+    with pytest.raises(ValueError, match="exists already"):
+        calls.count_of(latency.labels("vision"), "digits", "200")  # another histogram's count: refused
+    with pytest.raises(ValueError, match="exists already"):
+        calls.count_of(child, "digits", "503")  # a counter of its own already
