@@ -39,9 +39,13 @@ log = logging.getLogger("railgate.edge.server")
 _MAX_HEAD = 8190  # aiohttp's own line limit: a longer head is aiohttp's to refuse
 _PAUSE_AT = 1 << 20  # buffered bytes past the request in flight before reading pauses
 _TARGET = re.compile(rb"/v2/models/([A-Za-z0-9._\-]+)(?:/versions/([A-Za-z0-9._\-]+))?/infer")
-_TOKEN = re.compile(rb"[!#$&'*+\-.^_`|~0-9A-Za-z]+")
+# The header block after the request line, every line ``token: value`` ended by CRLF (the value without
+# CR or LF: an obs-fold line has no name, and a lone CR in a value is aiohttp's to judge); and each line's
+# name and value, less the spaces and tabs around the value.
+_HEADER_BLOCK = re.compile(r"(?:[!#$&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n]*\r\n)*")
+_HEADER_LINE = re.compile(r"([^:]+):[ \t]*([^\r\n]*?)[ \t]*\r\n")
+_HAND_OFF_HEADER = re.compile(r"(?:^|\n)(?:transfer-encoding|expect|upgrade|connection|content-encoding):", re.I)
 _CONTENT_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+\-]+/[A-Za-z0-9!#$&^_.+\-]+")
-_HAND_OFF_HEADERS = frozenset({"transfer-encoding", "expect", "upgrade", "connection", "content-encoding"})
 
 
 class _HandOff(Exception):
@@ -135,21 +139,17 @@ class FirmwareProtocol(asyncio.Protocol):
         head = bytes(buffer[:end])
         if not head.isascii() or b"\0" in head or head.count(b"\n") != head.count(b"\r\n") or b"\r\r" in head:
             raise _HandOff
-        lines = head.split(b"\r\n")
-        parts = lines[0].split(b" ")
+        first, _, rest = head.partition(b"\r\n")
+        parts = first.split(b" ")
         if len(parts) != 3 or parts[0] != b"POST" or parts[2] != b"HTTP/1.1":
             raise _HandOff
         target = _TARGET.fullmatch(parts[1])
         if target is None:
             raise _HandOff
-        headers: CIMultiDict[str] = CIMultiDict()
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon or _TOKEN.fullmatch(name) is None:
-                raise _HandOff
-            headers.add(name.decode(), value.strip(b" \t").decode())
-        if any(name.lower() in _HAND_OFF_HEADERS for name in headers):
+        block = rest.decode("ascii") + "\r\n" if rest else ""  # ASCII: checked above
+        if _HEADER_BLOCK.fullmatch(block) is None or _HAND_OFF_HEADER.search(block) is not None:
             raise _HandOff
+        headers: CIMultiDict[str] = CIMultiDict(_HEADER_LINE.findall(block))
         lengths = headers.getall("Content-Length", [])
         if len(lengths) != 1 or not (lengths[0].isascii() and lengths[0].isdigit()):
             raise _HandOff

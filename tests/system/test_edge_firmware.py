@@ -149,6 +149,8 @@ async def test_pipelined_requests_are_answered_in_order(repository: Path) -> Non
         request(msgpack_body()).replace(b"HTTP/1.1", b"HTTP/1.0", 1),
         request(msgpack_body(), extra="X-Folded: a\r\n b\r\n"),
         request(b"x", content_type="application/msgpack, text/plain"),
+        request(msgpack_body(), extra="X-Odd: a\rb\r\n"),  # a lone CR in a value
+        request(msgpack_body(), extra="X-Note: fine\r\nexpect: 100-continue\r\n"),  # any case, not first
     ],
 )
 async def test_other_requests_are_aiohttps_to_answer(repository: Path, data: bytes) -> None:
@@ -166,6 +168,8 @@ async def test_other_requests_are_aiohttps_to_answer(repository: Path, data: byt
         (request(b"\xc1"), 400, "not valid msgpack"),
         (request(msgpack_body(), path="/v2/models/nope/infer"), 503, "model 'nope' is not on this device"),
         (request(msgpack_body(), extra="X-Latency-Budget-Ms: soon\r\n"), 400, "X-Latency-Budget-Ms must be"),
+        # Spaces and tabs around a value are not part of it; a colon in a value is.
+        (request(msgpack_body(), extra="X-Latency-Budget-Ms:\t  so:on \t\r\n"), 400, "got 'so:on'"),
         (request(msgpack_body(), extra="X-Offload-Policy: cloud\r\n"), 400, "offload policy 'cloud'"),
         (request(b'{"inputs": [{"name": "pixels"}]}', "application/json"), 400, "unknown datatype"),
     ],
