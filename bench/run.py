@@ -154,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(plan, hub, workdir, nginx, say)
         progress = Progress("bench", len(args.only))  # a line per section, to stderr
         for name in args.only:
+            child = bench.hub.child
+            if child is not None and not child.running:  # one section's crash must not fail all after it
+                died = child.last_output(3)
+                say(f"the hub died before section {name}; starting another. Its last output: {died}")
+                report["notes"].append(f"The hub died before section {name} and a new one served it: {died[-300:]}")
+                bench.hub = stack.enter_context(start_hub(args.repository, "bench", models=(plan.model,), grpc=True))
             progress.phase(f"section {name} ...")
             section: dict[str, Any] = {"cases": []}
             report["sections"][name] = section
