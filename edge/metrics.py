@@ -93,14 +93,18 @@ class _Lean(Collector):
         child = self._children.get(values)
         if child is not None:
             return child
-        if len(values) != len(self.labelnames):
-            raise ValueError(f"{self.name}: expected label values for {', '.join(self.labelnames)}, got {values!r}")
-        values = tuple(str(v) for v in values)
+        values = self._key(values)
         with self._lock:
             child = self._children.get(values)
             if child is None:
                 child = self._children[values] = self._new()
         return child
+
+    def _key(self, values: tuple[str, ...]) -> tuple[str, ...]:
+        """``values`` as a child's key: one per label name, each a string."""
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name}: expected label values for {', '.join(self.labelnames)}, got {values!r}")
+        return tuple(str(v) for v in values)
 
     def _new(self) -> _CounterChild | _HistogramChild:
         raise NotImplementedError
@@ -126,9 +130,7 @@ class LeanCounter(_Lean):
     def count_of(self, histogram: _HistogramChild, *values: str) -> None:
         """The child for ``values`` is ``histogram``'s observation count from now on (before any ``labels``
         made it a counter of its own)."""
-        if len(values) != len(self.labelnames):
-            raise ValueError(f"{self.name}: expected label values for {', '.join(self.labelnames)}, got {values!r}")
-        key = tuple(str(v) for v in values)
+        key = self._key(values)
         with self._lock:
             child = self._children.get(key)
             if child is None:
