@@ -222,6 +222,7 @@ def grpc_section(bench: Any, section: dict[str, Any], runs_of: Callable[..., lis
                 _say(bench, f"grpc c={c} {path}", record)
             for path, (address, watch) in paths.items():
                 with contextlib.ExitStack() as own:
+                    stream_hub: Hub | None = None
                     if path == "direct":
                         # A hub of its own: the bundled tritonserver (2.51) crashes (SIGSEGV) a few seconds
                         # into a gRPC stream with 64 in flight (2 of 2 runs of 10 s on a fresh hub); the
@@ -242,7 +243,7 @@ def grpc_section(bench: Any, section: dict[str, Any], runs_of: Callable[..., lis
                             watch,
                         )
                     )
-                    if path == "direct" and stream_hub.child is not None and not stream_hub.child.running:
+                    if stream_hub is not None and stream_hub.child is not None and not stream_hub.child.running:
                         record.setdefault("error_kinds", {})["the hub crashed (tritonserver, not railgate)"] = 1
                 client = f"tritonclient.grpc.aio stream_infer, {STREAM_WINDOW} in flight"
                 runs_of(section, path=path, concurrency=STREAM_WINDOW, client=client, stream=True).append(record)

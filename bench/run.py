@@ -32,7 +32,7 @@ from typing import Any
 from bench import procstat
 from bench.report import markdown, write_report
 from bench.scenarios import SECTIONS, Bench, Plan
-from devtools.devstack import ROOT, StartError, nginx_binary, nginx_version, start_hub
+from devtools.devstack import ROOT, Hub, StartError, nginx_binary, nginx_version, start_hub
 from railcore.progress import Progress
 
 PACKAGES = ("aiohttp", "uvloop", "numpy", "msgpack", "tritonclient", "nvidia-pytriton", "onnxruntime", "matplotlib")
@@ -149,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         say(f"starting a real Triton hub ({plan.model}) ...")
         t0 = time.monotonic()
-        hub = stack.enter_context(start_hub(args.repository, "bench", models=(plan.model,), grpc=True))
+
+        def bench_hub() -> Hub:
+            return stack.enter_context(start_hub(args.repository, "bench", models=(plan.model,), grpc=True))
+
+        hub = bench_hub()
         say(f"hub ready at {hub.http_url} in {time.monotonic() - t0:.1f} s")
         bench = Bench(plan, hub, workdir, nginx, say)
         progress = Progress("bench", len(args.only))  # a line per section, to stderr
@@ -159,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 died = child.last_output(3)
                 say(f"the hub died before section {name}; starting another. Its last output: {died}")
                 report["notes"].append(f"The hub died before section {name} and a new one served it: {died[-300:]}")
-                bench.hub = stack.enter_context(start_hub(args.repository, "bench", models=(plan.model,), grpc=True))
+                bench.hub = bench_hub()
             progress.phase(f"section {name} ...")
             section: dict[str, Any] = {"cases": []}
             report["sections"][name] = section
