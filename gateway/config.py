@@ -57,6 +57,9 @@ class Listen:
     # Connections the kernel queues for the HTTP port before the gateway accepts them: a burst past it is
     # dropped at the handshake, or reset after it under SYN cookies (capped by net.core.somaxconn).
     backlog: int = 1024
+    # Infer calls are read by the gateway's own HTTP/1.1 path (gateway/fronts/lean.py), every other request by
+    # aiohttp's; false: aiohttp's for every request. Tracing on takes aiohttp's path regardless.
+    lean_http: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,8 @@ import time
 
 from aiohttp import web
 
+from railcore.leanhttp import LeanSite
+
 log = logging.getLogger("railgate.server")
 
 _SO_ATTACH_FILTER = 26  # linux/asm-generic/socket.h
@@ -103,9 +105,10 @@ def accept_queue_length(sock: socket.socket) -> int | None:
 
 
 async def close_without_resets(
-    runner: web.AppRunner, site: web.SockSite, sock: socket.socket, timeout_s: float, poll_s: float = 0.005
+    runner: web.AppRunner, site: web.SockSite | LeanSite, sock: socket.socket, timeout_s: float, poll_s: float = 0.005
 ) -> None:
-    """Close ``site``'s listener without resetting what is queued on it (steps 1-4 above), within ``timeout_s``."""
+    """Close ``site``'s listener without resetting what is queued on it (steps 1-4 above), within ``timeout_s``.
+    A ``LeanSite``'s own connections are waited for as aiohttp's are (the caller closes what is left)."""
     end = time.monotonic() + timeout_s
     if refuse_new_connections(sock):
         # Polled: the kernel's queue length has no event to wait on. The loop accepts them meanwhile.
@@ -115,8 +118,9 @@ async def close_without_resets(
             log.warning("event=listener_closed_with_backlog queued=%d", queued)
     await site.stop()
     server = runner.server
+    lean = site.connections if isinstance(site, LeanSite) else set()
     # Accepted connections are answered, then closed (Connection: close); aiohttp has no event for that.
-    while server is not None and server.connections and time.monotonic() < end:  # noqa: ASYNC110
+    while ((server is not None and server.connections) or lean) and time.monotonic() < end:  # noqa: ASYNC110
         await asyncio.sleep(poll_s)
     with contextlib.suppress(OSError):
         sock.close()

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from gateway.config import OPS_HOST, ConfigError, GatewayConfig, Listen, OpsListen, load_config
 from gateway.listener import close_without_resets, listening_socket
 from railcore.errors import RailgateError
+from railcore.leanhttp import LeanSite
 from railcore.tls import server_context
 
 if TYPE_CHECKING:
@@ -198,10 +199,17 @@ async def serve(app: web.Application, listen: Listen, grace_s: float, drain_s: f
         # Our own listening socket, so that the drain can close it without resetting its backlog. SockSite
         # listens on it again, with its own backlog (128 unless told): it is told the same.
         sock = listening_socket(listen.host, listen.port, backlog=listen.backlog, reuse_port=reuse_port)
-        site = web.SockSite(runner, sock, ssl_context=ssl_context, backlog=listen.backlog)
-        await site.start()
-        port = runner.addresses[0][1] if runner.addresses else listen.port
         gateway = app[GATEWAY]
+        site: web.SockSite | LeanSite
+        if listen.lean_http and gateway.tracer is None:
+            from gateway.fronts.lean import lean_site
+
+            site = lean_site(runner, app)
+            await site.start_socket(sock, ssl_context, listen.backlog)
+        else:
+            site = web.SockSite(runner, sock, ssl_context=ssl_context, backlog=listen.backlog)
+            await site.start()
+        port = sock.getsockname()[1]
         banner = ""
         if listen.grpc_port is not None:
             from gateway.fronts.grpc import GrpcServer  # grpc loads only when its front is asked for
@@ -231,6 +239,8 @@ async def serve(app: web.Application, listen: Listen, grace_s: float, drain_s: f
             task.cancel()
         await drain(gateway, grace_s, drain_s)
         await close_without_resets(runner, site, sock, timeout_s=LISTENER_CLOSE_S)
+        if isinstance(site, LeanSite):
+            await site.close(grace_s)
     finally:
         if grpc_server is not None:
             await grpc_server.stop(grace_s)

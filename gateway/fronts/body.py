@@ -75,30 +75,17 @@ class read_body:
         if size > self.held:
             budget = self._budget
             if not budget.try_take(size - self.held):
-                raise Shedding(
-                    f"the gateway is reading {budget.held} bytes of request bodies, its limit "
-                    f"(limits.max_reading_bytes) is {budget.capacity}: retry shortly",
-                    headers=RETRY_AFTER,
-                )
+                raise _shedding(budget)
             self.held = size
 
     async def __aenter__(self) -> bytearray:
         request, limits, header_length = self._request, self._limits, self._header_length
-        limit, setting = limits.for_request(request.content_type, header_length)
         declared = request.content_length
         # Content-Length counts the bytes on the wire; with a Content-Encoding aiohttp hands over the
         # inflated body, so only an identity body's length bounds its JSON header.
         encoding = request.headers.get("Content-Encoding")
         encoded = encoding is not None and encoding.strip().lower() not in ("", "identity")
-        if header_length is not None and declared is not None and not encoded and header_length > declared:
-            raise BadRequest(f"{HEADER_LENGTH} {str(header_length)[:40]} is larger than the body ({declared} bytes)")
-        if header_length is not None and header_length > limits.max_json_body_bytes:
-            raise PayloadTooLarge(
-                f"{HEADER_LENGTH} {str(header_length)[:40]} is over limits.max_json_body_bytes "
-                f"({limits.max_json_body_bytes} bytes)"
-            )
-        if declared is not None and declared > limit:
-            raise PayloadTooLarge(f"body of {declared} bytes is over {setting} ({limit} bytes)")
+        limit, setting = check_declared(limits, request.content_type, declared, header_length, encoded)
         if encoded:  # charge and cap what arrives instead (which also bounds a decompression bomb)
             declared = None
         try:
@@ -120,6 +107,59 @@ class read_body:
     def _release(self) -> None:
         held, self.held = self.held, 0
         self._budget.give(held)
+
+
+def check_declared(
+    limits: BodyLimits, content_type: str | None, declared: int | None, header_length: int | None, encoded: bool
+) -> tuple[int, str]:
+    """Refuse a body by what its head declares, before a byte of it is read: the JSON header's length
+    against the body's and its own limit, the body against its encoding's limit. Its limit and setting."""
+    limit, setting = limits.for_request(content_type, header_length)
+    if header_length is not None and declared is not None and not encoded and header_length > declared:
+        raise BadRequest(f"{HEADER_LENGTH} {str(header_length)[:40]} is larger than the body ({declared} bytes)")
+    if header_length is not None and header_length > limits.max_json_body_bytes:
+        raise PayloadTooLarge(
+            f"{HEADER_LENGTH} {str(header_length)[:40]} is over limits.max_json_body_bytes "
+            f"({limits.max_json_body_bytes} bytes)"
+        )
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes is over {setting} ({limit} bytes)")
+    return limit, setting
+
+
+class held_body:
+    """``async with held_body(body, content_type, limits, budget, header_length) as body``: a body that
+    arrived whole with its head (railcore.leanhttp's path), checked as ``read_body`` checks a declared
+    one and charged to ``budget`` until the block exits, so both paths refuse the same bodies alike."""
+
+    __slots__ = ("_body", "_budget", "_content_type", "_header_length", "_limits", "held")
+
+    def __init__(
+        self, body: bytes, content_type: str, limits: BodyLimits, budget: ReadingBudget, header_length: int | None
+    ) -> None:
+        self._body, self._content_type, self._limits = body, content_type, limits
+        self._budget, self._header_length = budget, header_length
+        self.held = 0
+
+    async def __aenter__(self) -> bytes:
+        body, budget = self._body, self._budget
+        check_declared(self._limits, self._content_type, len(body), self._header_length, False)
+        if not budget.try_take(len(body)):
+            raise _shedding(budget)
+        self.held = len(body)
+        return body
+
+    async def __aexit__(self, *exc: object) -> None:
+        held, self.held = self.held, 0
+        self._budget.give(held)
+
+
+def _shedding(budget: ReadingBudget) -> Shedding:
+    return Shedding(
+        f"the gateway is reading {budget.held} bytes of request bodies, its limit "
+        f"(limits.max_reading_bytes) is {budget.capacity}: retry shortly",
+        headers=RETRY_AFTER,
+    )
 
 
 async def _read(

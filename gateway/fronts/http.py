@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
 from gateway import artifacts, dashboard, tracing
-from gateway.call import arrival, call_from_metadata
+from gateway.call import Call, arrival, call_from_metadata
 from gateway.config import GatewayConfig
 from gateway.fronts.access import Family, RouteFamilies, access_middleware, family_of_app, visible_models
 from gateway.fronts.admin import admin_app
-from gateway.fronts.body import JSON_PYTHON_BYTES_PER_BYTE, BodyLimits, ReadingBudget, read_body
+from gateway.fronts.body import JSON_PYTHON_BYTES_PER_BYTE, BodyLimits, ReadingBudget, held_body, read_body
 from gateway.gateway import Gateway
 from gateway.openapi import Keys, openapi_route
 from gateway.service import InferenceService
@@ -42,7 +43,7 @@ GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 
 
 @dataclass(frozen=True, slots=True)
-class _InferFront:
+class InferFront:
     """What the inference handler needs, looked up once per request."""
 
     service: InferenceService
@@ -52,7 +53,7 @@ class _InferFront:
     tracer: object | None = None  # OpenTelemetry's when tracing is on (gateway/tracing.py), else None
 
 
-_INFER: web.AppKey[_InferFront] = web.AppKey("infer_front", _InferFront)
+INFER_FRONT: web.AppKey[InferFront] = web.AppKey("infer_front", InferFront)
 OPS_APP: web.AppKey[web.Application] = web.AppKey("ops_app", web.Application)
 
 
@@ -75,7 +76,7 @@ def create_app(config: GatewayConfig, config_path: Path | None = None) -> web.Ap
     )
     body_limits = BodyLimits(limits.max_body_bytes, limits.max_json_body_bytes, limits.body_timeout_s)
     reading = ReadingBudget(limits.max_reading_bytes)
-    app[_INFER] = _InferFront(gateway.service, decode_limits, body_limits, reading, gateway.tracer)
+    app[INFER_FRONT] = InferFront(gateway.service, decode_limits, body_limits, reading, gateway.tracer)
 
     async def start(app: web.Application) -> None:
         await gateway.start()
@@ -145,7 +146,7 @@ def _count_failed_inference(request: web.Request, exc: RailgateError) -> None:
 
 async def infer(request: web.Request) -> web.Response:
     started = time.perf_counter()  # the gateway's own time for the call, reported as X-Gateway-Ms
-    front = request.app[_INFER]
+    front = request.app[INFER_FRONT]
     transport = request.transport
     call = call_from_metadata(
         request.headers,
@@ -154,15 +155,41 @@ async def infer(request: web.Request) -> web.Response:
         body_bytes=request.content_length,
         trace=None if front.tracer is None else request[tracing.REQUEST_SPAN],
     )
+    chunks, headers = await serve_infer(
+        front,
+        call,
+        request.match_info["model"],
+        request.match_info.get("version", ""),
+        request.headers,
+        request.content_type,
+        lambda length: read_body(request, front.body_limits, front.reading, length),
+        started,
+    )
+    return web.Response(body=chunks[0] if len(chunks) == 1 else b"".join(chunks), headers=headers)
+
+
+async def serve_infer(
+    front: InferFront,
+    call: Call,
+    model: str,
+    version: str,
+    headers_in: Mapping[str, str],
+    content_type: str,
+    body: Callable[[int | None], read_body | held_body],
+    started: float,
+) -> tuple[list[bytes | memoryview], dict[str, str]]:
+    """One infer call, whichever HTTP path read it (aiohttp's handler above, or fronts/lean.py): admit,
+    read the body (``body(its JSON header's length)``), decode, infer, encode. The reply's chunks and
+    headers; a RailgateError (X-Gateway-Ms added) for the caller to answer."""
     try:
         # Admitted (and counted in progress) before a byte of the body is read; released on every exit.
-        ticket = front.service.admit(call, request.match_info["model"], request.match_info.get("version", ""))
+        ticket = front.service.admit(call, model, version)
         try:
-            length = header_length(request.headers)
-            async with read_body(request, front.body_limits, front.reading, length) as body:
+            length = header_length(headers_in)
+            async with body(length) as data:
                 decoded = decode_request(
-                    body,
-                    content_type=request.content_type,
+                    data,
+                    content_type=content_type,
                     header_length=length,
                     model=ticket.info.name,
                     version=ticket.version,
@@ -178,7 +205,7 @@ async def infer(request: web.Request) -> web.Response:
     headers.update(served.headers)
     # A client (or load generator) tells the gateway's lateness from its own by this.
     headers["X-Gateway-Ms"] = _gateway_ms(started)
-    return web.Response(body=chunks[0] if len(chunks) == 1 else b"".join(chunks), headers=headers)
+    return chunks, headers
 
 
 def _gateway_ms(started: float) -> str:

@@ -20,6 +20,7 @@ from edge import EdgeRuntime, parse_edge_config
 from edge.firmware import FirmwareSite
 from edge.server import DECODE_LIMITS, create_app
 from hub.server import free_port
+from tests.rawhttp import exchange, until
 from tests.samples import sample_inputs
 
 
@@ -43,16 +44,6 @@ async def both_paths(repository: Path) -> AsyncIterator[tuple[FirmwareSite, str,
         shutil.rmtree(folder, ignore_errors=True)
 
 
-async def until(check, timeout_s: float = 5.0) -> bool:
-    """Wait for ``check()`` (polled, bounded by the timeout); whether it came true."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            return False
-        await asyncio.sleep(0.005)  # polling a condition, bounded by the deadline
-    return True
-
-
 def msgpack_body(seed: int = 0) -> bytes:
     x = sample_inputs("digits", batch=1, seed=seed)["pixels"]
     return msgpack.packb({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": x.tobytes()}]})
@@ -63,34 +54,6 @@ def request(
 ) -> bytes:
     head = f"POST {path} HTTP/1.1\r\nHost: edge\r\nContent-Type: {content_type}\r\n{extra}Content-Length: {len(body)}\r\n\r\n"
     return head.encode() + body
-
-
-async def read_reply(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    """One reply (1xx interim replies skipped): status, headers (lower-case names), body."""
-    while True:
-        head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode("latin-1")
-        lines = head.split("\r\n")
-        status = int(lines[0].split(" ")[1])
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-        if status >= 200:
-            break
-    if "content-length" in headers:
-        body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 10)
-    else:
-        body = b""
-    return status, headers, body
-
-
-async def exchange(where: str | int, data: bytes, replies: int = 1) -> list[tuple[int, dict[str, str], bytes]]:
-    if isinstance(where, int):
-        reader, writer = await asyncio.open_connection("127.0.0.1", where)
-    else:
-        reader, writer = await asyncio.open_unix_connection(where)
-    try:
-        writer.write(data)
-        return [await read_reply(reader) for _ in range(replies)]
-    finally:
-        writer.close()
 
 
 def same(a: tuple[int, dict[str, str], bytes], b: tuple[int, dict[str, str], bytes]) -> None:
