@@ -487,7 +487,9 @@ SECTION_NOTES = {
     "{cost_warmup_s:g} s warm-up. CPU-s from /proc/<pid>/stat (utime+stime) over the measured window; "
     "gateway cores = gateway CPU-s / window. The bare aiohttp+uvloop echo server (bench/echo.py: reads each "
     "POST, answers a fixed body of the gateway's reply size) is the floor for a Python front; vs echo = "
-    "railgate's requests per CPU-second over the echo's, paired run by run. `railgate --workers 2`: master and "
+    "railgate's requests per CPU-second over the echo's, paired run by run. `listen.lean_http: false`: the same "
+    "gateway with every request on aiohttp's server instead of its own infer reader (the lean path's before). "
+    "`railgate --workers 2`: master and "
     "workers' CPU together; on 2 cores shared with the hub and the load generator the workers contend, so its "
     "figures say what a second process costs here, not what it gains on a larger machine.",
     "tls": "Two gateways in front of the hub, the same but for `listen.tls` (a P-256 certificate made for the "

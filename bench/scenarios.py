@@ -29,6 +29,7 @@ MISSING_ROW = "MISSING nginx (install nginx-light): nginx row not measured"
 
 # The servers of the cost section: railgate, the bare echo anchor, railgate with two worker processes.
 SERVER_RAILGATE, SERVER_ECHO, SERVER_WORKERS = "railgate", "bare aiohttp+uvloop echo", "railgate --workers 2"
+SERVER_AIOHTTP = "railgate, aiohttp's HTTP path (listen.lean_http: false)"  # the lean path's before
 # The overhead section's bare forwarder: the floor for any Python front that calls a hub per request.
 PATH_FLOOR = "python floor"
 
@@ -314,7 +315,8 @@ def start_echo() -> procs.Child:
 
 def cost(b: Bench, section: dict[str, Any]) -> None:
     """Requests per CPU-second at saturation: the gateway per encoding (straight to the hub), a bare
-    aiohttp + uvloop echo server (the floor for a Python front) and the gateway with ``--workers 2``."""
+    aiohttp + uvloop echo server (the floor for a Python front), the gateway with every request on
+    aiohttp's server (``listen.lean_http: false``) and the gateway with ``--workers 2``."""
     plan = b.plan
     section.update(skipped=[], cases=[])
     with contextlib.ExitStack() as stack:
@@ -326,10 +328,13 @@ def cost(b: Bench, section: dict[str, Any]) -> None:
         workers = Gateway(b.workdir, gateway_config(b.hub.http_url))
         workers.child.args += ["--workers", "2"]
         stack.enter_context(workers.start(90))
+        plain = Gateway(b.workdir, {**gateway_config(b.hub.http_url), "listen": {"lean_http": False}})
+        stack.enter_context(plain.start(90))
         hub = Watch("hub", b.hub.pid, group=True)
         # (server, encoding, url, watched process as "gateway": the echo server stands in its place)
         paths = [(SERVER_RAILGATE, e, gateway.url, Watch("gateway", gateway.pid)) for e in ENCODINGS]
         paths.append((SERVER_ECHO, "binary", echo_url, Watch("gateway", echo.pid)))
+        paths.append((SERVER_AIOHTTP, "binary", plain.url, Watch("gateway", plain.pid)))
         paths.append((SERVER_WORKERS, "binary", workers.url, Watch("gateway", workers.pid, group=True)))
         for run in range(plan.runs):
             b.say(f"cost run {run + 1}/{plan.runs} (concurrency {plan.cost_concurrency})")

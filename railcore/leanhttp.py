@@ -60,6 +60,12 @@ _CONNECTION = frozenset(("keep-alive", "close"))
 _CONTENT_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+\-]+/[A-Za-z0-9!#$&^_.+\-]+")
 
 
+# What ``_write`` writes itself, by the canonical names every ``respond`` writes headers with.
+_OWN_HEADERS = frozenset(("Content-Length", "Date", "Server", "Connection"))
+_SERVER = f"Server: {SERVER_SOFTWARE}"
+_STATUS_LINES = {int(s): f"HTTP/1.1 {int(s)} {s.phrase}" for s in HTTPStatus}
+
+
 class _HandOff(Exception):
     """The request is not one this path serves with certainty: aiohttp takes the connection."""
 
@@ -120,6 +126,7 @@ class LeanProtocol(asyncio.Protocol):
         self.last = 0.0  # loop time of the last reply (or of the connection), for the keep-alive timeout
         self.idle: asyncio.TimerHandle | None = None
         self.late: asyncio.TimerHandle | None = None  # armed while a request is incomplete
+        self.head: tuple[int, int, str, str, CIMultiDict[str], str, bool] | None = None  # its body still coming
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -189,7 +196,28 @@ class LeanProtocol(asyncio.Protocol):
 
     def _parse(self) -> tuple[str, str, CIMultiDict[str], str, bytes, bool] | None:
         """The next request (model, version, headers, content type, body, whether the client closes after its
-        reply), None if it is not all here yet."""
+        reply), None if it is not all here yet. A head whose body is still coming is parsed once, and kept."""
+        head = self.head
+        if head is None:
+            head = self._parse_head()
+            if head is None:
+                return None
+        end, length, model, version, headers, content_type, close = head
+        buffer = self.buffer
+        total = end + 4 + length
+        if len(buffer) < total:
+            if length > self.split_body_bytes:
+                raise _HandOff  # a large body is read by aiohttp's path, within the reading budget as it arrives
+            self.head = head
+            return None
+        self.head = None
+        body = bytes(buffer[end + 4 : total])
+        del buffer[:total]
+        return model, version, headers, content_type, body, close
+
+    def _parse_head(self) -> tuple[int, int, str, str, CIMultiDict[str], str, bool] | None:
+        """The next request's head (its length, the body's, model, version, headers, content type, close),
+        None if it is not all here yet."""
         buffer = self.buffer
         end = buffer.find(b"\r\n\r\n")
         if end < 0:
@@ -233,15 +261,8 @@ class LeanProtocol(asyncio.Protocol):
         if len(connection) > 1 or (connection and connection[0].lower() not in _CONNECTION):
             raise _HandOff  # another hop-by-hop token (or several headers): aiohttp's to judge
         close = bool(connection) and connection[0].lower() == "close"
-        total = end + 4 + length
-        if len(buffer) < total:
-            if length > self.split_body_bytes:
-                raise _HandOff  # a large body is read by aiohttp's path, within the reading budget as it arrives
-            return None
-        body = bytes(buffer[end + 4 : total])
-        del buffer[:total]
-        version = target.group(2)
-        return target.group(1).decode(), version.decode() if version else "", headers, content_type, body, close
+        model, version = target.group(1).decode(), target.group(2)
+        return end, length, model, version.decode() if version else "", headers, content_type, close
 
     async def _answer(
         self, model: str, version: str, headers: CIMultiDict[str], content_type: str, body: bytes, close: bool
@@ -266,14 +287,11 @@ class LeanProtocol(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         close = close or self.closing()
-        length = sum(len(c) for c in chunks)
-        lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
+        lines = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
         for name, value in headers.items():
-            if name.lower() not in ("content-length", "date", "server", "connection"):
+            if name not in _OWN_HEADERS:
                 lines.append(f"{name}: {value}")
-        lines.append(f"Content-Length: {length}")
-        lines.append(f"Date: {_DATE.now()}")
-        lines.append(f"Server: {SERVER_SOFTWARE}")
+        lines.append(f"Content-Length: {sum(map(len, chunks))}\r\nDate: {_DATE.now()}\r\n{_SERVER}")
         if close:
             lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
