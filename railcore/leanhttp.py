@@ -49,12 +49,13 @@ _MAX_HEAD = 8190  # aiohttp's own line limit: a longer head is aiohttp's to refu
 _MAX_LINES = 64  # header lines; aiohttp refuses more than 128 (431), so a head with this many is its to judge
 _PAUSE_AT = 1 << 20  # buffered bytes past the request in flight before reading pauses
 _TARGET = re.compile(rb"/v2/models/([A-Za-z0-9._\-]+)(?:/versions/([A-Za-z0-9._\-]+))?/infer")
-# The header block after the request line, every line ``token: value`` ended by CRLF (the value without
-# CR or LF: an obs-fold line has no name, and a lone CR in a value is aiohttp's to judge); and each line's
-# name and value, less the spaces and tabs around the value.
-_HEADER_BLOCK = re.compile(r"(?:[!#$&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n]*\r\n)*")
-_HEADER_LINE = re.compile(r"([^:]+):[ \t]*([^\r\n]*?)[ \t]*\r\n")
-_HAND_OFF_HEADER = re.compile(r"(?:^|\n)(?:transfer-encoding|expect|upgrade|content-encoding):", re.I)
+# A header line ``token: value`` ended by CRLF (the value without CR or LF: an obs-fold line has no name, and
+# a lone CR in a value is aiohttp's to judge): its name, and its value less the spaces and tabs around it.
+# Greedy, so a line is matched in one pass (a lazy value tried each of its characters against the end).
+_LINE = r"([!#$&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\r\n]*[^ \t\r\n])?[ \t]*\r\n"
+_HEADER_BLOCK = re.compile(f"(?:{_LINE})*")  # the whole block after the request line, every line such
+_HEADER_LINE = re.compile(_LINE)
+_HAND_OFF_HEADERS = ("Transfer-Encoding", "Expect", "Upgrade", "Content-Encoding")
 # A Connection header served here: keep-alive (HTTP/1.1's default, as python-requests sends it) or close.
 _CONNECTION = frozenset(("keep-alive", "close"))
 _CONTENT_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+\-]+/[A-Za-z0-9!#$&^_.+\-]+")
@@ -244,9 +245,12 @@ class LeanProtocol(asyncio.Protocol):
         if target is None:
             raise _HandOff
         block = rest.decode("ascii") + "\r\n" if rest else ""  # ASCII: checked above
-        if _HEADER_BLOCK.fullmatch(block) is None or _HAND_OFF_HEADER.search(block) is not None:
+        if _HEADER_BLOCK.fullmatch(block) is None:
             raise _HandOff
         headers: CIMultiDict[str] = CIMultiDict(_HEADER_LINE.findall(block))
+        for name in _HAND_OFF_HEADERS:
+            if name in headers:
+                raise _HandOff
         lengths = headers.getall("Content-Length", [])
         if len(lengths) != 1 or not (lengths[0].isascii() and lengths[0].isdigit()):
             raise _HandOff

@@ -101,6 +101,9 @@ CASES = {
     "header line over 8 KiB": request(json_body(1), extra="X-Long: " + "a" * 9000 + "\r\n"),
     "200 headers": request(json_body(1), extra="".join(f"X-H{i}: v\r\n" for i in range(200))),
     "100 headers": request(json_body(1), extra="".join(f"X-H{i}: v\r\n" for i in range(100))),
+    "spaces around a value": request(json_body(1), extra="X-Latency-Budget-Ms: \t 500 \t\r\nX-Empty:\r\n"),
+    "expect, lower case": request(json_body(1), extra="expect: 100-continue\r\n"),
+    "transfer-encoding and a length": request(json_body(1), extra="transfer-encoding: chunked\r\n"),
     # errors, as the errors middleware answers them
     "no key": request(json_body(), key=None),
     "unknown key": request(json_body(), key="rg_" + "0" * 40),
