@@ -1,0 +1,94 @@
+"""railcore/leanhttp.py's connection timers, on a real loopback socket: the keep-alive timeout closes an idle
+connection (as aiohttp's does), not one that is answering; a request that never completes goes to aiohttp."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from railcore.leanhttp import LeanProtocol, LeanSite, Reply
+from tests.rawhttp import read_reply
+
+REQUEST = b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+
+
+class Echo(LeanProtocol):
+    delay_s = 0.0
+
+    async def respond(
+        self, model: str, version: str, headers: CIMultiDict[str], content_type: str, body: bytes
+    ) -> Reply:
+        await asyncio.sleep(self.delay_s)  # a slow call, when a test asks for one
+        return 200, [body], {"Content-Type": "application/json"}
+
+
+async def served(keepalive_s: float, wait_s: float = 5.0, delay_s: float = 0.0):
+    async def by_aiohttp(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(text="aiohttp")
+
+    app = web.Application()
+    app.router.add_post("/v2/models/{m}/infer", by_aiohttp)
+    runner = web.AppRunner(app)
+    await runner.setup()
+
+    def protocol(fallback, connections):
+        p = Echo(fallback, connections, 1 << 20, split_body_bytes=1 << 16, wait_s=wait_s, keepalive_s=keepalive_s)
+        p.delay_s = delay_s
+        return p
+
+    site = LeanSite(runner, protocol)
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.setblocking(False)
+    await site.start_socket(sock, None, 16)
+    return runner, site, sock.getsockname()[1]
+
+
+async def test_an_idle_connection_is_closed_after_the_keepalive_timeout() -> None:
+    runner, site, port = await served(keepalive_s=0.3)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(REQUEST)
+        status, _, body = await read_reply(reader)
+        assert (status, body) == (200, b"{}")
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # the gateway closed it
+        assert time.monotonic() - started >= 0.25  # not before the timeout
+        writer.close()
+        assert not site.connections
+    finally:
+        await site.close(1)
+        await runner.cleanup()
+
+
+async def test_a_call_longer_than_the_keepalive_timeout_is_answered() -> None:
+    runner, site, port = await served(keepalive_s=0.2, delay_s=0.6)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(REQUEST)
+        status, _, body = await read_reply(reader)
+        assert (status, body) == (200, b"{}")
+        writer.close()
+    finally:
+        await site.close(1)
+        await runner.cleanup()
+
+
+async def test_a_request_not_whole_in_time_goes_to_aiohttp() -> None:
+    runner, site, port = await served(keepalive_s=10, wait_s=0.2)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(REQUEST[:-1])
+        await writer.drain()
+        await asyncio.sleep(0.4)  # past wait_s: the connection is aiohttp's now (a slow client, not synchronisation)
+        writer.write(REQUEST[-1:])
+        status, _, body = await read_reply(reader)
+        assert (status, body) == (200, b"aiohttp")
+        writer.close()
+    finally:
+        await site.close(1)
+        await runner.cleanup()
