@@ -4,8 +4,10 @@ connection (as aiohttp's does), not one that is answering; a request that never 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -26,7 +28,10 @@ class Echo(LeanProtocol):
         return 200, [body], {"Content-Type": "application/json"}
 
 
-async def served(keepalive_s: float, wait_s: float = 5.0, delay_s: float = 0.0):
+@contextlib.asynccontextmanager
+async def served(keepalive_s: float, wait_s: float = 5.0, delay_s: float = 0.0) -> AsyncIterator[tuple[LeanSite, int]]:
+    """A LeanSite of ``Echo`` on a free loopback port in front of an aiohttp app (what is handed off), and its port."""
+
     async def by_aiohttp(request: web.Request) -> web.Response:
         await request.read()
         return web.Response(text="aiohttp")
@@ -44,13 +49,16 @@ async def served(keepalive_s: float, wait_s: float = 5.0, delay_s: float = 0.0):
     site = LeanSite(runner, protocol)
     sock = socket.create_server(("127.0.0.1", 0))
     sock.setblocking(False)
-    await site.start_socket(sock, None, 16)
-    return runner, site, sock.getsockname()[1]
+    try:
+        await site.start_socket(sock, None, 16)
+        yield site, sock.getsockname()[1]
+    finally:
+        await site.close(1)
+        await runner.cleanup()
 
 
 async def test_an_idle_connection_is_closed_after_the_keepalive_timeout() -> None:
-    runner, site, port = await served(keepalive_s=0.3)
-    try:
+    async with served(keepalive_s=0.3) as (site, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(REQUEST)
         status, _, body = await read_reply(reader)
@@ -60,27 +68,19 @@ async def test_an_idle_connection_is_closed_after_the_keepalive_timeout() -> Non
         assert time.monotonic() - started >= 0.25  # not before the timeout
         writer.close()
         assert not site.connections
-    finally:
-        await site.close(1)
-        await runner.cleanup()
 
 
 async def test_a_call_longer_than_the_keepalive_timeout_is_answered() -> None:
-    runner, site, port = await served(keepalive_s=0.2, delay_s=0.6)
-    try:
+    async with served(keepalive_s=0.2, delay_s=0.6) as (_, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(REQUEST)
         status, _, body = await read_reply(reader)
         assert (status, body) == (200, b"{}")
         writer.close()
-    finally:
-        await site.close(1)
-        await runner.cleanup()
 
 
 async def test_a_request_not_whole_in_time_goes_to_aiohttp() -> None:
-    runner, site, port = await served(keepalive_s=10, wait_s=0.2)
-    try:
+    async with served(keepalive_s=10, wait_s=0.2) as (_, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(REQUEST[:-1])
         await writer.drain()
@@ -89,6 +89,3 @@ async def test_a_request_not_whole_in_time_goes_to_aiohttp() -> None:
         status, _, body = await read_reply(reader)
         assert (status, body) == (200, b"aiohttp")
         writer.close()
-    finally:
-        await site.close(1)
-        await runner.cleanup()
