@@ -17,8 +17,9 @@ from multidict import CIMultiDict
 from edge.answer import answer
 from edge.runtime import EdgeRuntime
 from railcore.errors import RailgateError
-from railcore.leanhttp import LeanProtocol, LeanSite, Reply, error_reply
+from railcore.leanhttp import LeanProtocol, LeanSite
 from railcore.protocol.codec import DecodeLimits
+from railcore.web import Reply, error_reply
 
 # A request on the device's socket may take this long to arrive whole before aiohttp's handler reads it.
 WAIT_S = 30.0

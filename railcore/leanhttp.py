@@ -35,14 +35,9 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict
 
-from railcore.protocol.codec import encode_error
-from railcore.protocol.msgpack_codec import is_msgpack
-from railcore.protocol.types import Encoding
+from railcore.web import Chunks, Reply, error_reply
 
 log = logging.getLogger("railgate.http")
-
-Chunks = list[bytes | memoryview]
-Reply = tuple[int, Chunks, dict[str, str]]  # status, body chunks, headers
 
 KEEPALIVE_S = 75.0  # aiohttp's own keep-alive timeout
 _MAX_HEAD = 8190  # aiohttp's own line limit: a longer head is aiohttp's to refuse
@@ -86,14 +81,6 @@ class _Date:
 
 
 _DATE = _Date()
-
-
-def error_reply(status: int, message: str, headers: dict[str, str], content_type: str) -> Reply:
-    """``{"error": message}`` in the caller's encoding (msgpack for msgpack clients), as
-    ``railcore.web.error_response`` answers it."""
-    encoding = Encoding.MSGPACK if is_msgpack(content_type) else Encoding.JSON
-    body, body_type = encode_error(message, encoding)
-    return status, [body], {**headers, "Content-Type": body_type}
 
 
 class LeanProtocol(asyncio.Protocol):

@@ -15,11 +15,21 @@ from railcore.protocol.types import Encoding
 
 log = logging.getLogger("railgate.http")
 
+Chunks = list[bytes | memoryview]
+Reply = tuple[int, Chunks, dict[str, str]]  # status, body chunks, headers
+
+
+def error_reply(status: int, message: str, headers: dict[str, str], content_type: str) -> Reply:
+    """``{"error": message}`` in the caller's encoding (msgpack for msgpack clients): the reply of every
+    front, aiohttp's (``error_response``) and railcore/leanhttp.py's."""
+    encoding = Encoding.MSGPACK if is_msgpack(content_type) else Encoding.JSON
+    body, body_type = encode_error(message, encoding)
+    return status, [body], {**headers, "Content-Type": body_type}
+
 
 def error_response(request: web.Request, status: int, message: str, headers: dict[str, str]) -> web.Response:
-    encoding = Encoding.MSGPACK if is_msgpack(request.content_type) else Encoding.JSON
-    body, content_type = encode_error(message, encoding)
-    return web.Response(status=status, body=body, headers={**headers, "Content-Type": content_type})
+    status, chunks, reply_headers = error_reply(status, message, headers, request.content_type)
+    return web.Response(status=status, body=chunks[0], headers=reply_headers)
 
 
 def errors_middleware(component: str, on_error: Callable[[web.Request, RailgateError], None] | None = None):

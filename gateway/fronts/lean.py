@@ -26,7 +26,8 @@ from gateway.fronts.body import held_body
 from gateway.fronts.http import GATEWAY, INFER_FRONT, InferFront, serve_infer
 from gateway.gateway import Gateway
 from railcore.errors import RailgateError
-from railcore.leanhttp import LeanProtocol, LeanSite, Reply, error_reply
+from railcore.leanhttp import LeanProtocol, LeanSite
+from railcore.web import Reply, error_reply
 
 # The largest body waited for when it does not arrive with its head: larger ones are read by aiohttp's
 # path, which charges the reading budget before the first byte (here a body is charged once it is whole).
