@@ -76,6 +76,13 @@ class Store(Protocol):
 _OUTAGE_RETRY_S = 0.2  # while down, Redis is tried this often
 
 
+def _cancelled() -> bool:
+    """Whether the running task is being cancelled. redis-py can end a call cancelled mid-read with a
+    ConnectionError instead of CancelledError: a store error caught while this is true is the cancel."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 @dataclass(slots=True)
 class Holding:
     """What this process holds of one tenant's fleet limits, and its local limits during an outage."""
@@ -131,6 +138,7 @@ class FleetState:
         metrics.ledger_lag.set_function(self.ledger_lag_s)
         self._leases: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -152,6 +160,7 @@ class FleetState:
         return task
 
     async def close(self) -> None:
+        self._closing = True  # the heartbeat loop ends even if a cancel reaches it as an outage (_cancelled)
         await self.commits.close()
         for task in [*self._tasks, *self._leases.values()]:
             task.cancel()
@@ -322,6 +331,8 @@ class FleetState:
             h.quota_rows -= rows
 
     def _down(self, exc: BaseException) -> None:
+        if _cancelled():
+            raise asyncio.CancelledError from exc
         if self.up:
             self.up = False
             log.warning(
@@ -362,6 +373,8 @@ class FleetState:
             await self._replay()  # what was journalled while the first pass ran
             await self._read_fleet()
         except self.down_errors:
+            if _cancelled():
+                raise asyncio.CancelledError from None
             self.up = False
             return
         self.metrics.state_up.set(1)
@@ -380,7 +393,7 @@ class FleetState:
             await self.journal.journal_done([batch_id for batch_id, _ in batches])
 
     async def _beat_forever(self) -> None:
-        while True:
+        while not self._closing:
             if self.up:
                 await asyncio.sleep(self.config.heartbeat_s)
                 try:
