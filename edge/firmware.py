@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Callable
 
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDictProxy
 
 from edge.answer import answer
 from edge.runtime import EdgeRuntime
@@ -41,7 +41,7 @@ class FirmwareProtocol(LeanProtocol):
         self.limits = limits
 
     async def respond(
-        self, model: str, version: str, headers: CIMultiDict[str], content_type: str, body: bytes
+        self, model: str, version: str, headers: CIMultiDictProxy[str], content_type: str, body: bytes
     ) -> Reply:
         try:
             chunks, reply_headers = await answer(self.runtime, self.limits, model, version, headers, content_type, body)

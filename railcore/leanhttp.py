@@ -33,7 +33,7 @@ from typing import cast
 
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from railcore.web import Chunks, Reply, error_reply
 
@@ -60,6 +60,11 @@ _CONTENT_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+\-]+/[A-Za-z0-9!#$&^_.+\-]+")
 _OWN_HEADERS = frozenset(("Content-Length", "Date", "Server", "Connection"))
 _SERVER = f"Server: {SERVER_SOFTWARE}"
 _STATUS_LINES = {int(s): f"HTTP/1.1 {int(s)} {s.phrase}" for s in HTTPStatus}
+
+
+# A request's head as parsed: its length, the body's, model, version, headers (read-only: one repeated head's
+# headers serve each of its requests), content type, and whether the client closes after the reply.
+_Head = tuple[int, int, str, str, CIMultiDictProxy[str], str, bool]
 
 
 class _HandOff(Exception):
@@ -114,7 +119,10 @@ class LeanProtocol(asyncio.Protocol):
         self.last = 0.0  # loop time of the last reply (or of the connection), for the keep-alive timeout
         self.idle: asyncio.TimerHandle | None = None
         self.late: asyncio.TimerHandle | None = None  # armed while a request is incomplete
-        self.head: tuple[int, int, str, str, CIMultiDict[str], str, bool] | None = None  # its body still coming
+        self.head: _Head | None = None  # its body still coming
+        # The last head parsed and what it said: a client sends the same head again and again (the same model,
+        # headers and body size), and a repeated one is taken as parsed, for a comparison of its bytes.
+        self.seen: tuple[bytes, _Head] | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -146,7 +154,7 @@ class LeanProtocol(asyncio.Protocol):
     # -- answering -------------------------------------------------------------------------------
 
     async def respond(
-        self, model: str, version: str, headers: CIMultiDict[str], content_type: str, body: bytes
+        self, model: str, version: str, headers: CIMultiDictProxy[str], content_type: str, body: bytes
     ) -> Reply:
         raise NotImplementedError
 
@@ -182,7 +190,7 @@ class LeanProtocol(asyncio.Protocol):
             self.late = None
         self.task = self.loop.create_task(self._answer(*request))
 
-    def _parse(self) -> tuple[str, str, CIMultiDict[str], str, bytes, bool] | None:
+    def _parse(self) -> tuple[str, str, CIMultiDictProxy[str], str, bytes, bool] | None:
         """The next request (model, version, headers, content type, body, whether the client closes after its
         reply), None if it is not all here yet. A head whose body is still coming is parsed once, and kept."""
         head = self.head
@@ -203,9 +211,8 @@ class LeanProtocol(asyncio.Protocol):
         del buffer[:total]
         return model, version, headers, content_type, body, close
 
-    def _parse_head(self) -> tuple[int, int, str, str, CIMultiDict[str], str, bool] | None:
-        """The next request's head (its length, the body's, model, version, headers, content type, close),
-        None if it is not all here yet."""
+    def _parse_head(self) -> _Head | None:
+        """The next request's head, None if it is not all here yet; the last one's again if its bytes are."""
         buffer = self.buffer
         end = buffer.find(b"\r\n\r\n")
         if end < 0:
@@ -215,6 +222,15 @@ class LeanProtocol(asyncio.Protocol):
         if end > _MAX_HEAD:
             raise _HandOff  # a head past one line's limit may hold a line past it: aiohttp's to refuse (400)
         head = bytes(buffer[:end])
+        seen = self.seen
+        if seen is not None and seen[0] == head:
+            return seen[1]
+        parsed = self._parse_new_head(head)
+        self.seen = head, parsed
+        return parsed
+
+    def _parse_new_head(self, head: bytes) -> _Head:
+        """``head`` (the bytes before its blank line) parsed, or ``_HandOff``."""
         lines = head.count(b"\n")
         if (
             lines >= _MAX_LINES
@@ -234,7 +250,7 @@ class LeanProtocol(asyncio.Protocol):
         block = rest.decode("ascii") + "\r\n" if rest else ""  # ASCII: checked above
         if _HEADER_BLOCK.fullmatch(block) is None:
             raise _HandOff
-        headers: CIMultiDict[str] = CIMultiDict(_HEADER_LINE.findall(block))
+        headers = CIMultiDictProxy(CIMultiDict(_HEADER_LINE.findall(block)))
         for name in _HAND_OFF_HEADERS:
             if name in headers:
                 raise _HandOff
@@ -253,10 +269,10 @@ class LeanProtocol(asyncio.Protocol):
             raise _HandOff  # another hop-by-hop token (or several headers): aiohttp's to judge
         close = bool(connection) and connection[0].lower() == "close"
         model, version = target.group(1).decode(), target.group(2)
-        return end, length, model, version.decode() if version else "", headers, content_type, close
+        return len(head), length, model, version.decode() if version else "", headers, content_type, close
 
     async def _answer(
-        self, model: str, version: str, headers: CIMultiDict[str], content_type: str, body: bytes, close: bool
+        self, model: str, version: str, headers: CIMultiDictProxy[str], content_type: str, body: bytes, close: bool
     ) -> None:
         try:
             try:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDictProxy
 
 from gateway.call import arrival, call_from_metadata
 from gateway.config import Access
@@ -57,7 +57,7 @@ class InferProtocol(LeanProtocol):
         return self.gateway.draining  # clients stop reusing connections before the listener goes
 
     async def respond(
-        self, model: str, version: str, headers: CIMultiDict[str], content_type: str, body: bytes
+        self, model: str, version: str, headers: CIMultiDictProxy[str], content_type: str, body: bytes
     ) -> Reply:
         front = self.front
         try:

@@ -1,5 +1,6 @@
 """railcore/leanhttp.py's connection timers, on a real loopback socket: the keep-alive timeout closes an idle
-connection (as aiohttp's does), not one that is answering; a request that never completes goes to aiohttp."""
+connection (as aiohttp's does), not one that is answering; a request that never completes goes to aiohttp.
+And a connection's repeated head, which is taken as parsed: each request is still answered by its own head."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDictProxy
 
 from railcore.leanhttp import LeanProtocol, LeanSite, Reply
 from tests.rawhttp import read_reply
@@ -22,10 +23,16 @@ class Echo(LeanProtocol):
     delay_s = 0.0
 
     async def respond(
-        self, model: str, version: str, headers: CIMultiDict[str], content_type: str, body: bytes
+        self, model: str, version: str, headers: CIMultiDictProxy[str], content_type: str, body: bytes
     ) -> Reply:
         await asyncio.sleep(self.delay_s)  # a slow call, when a test asks for one
-        return 200, [body], {"Content-Type": "application/json"}
+        try:
+            headers["X-Tag"] = "changed"  # type: ignore[index]
+            writable = "yes"  # a repeated head's headers serve its next request: none may change them
+        except TypeError:
+            writable = "no"
+        reply = {"Content-Type": "application/json", "X-Model": model, "X-Writable": writable}
+        return 200, [body], reply | {"X-Tag": headers.get("X-Tag", "")}
 
 
 @contextlib.asynccontextmanager
@@ -89,3 +96,40 @@ async def test_a_request_not_whole_in_time_goes_to_aiohttp() -> None:
         status, _, body = await read_reply(reader)
         assert (status, body) == (200, b"aiohttp")
         writer.close()
+
+
+def _request(model: str = "m", tag: str = "a", body: bytes = b"{}", extra: bytes = b"") -> bytes:
+    length = f"Content-Length: {len(body)}\r\n" if not extra else ""
+    head = f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: x\r\nX-Tag: {tag}\r\n{length}"
+    return head.encode() + extra + b"\r\n" + body
+
+
+async def test_each_request_is_answered_by_its_own_head_when_heads_repeat_on_a_connection() -> None:
+    requests = [
+        _request(),
+        _request(),  # the same head again
+        _request(tag="b"),  # one header differs
+        _request(),
+        _request(model="n"),  # the target differs
+        _request(body=b'{"x": 1}'),  # the body's length differs
+    ]
+    async with served(keepalive_s=10) as (_, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        replies = []
+        for request in requests:
+            writer.write(request)
+            status, headers, body = await read_reply(reader)
+            replies.append((status, headers["x-model"], headers["x-tag"], headers["x-writable"], body))
+        # A head the lean path does not serve, after one it does: aiohttp takes the connection.
+        writer.write(_request(body=b"", extra=b"Transfer-Encoding: chunked\r\n") + b"0\r\n\r\n")
+        status, headers, body = await read_reply(reader)
+        writer.close()
+    assert replies == [
+        (200, "m", "a", "no", b"{}"),
+        (200, "m", "a", "no", b"{}"),
+        (200, "m", "b", "no", b"{}"),
+        (200, "m", "a", "no", b"{}"),
+        (200, "n", "a", "no", b"{}"),
+        (200, "m", "a", "no", b'{"x": 1}'),
+    ]
+    assert (status, body) == (200, b"aiohttp")
