@@ -12,7 +12,9 @@ a request not complete within ``wait_s``, anything it does not parse with certai
 handed, with the bytes read so far, to aiohttp's request handler for good, so every other case keeps
 aiohttp's semantics, limits and errors exactly. Requests on one connection are answered in order
 (pipelined ones wait their turn; reading pauses while a backlog builds); a connection idle for
-``keepalive_s`` is closed, as aiohttp's keep-alive timeout does.
+``keepalive_s`` is closed, as aiohttp's keep-alive timeout does. A client sends the same head for each
+request of one model, headers and body size: a connection's head that repeats its last one byte for byte
+is taken as that one parsed (its headers are read-only, so no request can change them for the next).
 
 ``LeanSite`` listens (TCP, with TLS if given, or a Unix socket) with this protocol in front of an
 ``AppRunner``'s aiohttp handler.
