@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from gateway.config import Admission, Batching, Limits, Priority, Routing
+from gateway.expiry import Expiry
 from gateway.lanes import DEFAULT_ROUTE, Admitted, BatchResult, Lane, LaneKey, budget_class
 from gateway.metrics import Metrics
 from gateway.routing.forward import Batch, Forwarder
@@ -108,6 +109,7 @@ class Pipeline:
             Priority.HIGH: float(a.max_active_requests),
         }
         self._dispatches: set[asyncio.Task[None]] = set()
+        self._expiry = Expiry()  # every waiting request's deadline, on one timer
         self._closing = False
 
     def _policy(self, info: ModelInfo) -> BatchPolicy:
@@ -209,14 +211,13 @@ class Pipeline:
             raise ClientGone(_GONE)
         else:  # nothing queued and a batch may go now: sent from here, as the runner would send it
             self._start(lane, [Pending(admitted, rows, deadline, now, shape)], alone)
-        # One timer handle that fails the future at the deadline (an ``asyncio.timeout`` would cancel
-        # and uncancel the whole task for the same effect, at several times the cost per request).
+        # The future fails at the deadline (one loop timer for every request's, gateway/expiry.py; an
+        # ``asyncio.timeout`` would cancel and uncancel the whole task, at several times the cost).
         future = admitted.future
-        timer = loop.call_at(deadline, _expire, future, info.name)
+        self._expiry.add(deadline, future, info.name)
         try:
             return await future
         finally:
-            timer.cancel()
             if not future.done():
                 future.cancel()  # the runner drops it before its batch is sent
 
@@ -430,6 +431,7 @@ class Pipeline:
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
+        self._expiry.close()
 
 
 def _batch_shape(info: ModelInfo, request: InferRequest) -> Hashable:
@@ -453,11 +455,6 @@ def _union_outputs(info: ModelInfo, batch: list[Pending[Admitted]]) -> list[str]
 
 def _abandoned(pending: Pending[Admitted]) -> bool:
     return pending.item.abandoned()
-
-
-def _expire(future: asyncio.Future[BatchResult], model: str) -> None:
-    if not future.done():
-        future.set_exception(DeadlineExceeded(f"latency budget ran out for model {model!r}"))
 
 
 def _fail_all(batch: list[Pending[Admitted]], error: RailgateError) -> None:
