@@ -195,8 +195,8 @@ class InferenceService:
             if tenant is not None:
                 self.state.release(tenant, rows)
             raise
-        datatypes = {t.name: t.datatype for t in info.outputs}
-        names = [o.name for o in request.outputs] or [o.name for o in info.outputs]
+        datatypes = info.output_datatypes
+        names = [o.name for o in request.outputs] if request.outputs else datatypes
         outputs = [Tensor(n, datatypes[n], result.outputs[n].shape, result.outputs[n]) for n in names]
         response = InferResponse(info.name, ticket.version or info.versions[-1], outputs, id=request.id)
         metrics = self.metrics

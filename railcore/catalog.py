@@ -36,6 +36,13 @@ class ModelInfo:
     max_batch_size: int  # 0: the model does not batch
     preferred_batch_sizes: tuple[int, ...] = ()
     config: dict[str, Any] = field(default_factory=dict, compare=False)  # Triton's JSON model config
+    # Derived once from the fields above (every request's check and reply reads them).
+    input_meta: dict[str, TensorMeta] = field(init=False, repr=False, compare=False)
+    output_datatypes: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_meta", {t.name: t for t in self.inputs})
+        object.__setattr__(self, "output_datatypes", {t.name: t.datatype for t in self.outputs})
 
     def metadata(self, version: str = "") -> dict[str, Any]:
         """The v2 model metadata reply."""
@@ -65,7 +72,7 @@ class ModelInfo:
         input and what was expected.
         """
         self.check_version(request.version)
-        expected = {t.name: t for t in self.inputs}
+        expected = self.input_meta
         given = {t.name for t in request.inputs}
         missing = [n for n in expected if n not in given]
         if missing:
@@ -92,7 +99,7 @@ class ModelInfo:
                 if rows not in (-1, batch):
                     raise BadRequest(f"input {tensor.name!r}: batch size {batch} differs from the other inputs' {rows}")
                 rows = batch
-        known = {t.name for t in self.outputs}
+        known = self.output_datatypes
         for output in request.outputs:
             if output.name not in known:
                 raise BadRequest(f"model {self.name!r} has no output {output.name!r}; outputs are {', '.join(known)}")
