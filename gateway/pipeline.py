@@ -437,7 +437,7 @@ class Pipeline:
 def _batch_shape(info: ModelInfo, request: InferRequest) -> Hashable:
     """The request's shapes past the batch dim where the model has variable dims there, else None:
     requests of different shapes cannot be concatenated, so the queue never batches them together."""
-    if info.max_batch_size <= 0 or all(d >= 0 for t in info.inputs for d in t.shape[1:]):
+    if info.max_batch_size <= 0 or info.fixed_dims:
         return None
     return tuple(sorted((t.name, t.shape[1:]) for t in request.inputs))
 

@@ -39,10 +39,13 @@ class ModelInfo:
     # Derived once from the fields above (every request's check and reply reads them).
     input_meta: dict[str, TensorMeta] = field(init=False, repr=False, compare=False)
     output_datatypes: dict[str, str] = field(init=False, repr=False, compare=False)
+    # Whether every input's dims past the batch dim are fixed: then all its requests batch together.
+    fixed_dims: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_meta", {t.name: t for t in self.inputs})
         object.__setattr__(self, "output_datatypes", {t.name: t.datatype for t in self.outputs})
+        object.__setattr__(self, "fixed_dims", all(d >= 0 for t in self.inputs for d in t.shape[1:]))
 
     def metadata(self, version: str = "") -> dict[str, Any]:
         """The v2 model metadata reply."""

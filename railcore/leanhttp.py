@@ -288,7 +288,8 @@ class LeanProtocol(asyncio.Protocol):
         finally:
             self.task = None
         self.last = self.loop.time()
-        if self.transport is not None and self.transport.is_closing() is False:
+        # The next request, if any of it is here (or reading was paused for it): an empty buffer has none.
+        if (self.buffer or self.paused) and self.transport is not None and self.transport.is_closing() is False:
             self._next()
 
     def _write(self, status: int, chunks: Chunks, headers: dict[str, str], close: bool) -> None:
