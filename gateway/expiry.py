@@ -60,8 +60,7 @@ class Expiry:
     def _arm(self, deadline: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         self._timer = self._loop.call_at(deadline, self._fire, deadline)
         self._armed_at = deadline
 

@@ -6,6 +6,8 @@
 
 Pure functions, bytes in and value objects out: every malformed body becomes a BadRequest (400) or, when it
 asks for more than ``DecodeLimits`` allows, a PayloadTooLarge (413). The reply goes back the way the request came.
+The one state kept is a bounded cache of decoded binary headers (``_PLANS``): a header seen before, byte for
+byte and under the same limits, is not parsed and checked again; each request still gets objects of its own.
 """
 
 from __future__ import annotations
