@@ -79,7 +79,7 @@ def decode_request(
         if plan is not None and plan.limits is limits:
             request = plan.request(model, version, section)
         else:
-            header = json_codec.loads(header_bytes, limits.max_json_python_bytes)
+            header = json_codec.loads(header_bytes if key is None else key, limits.max_json_python_bytes)
             encoding = Encoding.JSON if header_length is None else Encoding.BINARY
             request = _request(
                 header, model, version, limits, encoding, partial(_json_data, section=section, limits=limits)
