@@ -28,12 +28,11 @@ _COMPACT_MIN = 1024  # entries before the first compaction: a small heap is neve
 class Expiry:
     """Fails each added future with ``DeadlineExceeded`` at its deadline unless it is done by then."""
 
-    __slots__ = ("_armed_at", "_compact_at", "_heap", "_loop", "_seq", "_timer")
+    __slots__ = ("_armed_at", "_compact_at", "_heap", "_seq", "_timer")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, asyncio.Future[Any], str]] = []
         self._seq = itertools.count()  # ties broken by arrival: futures do not compare
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._armed_at = math.inf
         self._compact_at = _COMPACT_MIN
@@ -60,14 +59,12 @@ class Expiry:
     def _arm(self, deadline: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._loop = asyncio.get_running_loop()
-        self._timer = self._loop.call_at(deadline, self._fire, deadline)
+        self._timer = asyncio.get_running_loop().call_at(deadline, self._fire, deadline)
         self._armed_at = deadline
 
     def _fire(self, due: float) -> None:
         self._timer, self._armed_at = None, math.inf
-        assert self._loop is not None
-        until = max(due, self._loop.time())
+        until = max(due, asyncio.get_running_loop().time())
         heap = self._heap
         while heap and heap[0][0] <= until:
             _, _, future, model = heapq.heappop(heap)
