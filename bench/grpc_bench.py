@@ -4,9 +4,10 @@
     c=16     16 concurrent calls in a closed loop with tritonclient.grpc.aio
     stream   one ModelStreamInfer stream keeping ``window`` requests in flight
 
-Each runs against the hub's own gRPC port ("direct") and the gateway's ("gateway"), paths
-interleaved per run; the gateway's CPU per request is read from /proc like the HTTP rows'. The
-gateway talks to the hub over HTTP with binary tensors, its default hub protocol.
+Each runs against the hub's own gRPC port ("direct"), the gateway's ("gateway") and a bare grpc.aio
+echo server's (``GRPC_FLOOR``, bench/grpc_echo.py: what grpc.aio and protobuf cost alone), paths
+interleaved per run; the gateway's (and the echo's) CPU per request is read from /proc like the HTTP
+rows'. The gateway talks to the hub over HTTP with binary tensors, its default hub protocol.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from bench.stats import latency_summary
 from devtools.devstack import Gateway, Hub, Link, StartError, start_hub
 
 STREAM_WINDOW = 64
+GRPC_FLOOR = "grpc floor"  # the bare grpc.aio echo's path
 
 
 def _cpu_delta(before: dict[str, float | None], after: dict[str, float | None]) -> dict[str, float]:
@@ -195,13 +197,18 @@ def grpc_section(bench: Any, section: dict[str, Any], runs_of: Callable[..., lis
         "listen": {"grpc_port": 0},
     }
     link_rows(bench, section, runs_of)
+    from bench.scenarios import start_grpc_echo
+
     with contextlib.ExitStack() as stack:
         gateway = stack.enter_context(Gateway(bench.workdir, config).start(90))
+        echo = stack.enter_context(start_grpc_echo())
+        assert echo.ready_match is not None
         section["gateway_config"] = gateway.config
         hub_watch = Watch("hub", hub.pid, group=True)
         paths = {
             "direct": (f"127.0.0.1:{hub.config.grpc_port}", (hub_watch,)),
             "gateway": (gateway.grpc_address, (hub_watch, Watch("gateway", gateway.pid))),
+            GRPC_FLOOR: (f"127.0.0.1:{echo.ready_match.group(1)}", (Watch(GRPC_FLOOR, echo.pid),)),
         }
         c = plan.overhead_concurrency
         for run in range(plan.runs):

@@ -25,6 +25,8 @@ OVERHEAD_P99_MS = 1.0  # ... and this much to direct p99
 C1_CPU_US = 300.0  # gateway CPU per request at c=1 (every request its own batch: the per-batch cost)
 COST_CPU_US = {"binary": 80.0, "msgpack": 80.0, "json": 120.0}  # per request at c=64
 ECHO_RATIO = 0.5  # railgate's requests per CPU-second over a bare aiohttp + uvloop echo server's
+# (the gRPC front's: over a bare grpc.aio echo's, the path below)
+GRPC_FLOOR = "grpc floor"
 BATCHING_GAIN = 3.0  # gateway throughput over direct, behind the link, at equal or better p99
 SYSTEM_CPU_RATIO = 0.5  # behind the link: (gateway + hub) CPU per inference over direct's hub CPU per inference
 SECTION_TITLES = {
@@ -144,6 +146,31 @@ def cost_targets(section: dict[str, Any]) -> list[Target]:
     return targets
 
 
+def grpc_floor_targets(section: dict[str, Any]) -> list[Target]:
+    """The gRPC front's requests per CPU-second over the bare grpc.aio echo's at saturation (the stream
+    row), paired run by run: the gRPC front's counterpart of the cost section's echo ratio."""
+    gateway = find_case(section, path="gateway", stream=True)
+    if gateway is None:
+        return []
+    floor = find_case(section, path=GRPC_FLOOR, stream=True)
+
+    def per_request(case: dict[str, Any] | None, name: str) -> list[float | None]:
+        if case is None:
+            return []
+        return [
+            r["cpu_s"][name] / r["ok"] if (r.get("cpu_s") or {}).get(name) and r.get("ok") else None
+            for r in case["runs"]
+        ]
+
+    pairs = zip(per_request(gateway, "gateway"), per_request(floor, GRPC_FLOOR), strict=False)
+    ratio = spread([f / g for g, f in pairs if g is not None and f is not None])
+    goal = (
+        f"req per gateway CPU-s ≥ {ECHO_RATIO:g}x the bare grpc.aio echo server's, "
+        f"stream, {gateway['concurrency']} in flight"
+    )
+    return [Target("grpc", goal, fmt(ratio, suffix="x"), None if ratio is None else ratio.median >= ECHO_RATIO)]
+
+
 def batching_targets(section: dict[str, Any], name: str = "batching") -> list[Target]:
     direct, gateway = find_case(section, path="direct"), find_case(section, path="gateway")
     gain = paired(gateway, direct, "throughput_rps", lambda g, d: g / d)
@@ -182,6 +209,7 @@ def all_targets(report: dict[str, Any]) -> list[Target]:
         grpc = report["sections"]["grpc"]
         front = {**grpc, "cases": [c for c in grpc.get("cases", []) if not c.get("link")]}
         targets += overhead_targets(front, name="grpc")
+        targets += grpc_floor_targets(front)
         link = {**grpc, "cases": [c for c in grpc.get("cases", []) if c.get("link")]}
         if link["cases"]:
             targets += batching_targets(link, name="grpc")
@@ -473,7 +501,11 @@ SECTION_NOTES = {
     "talks to the hub over HTTP with binary tensors). c=1: {sequential_requests} sequential calls after "
     "{sequential_warmup} warm-up, sync client. c={overhead_concurrency}: tritonclient.grpc.aio closed loop for "
     "{overhead_duration_s:g} s after {overhead_warmup_s:g} s warm-up. c=64: one ModelStreamInfer stream keeping "
-    "64 requests in flight. Proxy CPU = the gateway's CPU time per answered request. Second table: "
+    "64 requests in flight. Proxy CPU = the gateway's CPU time per answered request. grpc floor: "
+    "bench/grpc_echo.py, a bare grpc.aio + uvloop server with Triton's generated service that answers each "
+    "call (and each stream message) with a fixed reply the shape of the gateway's (no decoding past protobuf's, "
+    "no batching, no hub): what grpc.aio and protobuf alone cost per call here, the least any front built on "
+    "them spends; its stream row is the anchor of the gRPC front's echo ratio. Second table: "
     "{batching_concurrency} tritonclient.grpc.aio clients behind `railgate link --delay-ms {link_delay_ms:g}`, "
     "straight to the hub's gRPC port (direct) or into the gateway's gRPC front (whose hub is behind its own link); "
     "hub + proxy CPU per inference leaves the link out (in production it is the network).",

@@ -313,6 +313,14 @@ def start_echo() -> procs.Child:
     return child.start(30)
 
 
+def start_grpc_echo() -> procs.Child:
+    """``python -m bench.grpc_echo`` (a bare grpc.aio + uvloop server answering a fixed reply), up and listening."""
+    child = procs.Child(
+        [sys.executable, "-m", "bench.grpc_echo"], "grpc echo", ready_line=r"grpc echo listening 127\.0\.0\.1:(\d+)"
+    )
+    return child.start(30)
+
+
 def cost(b: Bench, section: dict[str, Any]) -> None:
     """Requests per CPU-second at saturation: the gateway per encoding (straight to the hub), a bare
     aiohttp + uvloop echo server (the floor for a Python front), the gateway with every request on

@@ -224,3 +224,58 @@ def test_the_python_floor_forwards_to_a_real_hub_and_answers_as_the_hub_does(hub
     assert through_floor[0] == direct[0], "the model's metadata, as tritonclient asks for it first"
     for got, expected in zip(through_floor[1:], direct[1:], strict=True):
         np.testing.assert_array_equal(got, expected)
+
+
+def test_the_grpc_floor_answers_tritonclient_as_the_hub_does_unary_and_streamed(hub):
+    """The gRPC section's floor row stands for a gRPC front only if tritonclient.grpc works against
+    it as against the hub: the model's metadata, each call's outputs (names, datatypes, shapes), and a
+    stream's answers carrying their own request ids."""
+    import queue
+
+    import tritonclient.grpc as triton_grpc
+
+    from bench.scenarios import start_grpc_echo
+
+    def ask(address: str) -> tuple[object, list[tuple[str, str, list[int]]], list[str]]:
+        client = triton_grpc.InferenceServerClient(address)
+        try:
+            inputs = client.get_model_metadata("digits", as_json=True)["inputs"]
+            tensor = triton_grpc.InferInput("pixels", [1, 64], "FP32")
+            tensor.set_data_from_numpy(np.zeros((1, 64), np.float32))
+            result = client.infer("digits", [tensor]).get_response(as_json=True)
+            outputs = sorted((o["name"], o["datatype"], [int(d) for d in o["shape"]]) for o in result["outputs"])
+            answers: queue.Queue = queue.Queue()
+            client.start_stream(callback=lambda result, error: answers.put((result, error)))
+            for request_id in ("a", "b", "c"):
+                client.async_stream_infer("digits", [tensor], request_id=request_id)
+            ids = []
+            for _ in range(3):
+                result, error = answers.get(timeout=10)
+                assert error is None, error
+                ids.append(result.get_response().id)
+            client.stop_stream()
+            return inputs, outputs, sorted(ids)
+        finally:
+            client.close()
+
+    with start_grpc_echo() as echo:
+        assert echo.ready_match is not None
+        through_floor = ask(f"127.0.0.1:{echo.ready_match.group(1)}")
+    direct = ask(f"127.0.0.1:{hub.config.grpc_port}")
+    assert through_floor == direct
+    assert through_floor[2] == ["a", "b", "c"]
+
+
+def test_the_grpc_front_is_compared_with_the_grpc_floor_on_its_stream_row_paired_run_by_run():
+    def case(path: str, name: str, cpu_s: list[float]) -> dict:
+        runs = [_run(5, 9, 1000, cpu_s={name: c}) for c in cpu_s]  # 100 answered per run
+        return {"path": path, "concurrency": 64, "stream": True, "runs": runs}
+
+    section = {"cases": [case("gateway", "gateway", [0.03, 0.02]), case("grpc floor", "grpc floor", [0.01, 0.012])]}
+    (target,) = report.grpc_floor_targets(section)
+    assert target.goal == "req per gateway CPU-s ≥ 0.5x the bare grpc.aio echo server's, stream, 64 in flight"
+    assert target.figure == "0.47x [0.33, 0.60]"  # 0.01 / 0.03 and 0.012 / 0.02, run by run
+    assert target.met is False
+    section["cases"][0]["runs"][0]["cpu_s"]["gateway"] = 0.015  # run 1 now 0.67x: median 0.63x
+    assert report.grpc_floor_targets(section)[0].met is True
+    assert report.grpc_floor_targets({"cases": section["cases"][1:]}) == []  # no gateway stream row: no target
