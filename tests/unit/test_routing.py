@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections import Counter
 
 import pytest
@@ -169,3 +170,12 @@ def test_tail_window_quantiles_are_those_of_its_last_samples_sorted(seed: int) -
         last = sorted(seen[-16:])
         for q in (0.0, 0.5, 0.95, 0.99, 1.0):
             assert window.quantile(q) == last[min(max(math.ceil(q * len(last)) - 1, 0), len(last) - 1)]
+
+
+@pytest.mark.parametrize("epoch_s", [0.0, 59.9, 60.0, 3599.0, 86399.9, 86400.0, 1_796_300_000.5, 1_767_225_540.0])
+def test_the_minute_of_day_for_tariffs_is_gmtimes_hour_and_minute(monkeypatch, epoch_s: float) -> None:
+    from gateway.routing import router as router_module
+
+    at = time.gmtime(epoch_s)
+    monkeypatch.setattr(router_module.time, "time", lambda: epoch_s)
+    assert router_module._utc_minute() == at.tm_hour * 60 + at.tm_min
