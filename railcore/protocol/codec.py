@@ -245,7 +245,7 @@ def _request(
 
 
 def _input(spec: Any, index: int, limits: DecodeLimits, decode_data: _DataDecoder) -> Tensor:
-    name = _name(spec, f"inputs[{index}]")
+    name = _name(spec, "inputs", index)
     try:
         datatype = spec.get("datatype")
         if not isinstance(datatype, str) or datatype not in DTYPES:
@@ -318,7 +318,7 @@ def _requested_outputs(value: Any) -> list[RequestedOutput]:
         raise BadRequest(f"outputs must be a list, got {kind_of(value)}")
     outputs = []
     for index, spec in enumerate(value):
-        name = _name(spec, f"outputs[{index}]")
+        name = _name(spec, "outputs", index)
         try:
             parameters = _object(spec.get("parameters"), "parameters")
             binary_data = parameters.get("binary_data")
@@ -331,12 +331,13 @@ def _requested_outputs(value: Any) -> list[RequestedOutput]:
     return outputs
 
 
-def _name(spec: Any, where: str) -> str:
+def _name(spec: Any, field: str, index: int) -> str:
+    """The name of entry ``index`` of ``field`` (inputs, outputs); where it is is formatted only for an error."""
     if not isinstance(spec, dict):
-        raise BadRequest(f"{where} must be an object, got {kind_of(spec)}")
+        raise BadRequest(f"{field}[{index}] must be an object, got {kind_of(spec)}")
     name = spec.get("name")
     if not isinstance(name, str):
-        raise BadRequest(f"{where} needs a string name, got {kind_of(name)}")
+        raise BadRequest(f"{field}[{index}] needs a string name, got {kind_of(name)}")
     return name
 
 

@@ -542,3 +542,24 @@ def test_the_python_bytes_bound_is_exact_where_it_could_matter_and_skipped_where
     assert json_codec.loads(body, max_python_bytes=exact) == json.loads(body)
     # A body whose every byte could cost the most is still under the limit: no count is needed.
     assert json_codec.loads(body, max_python_bytes=len(body) * json_codec.MAX_PYTHON_BYTES_PER_BYTE)["inputs"]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "expected"),
+    [
+        ("application/msgpack", True),
+        ("application/x-msgpack", True),
+        ("application/octet-stream", False),
+        ("application/json", False),
+        (" Application/MsgPack; charset=binary", True),
+        ("APPLICATION/X-MSGPACK", True),
+        ("application/json; charset=utf-8", False),
+        ("text/plain", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_msgpack_is_told_by_its_media_type_whatever_its_case_and_parameters(content_type, expected) -> None:
+    from railcore.protocol.msgpack_codec import is_msgpack
+
+    assert is_msgpack(content_type) is expected
