@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from bench.load import Watch, cpu_sample
+from bench.report import GRPC_FLOOR
 from bench.stats import latency_summary
 from devtools.devstack import Gateway, Hub, Link, StartError, start_hub
 
 STREAM_WINDOW = 64
-GRPC_FLOOR = "grpc floor"  # the bare grpc.aio echo's path
 
 
 def _cpu_delta(before: dict[str, float | None], after: dict[str, float | None]) -> dict[str, float]:

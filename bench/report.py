@@ -25,7 +25,7 @@ OVERHEAD_P99_MS = 1.0  # ... and this much to direct p99
 C1_CPU_US = 300.0  # gateway CPU per request at c=1 (every request its own batch: the per-batch cost)
 COST_CPU_US = {"binary": 80.0, "msgpack": 80.0, "json": 120.0}  # per request at c=64
 ECHO_RATIO = 0.5  # railgate's requests per CPU-second over a bare aiohttp + uvloop echo server's
-# (the gRPC front's: over a bare grpc.aio echo's, the path below)
+# (the gRPC front's: over a bare grpc.aio echo's, the gRPC section's path of this name)
 GRPC_FLOOR = "grpc floor"
 BATCHING_GAIN = 3.0  # gateway throughput over direct, behind the link, at equal or better p99
 SYSTEM_CPU_RATIO = 0.5  # behind the link: (gateway + hub) CPU per inference over direct's hub CPU per inference
