@@ -17,6 +17,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -197,10 +198,15 @@ def grpc_section(bench: Any, section: dict[str, Any], runs_of: Callable[..., lis
         "listen": {"grpc_port": 0},
     }
     link_rows(bench, section, runs_of)
-    from bench.scenarios import start_grpc_echo
+    from bench.scenarios import start_grpc_echo, with_batches
 
     with contextlib.ExitStack() as stack:
         gateway = stack.enter_context(Gateway(bench.workdir, config).start(90))
+
+        def measured(path: str, run: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+            """``run(*args)``'s record; the gateway's with the batches it sent meanwhile, as the HTTP rows' have."""
+            return with_batches(gateway.url, partial(run, *args)) if path == "gateway" else run(*args)
+
         echo = stack.enter_context(start_grpc_echo())
         assert echo.ready_match is not None
         section["gateway_config"] = gateway.config
@@ -214,16 +220,20 @@ def grpc_section(bench: Any, section: dict[str, Any], runs_of: Callable[..., lis
         for run in range(plan.runs):
             bench.say(f"grpc run {run + 1}/{plan.runs}")
             for path, (address, watch) in paths.items():
-                record = sequential(
-                    address, plan.model, plan.sequential_requests, plan.sequential_warmup, plan.shape, watch
+                record = measured(
+                    path,
+                    sequential,
+                    *(address, plan.model, plan.sequential_requests, plan.sequential_warmup, plan.shape, watch),
                 )
                 runs_of(section, path=path, concurrency=1, client="tritonclient.grpc sync").append(record)
                 _say(bench, f"grpc c=1 {path}", record)
             for path, (address, watch) in paths.items():
-                record = asyncio.run(
+                record = measured(
+                    path,
+                    asyncio.run,
                     _concurrent(
                         address, plan.model, c, plan.overhead_duration_s, plan.overhead_warmup_s, plan.shape, watch
-                    )
+                    ),
                 )
                 runs_of(section, path=path, concurrency=c, client="tritonclient.grpc.aio").append(record)
                 _say(bench, f"grpc c={c} {path}", record)
@@ -239,7 +249,9 @@ def grpc_section(bench: Any, section: dict[str, Any], runs_of: Callable[..., lis
                         )
                         address = f"127.0.0.1:{stream_hub.config.grpc_port}"
                         watch = (Watch("hub", stream_hub.pid, group=True),)
-                    record = asyncio.run(
+                    record = measured(
+                        path,
+                        asyncio.run,
                         _stream(
                             address,
                             plan.model,
@@ -248,7 +260,7 @@ def grpc_section(bench: Any, section: dict[str, Any], runs_of: Callable[..., lis
                             plan.overhead_warmup_s,
                             plan.shape,
                             watch,
-                        )
+                        ),
                     )
                     if stream_hub is not None and stream_hub.child is not None and not stream_hub.child.running:
                         record.setdefault("error_kinds", {})["the hub crashed (tritonserver, not railgate)"] = 1
@@ -261,7 +273,7 @@ def link_rows(bench: Any, section: dict[str, Any], runs_of: Callable[..., list[d
     """The batching rows over gRPC: ``batching_concurrency`` tritonclient.grpc.aio clients behind the
     emulated backbone, straight to the hub's gRPC port over the link, or into the gateway's gRPC front
     (which reaches the hub over its own link, HTTP with binary tensors)."""
-    from bench.scenarios import system_cpu_us
+    from bench.scenarios import system_cpu_us, with_batches
 
     plan = bench.plan
     hub: Hub = bench.hub
@@ -287,10 +299,13 @@ def link_rows(bench: Any, section: dict[str, Any], runs_of: Callable[..., list[d
         for run in range(plan.runs):
             bench.say(f"grpc link run {run + 1}/{plan.runs} ({c} clients, link {plan.link_delay_ms:g} ms each way)")
             for path, (address, watch) in paths.items():
-                record = asyncio.run(
-                    _concurrent(
-                        address, plan.model, c, plan.batching_duration_s, plan.batching_warmup_s, plan.shape, watch
-                    )
+                clients = _concurrent(
+                    address, plan.model, c, plan.batching_duration_s, plan.batching_warmup_s, plan.shape, watch
+                )
+                record = (
+                    with_batches(gateway.url, partial(asyncio.run, clients))
+                    if path == "gateway"
+                    else asyncio.run(clients)
                 )
                 record["system_cpu_us_per_inference"] = system_cpu_us(record, path)
                 runs_of(section, path=path, concurrency=c, link=True).append(record)

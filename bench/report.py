@@ -304,13 +304,14 @@ def overhead_markdown(section: dict[str, Any]) -> list[str]:
                 fmt(d50, sign=True),
                 fmt(d99, sign=True),
                 fmt(_cpu_per_request(case, path), 0),
+                fmt(case_spread(case, "mean_batch_rows"), 1),
                 target,
                 met,
                 _errors(case),
             ]
         )
     header = ["c", "path", "client", "p50 ms", "p99 ms", "req/s", "p50 added ms", "p99 added ms"]
-    return _table([*header, "proxy CPU µs/req", "target", "met?", "errors"], rows)
+    return _table([*header, "proxy CPU µs/req", "mean batch", "target", "met?", "errors"], rows)
 
 
 def batching_markdown(section: dict[str, Any]) -> list[str]:
@@ -579,7 +580,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [SECTION_NOTES[name].format(**plan), ""]
         lines += [f"> {s}" for s in section.get("skipped", [])]
         lines += [*SECTION_MARKDOWN[name](section), ""]
-        if name not in ("overhead", "grpc", "tracing", "state", "tls"):
+        if name not in ("tracing", "state", "tls"):
             lines += [BATCH_NOTE, ""]
         note = other_load_note(section)
         if note:

@@ -169,8 +169,13 @@ def batch_counters(gateway_url: str) -> dict[str, float]:
 
 def gateway_run(gateway_url: str, spec: LoadSpec) -> dict[str, Any]:
     """``run_load`` against the gateway, plus the batches it sent meanwhile (warm-up included)."""
+    return with_batches(gateway_url, lambda: run_record(run_load(spec)))
+
+
+def with_batches(gateway_url: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``run()``'s record, plus the batches the gateway sent meanwhile (warm-up included), from its /metrics."""
     before = batch_counters(gateway_url)
-    record = run_record(run_load(spec))
+    record = run()
     after = batch_counters(gateway_url)
     counts = {k: v - before.get(k, 0.0) for k, v in after.items()}
     record["gateway_batches"] = {k: v for k, v in counts.items() if v}

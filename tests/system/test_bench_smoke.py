@@ -45,7 +45,12 @@ def _synthetic_report() -> dict:
     overhead = {
         "cases": [
             {"path": "direct", "concurrency": 1, "client": "tc", "runs": [_run(4.0, 5.0, 250), _run(4.2, 5.5, 240)]},
-            {"path": "gateway", "concurrency": 1, "client": "tc", "runs": [_run(4.5, 9.5, 220), _run(4.9, 9.0, 200)]},
+            {
+                "path": "gateway",
+                "concurrency": 1,
+                "client": "tc",
+                "runs": [_run(4.5, 9.5, 220, mean_batch_rows=1.0), _run(4.9, 9.0, 200, mean_batch_rows=2.0)],
+            },
         ]
     }
     batching = {
@@ -104,6 +109,10 @@ def test_targets_and_markdown_from_synthetic_figures(tmp_path):
     assert "## 1. Overhead" in text and "## 2. Batching gain" in text and "## 3. Cost" in text
     assert "+0.60 [+0.50, +0.70]" in text  # the paired p50 difference: median [min, max]
     assert "**missed**" in text and "QUICK run" in text
+    overhead = report.overhead_markdown(rep["sections"]["overhead"])
+    header = [c.strip() for c in overhead[0].strip("|").split("|")]
+    gateway_row = next([c.strip() for c in line.strip("|").split("|")] for line in overhead if "| gateway |" in line)
+    assert gateway_row[header.index("mean batch")] == "1.5 [1.0, 2.0]"  # rows per batch the gateway sent, per run
     for line in text.splitlines():
         if line.startswith("|"):
             assert line.endswith("|")
