@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
 import time
 import urllib.error
@@ -41,6 +42,34 @@ def ready_status(url: str) -> int | str:
         return exc.code
     except (urllib.error.URLError, ConnectionError) as exc:
         return f"refused: {exc}"
+
+
+def open_upload(url: str) -> tuple[socket.socket, bytes]:
+    """An infer POST whose head and the first half of its body are sent now, the rest by the caller: the
+    gateway admits it (counts it in progress) on its head, so a drain must wait for it. Its body is
+    padded with JSON whitespace past the size the lean path waits for whole, so aiohttp's path reads
+    it as it comes (``fronts/lean.py``'s SPLIT_BODY_BYTES)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    body = BODY + b" " * (100 * 1024)
+    head = (
+        f"POST /v2/models/digits/infer HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(head + body[: len(body) // 2])
+    return sock, body[len(body) // 2 :]
+
+
+def finish_upload(sock: socket.socket, rest: bytes) -> tuple[int, dict[str, str]]:
+    """Send the rest of ``open_upload``'s body; the reply's status and headers."""
+    with sock, sock.makefile("rb") as reply:
+        sock.sendall(rest)
+        status = int(reply.readline().split()[1])
+        headers = {}
+        while (line := reply.readline().strip()) != b"":
+            name, _, value = line.decode().partition(":")
+            headers[name.strip()] = value.strip()
+        return status, headers
 
 
 # A request sent this long after SIGTERM reaches a gateway that has seen the signal (it is handled
@@ -90,14 +119,25 @@ def test_sigterm_under_load_answers_every_accepted_request(hub: Hub, tmp_path: P
             deadline = time.monotonic() + 20
             while len(sent_before) < 50 and time.monotonic() < deadline:
                 time.sleep(0.02)  # wait until load is flowing (a condition with a bound)
+            # An accepted request still uploading keeps the drain from ending until the test sees a
+            # refusal: without it, the in-flight requests can all finish in one batch at the moment
+            # refusing starts, leaving no window to observe it (a timing-dependent test).
+            upload, rest = open_upload(gw.url)
             signalled_at.append(time.monotonic())
             signalled.set()
             gw.service.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            while not any(s == 503 for s, _, _ in sent_after) and time.monotonic() < deadline:
+                time.sleep(0.02)  # a condition with a bound: the drain has started refusing
+            uploaded = finish_upload(upload, rest)
             code = gw.service.process.wait(timeout=40)
             stop.set()
             for f in futures:
                 f.result(timeout=40)
     assert code == 0
+    # The request accepted before the signal, whose body came only once refusals had begun, is answered.
+    assert uploaded[0] == 200, uploaded
+    assert uploaded[1].get("Connection", "").lower() == "close", uploaded[1]
     lost = [s for s, _ in sent_before if s != 200]
     # Requests sent while the gateway was accepting were accepted: every one is answered 200.
     # (A request racing the signal may be counted "before" yet reach a closed listener: refused.)
