@@ -100,9 +100,12 @@ class Batching:
     max_batch_size: int = 64  # a cap: the batch never exceeds the backend model's own max_batch_size
     max_queue_delay_ms: float = 2.0
     preferred_batch_sizes: tuple[int, ...] = ()  # empty: take the model's own
-    # While fewer batches than this are in flight for a batch key, a request is sent at once: an
-    # idle pipeline gets no added delay, a busy one accumulates batches that grow with the load.
-    max_inflight_batches: int = 2
+    # While fewer batches than this are in flight for a batch key, a request is sent at once: an idle
+    # pipeline adds no delay. Past it, arrivals gather for max_queue_delay_ms (or until a batch returns,
+    # fills or runs out of slack) and then go, however many are in flight: it is not a cap. 1, as
+    # Triton's dynamic batcher with one instance: at 2, a front whose calls arrive one at a time (gRPC)
+    # sent nearly every request in a hub call of its own (docs/perf-issue14-grpc.md).
+    max_inflight_batches: int = 1
     # A lane (one batch key's queue and task) with nothing queued or in flight for this long is
     # removed: a client can vary its key (X-Allowed-Regions), so lanes must not outlive their traffic.
     idle_lane_s: float = 30.0

@@ -7,7 +7,8 @@ admitted request, then asks ``decide(now, inflight, service_s)`` what to do: flu
 A batch is flushed when
   * it is full (``max_batch_size`` rows, never above the backend model's own maximum);
   * the pipeline is idle: fewer than ``max_inflight_batches`` batches of this key are in flight.
-    An idle gateway adds no queueing delay; a busy one accumulates batches that grow with load;
+    An idle gateway adds no queueing delay; a busy one accumulates batches that grow with load.
+    This is not a cap on batches in flight: the rules below send more;
   * it reaches the largest preferred batch size;
   * its earliest member's deadline slack runs out (deadline minus expected service time), because
     the batch carries the earliest deadline of its members;

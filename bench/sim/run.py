@@ -32,7 +32,7 @@ from railcore.protocol.types import InferRequest, Tensor
 BASELINES = tuple(BASELINE_RANKS)
 POLICIES: tuple[str, ...] = (*(str(p) for p in ROUTER_POLICIES), *BASELINES)
 HEALTH = Health(failures_to_eject=3, base_ejection_s=1.0, max_ejection_s=30.0, slow_start_s=5.0)
-BATCHING = Batching(max_batch_size=64, max_queue_delay_ms=2.0, max_inflight_batches=2)
+BATCHING = Batching(max_batch_size=64, max_queue_delay_ms=2.0)  # max_inflight_batches: the default, as shipped
 
 OK = 200
 LATE = 0  # answered, but after its own deadline

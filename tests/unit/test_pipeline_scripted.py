@@ -104,3 +104,31 @@ async def test_one_members_bad_data_fails_only_that_member_and_never_the_hub() -
     assert isinstance(results[1], HubModelFailed) and "stoll" in results[1].message
     breaker = router.breakers["parse"]
     assert breaker.state is BreakerState.CLOSED and breaker.consecutive_failures == 0, "data errors never eject"
+
+
+@virtual_time
+async def test_by_default_requests_arriving_while_a_batch_is_out_wait_the_queue_delay_and_go_together() -> None:
+    """Triton's dynamic batcher with one instance: a request finding its lane idle goes at once; those
+    arriving while a batch is out gather for ``max_queue_delay_ms`` and go as one batch, without waiting
+    for the first to come back (in flight is not capped), rather than each in a hub call of its own."""
+    hub = ScriptedBackend("hub", handler=answer(after=0.010))
+    pipeline = Pipeline(router_over(hub), Batching(), Limits(), Metrics())
+    delay_s = Batching().max_queue_delay_ms / 1000
+    try:
+        start = now()
+        first = asyncio.ensure_future(pipeline.submit(_request(0.0), MODEL, 1, start + 1.0, lambda: False, CHEAPEST))
+        await hub.started(1)
+        later = []
+        for value in (1.0, 2.0, 3.0):  # a gRPC front's arrivals: one at a time, spread out
+            await asyncio.sleep(delay_s / 8)
+            later.append(
+                asyncio.ensure_future(pipeline.submit(_request(value), MODEL, 1, now() + 1.0, lambda: False, CHEAPEST))
+            )
+        await asyncio.gather(first, *later)
+    finally:
+        await pipeline.close()
+    assert [call.rows for call in hub.calls] == [1, 3]
+    sent = [call.started_at - start for call in hub.calls]
+    assert sent[0] == pytest.approx(0.0, abs=1e-3)
+    # Sent once its oldest member had waited the queue delay, while the first batch was still out.
+    assert sent[1] == pytest.approx(delay_s / 8 + delay_s, abs=1.5e-3) and sent[1] < 0.010
