@@ -5,7 +5,8 @@
     stream   one ModelStreamInfer stream keeping ``window`` requests in flight
 
 Each runs against the hub's own gRPC port ("direct"), the gateway's ("gateway") and a bare grpc.aio
-echo server's (``GRPC_FLOOR``, bench/grpc_echo.py: what grpc.aio and protobuf cost alone), paths
+echo server's (``GRPC_FLOOR``, bench/grpc_echo.py: what grpc.aio and protobuf cost alone) and, for the
+unary rows, the same server forwarding each call to the hub (``GRPC_FORWARD_FLOOR``), paths
 interleaved per run; the gateway's (and the echo's) CPU per request is read from /proc like the HTTP
 rows'. The gateway talks to the hub over HTTP with binary tensors, its default hub protocol.
 """
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from bench.load import Watch, cpu_sample
-from bench.report import GRPC_FLOOR
+from bench.report import GRPC_FLOOR, GRPC_FORWARD_FLOOR
 from bench.stats import latency_summary
 from devtools.devstack import Gateway, Hub, Link, StartError, start_hub
 
@@ -208,13 +209,18 @@ def grpc_section(bench: Any, section: dict[str, Any], runs_of: Callable[..., lis
             return with_batches(gateway.url, partial(run, *args)) if path == "gateway" else run(*args)
 
         echo = stack.enter_context(start_grpc_echo())
-        assert echo.ready_match is not None
+        forward = stack.enter_context(start_grpc_echo(hub.http_url))
+        assert echo.ready_match is not None and forward.ready_match is not None
         section["gateway_config"] = gateway.config
         hub_watch = Watch("hub", hub.pid, group=True)
         paths = {
             "direct": (f"127.0.0.1:{hub.config.grpc_port}", (hub_watch,)),
             "gateway": (gateway.grpc_address, (hub_watch, Watch("gateway", gateway.pid))),
             GRPC_FLOOR: (f"127.0.0.1:{echo.ready_match.group(1)}", (Watch(GRPC_FLOOR, echo.pid),)),
+            GRPC_FORWARD_FLOOR: (
+                f"127.0.0.1:{forward.ready_match.group(1)}",
+                (hub_watch, Watch(GRPC_FORWARD_FLOOR, forward.pid)),
+            ),
         }
         c = plan.overhead_concurrency
         for run in range(plan.runs):
@@ -238,6 +244,8 @@ def grpc_section(bench: Any, section: dict[str, Any], runs_of: Callable[..., lis
                 runs_of(section, path=path, concurrency=c, client="tritonclient.grpc.aio").append(record)
                 _say(bench, f"grpc c={c} {path}", record)
             for path, (address, watch) in paths.items():
+                if path == GRPC_FORWARD_FLOOR:  # unary calls only
+                    continue
                 with contextlib.ExitStack() as own:
                     stream_hub: Hub | None = None
                     if path == "direct":

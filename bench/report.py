@@ -27,6 +27,7 @@ COST_CPU_US = {"binary": 80.0, "msgpack": 80.0, "json": 120.0}  # per request at
 ECHO_RATIO = 0.5  # railgate's requests per CPU-second over a bare aiohttp + uvloop echo server's
 # (the gRPC front's: over a bare grpc.aio echo's, the gRPC section's path of this name)
 GRPC_FLOOR = "grpc floor"
+GRPC_FORWARD_FLOOR = "grpc forward floor"  # bench/grpc_echo.py --hub: unary calls only, no stream row
 BATCHING_GAIN = 3.0  # gateway throughput over direct, behind the link, at equal or better p99
 SYSTEM_CPU_RATIO = 0.5  # behind the link: (gateway + hub) CPU per inference over direct's hub CPU per inference
 SECTION_TITLES = {
@@ -506,7 +507,10 @@ SECTION_NOTES = {
     "bench/grpc_echo.py, a bare grpc.aio + uvloop server with Triton's generated service that answers each "
     "call (and each stream message) with a fixed reply the shape of the gateway's (no decoding past protobuf's, "
     "no batching, no hub): what grpc.aio and protobuf alone cost per call here, the least any front built on "
-    "them spends; its stream row is the anchor of the gRPC front's echo ratio. Second table: "
+    "them spends; its stream row is the anchor of the gRPC front's echo ratio. grpc forward floor: the same "
+    "server sending each unary call's raw inputs to the hub in one binary HTTP infer with the gateway's own hub "
+    "client and answering its outputs (no validation, routing, batching or metrics): the least a grpc.aio front "
+    "that calls a hub per request spends, as railgate does at c=1 (no stream row). Second table: "
     "{batching_concurrency} tritonclient.grpc.aio clients behind `railgate link --delay-ms {link_delay_ms:g}`, "
     "straight to the hub's gRPC port (direct) or into the gateway's gRPC front (whose hub is behind its own link); "
     "hub + proxy CPU per inference leaves the link out (in production it is the network).",

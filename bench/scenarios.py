@@ -318,11 +318,11 @@ def start_echo() -> procs.Child:
     return child.start(30)
 
 
-def start_grpc_echo() -> procs.Child:
-    """``python -m bench.grpc_echo`` (a bare grpc.aio + uvloop server answering a fixed reply), up and listening."""
-    child = procs.Child(
-        [sys.executable, "-m", "bench.grpc_echo"], "grpc echo", ready_line=r"grpc echo listening 127\.0\.0\.1:(\d+)"
-    )
+def start_grpc_echo(hub_url: str | None = None) -> procs.Child:
+    """``python -m bench.grpc_echo`` (a bare grpc.aio + uvloop server answering a fixed reply), up and listening;
+    with ``hub_url``, the gRPC forward floor (each call forwarded to that hub)."""
+    args = [sys.executable, "-m", "bench.grpc_echo", *(("--hub", hub_url) if hub_url else ())]
+    child = procs.Child(args, "grpc echo", ready_line=r"grpc echo listening 127\.0\.0\.1:(\d+)")
     return child.start(30)
 
 

@@ -275,6 +275,51 @@ def test_the_grpc_floor_answers_tritonclient_as_the_hub_does_unary_and_streamed(
     assert through_floor[2] == ["a", "b", "c"]
 
 
+def test_the_grpc_forward_floor_answers_each_call_with_the_hubs_own_outputs(hub):
+    """The forward floor row stands for a grpc.aio front that calls the hub per request only if it does
+    call it: tritonclient.grpc gets the hub's very outputs for each input (values, not only shapes), for
+    the model the call names, and an error the hub gives comes back as the call's."""
+    import tritonclient.grpc as triton_grpc
+    from tritonclient.utils import InferenceServerException
+
+    from bench.scenarios import start_grpc_echo
+
+    rng = np.random.default_rng(7)
+    rows = [rng.uniform(0.0, 16.0, (1, 64)).astype(np.float32) for _ in range(3)]
+
+    def ask(address: str) -> list[dict[str, np.ndarray]]:
+        client = triton_grpc.InferenceServerClient(address)
+        try:
+            answers = []
+            for pixels in rows:
+                tensor = triton_grpc.InferInput("pixels", [1, 64], "FP32")
+                tensor.set_data_from_numpy(pixels)
+                result = client.infer("digits", [tensor])
+                answers.append({name: result.as_numpy(name) for name in ("label", "probabilities")})
+            return answers
+        finally:
+            client.close()
+
+    with start_grpc_echo(hub.http_url) as forward:
+        assert forward.ready_match is not None
+        address = f"127.0.0.1:{forward.ready_match.group(1)}"
+        through_floor = ask(address)
+        client = triton_grpc.InferenceServerClient(address)
+        try:
+            tensor = triton_grpc.InferInput("pixels", [1, 64], "FP32")
+            tensor.set_data_from_numpy(rows[0])
+            with pytest.raises(InferenceServerException, match="404"):
+                client.infer("no-such-model", [tensor])
+        finally:
+            client.close()
+    direct = ask(f"127.0.0.1:{hub.config.grpc_port}")
+    assert not np.array_equal(direct[0]["probabilities"], direct[1]["probabilities"]), "inputs that tell answers apart"
+    for got, expected in zip(through_floor, direct, strict=True):
+        for name in ("label", "probabilities"):
+            assert got[name].dtype == expected[name].dtype and got[name].shape == expected[name].shape
+            np.testing.assert_array_equal(got[name], expected[name])
+
+
 def test_the_grpc_front_is_compared_with_the_grpc_floor_on_its_stream_row_paired_run_by_run():
     def case(path: str, name: str, cpu_s: list[float]) -> dict:
         runs = [_run(5, 9, 1000, cpu_s={name: c}) for c in cpu_s]  # 100 answered per run
