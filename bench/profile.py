@@ -12,6 +12,14 @@ for ``--seconds``. Per case it writes, under ``reports/profile/<label>/``:
 - ``<case>.txt``: the top frames by own time (the leaf) and by total time (on the stack), in
   percent of the samples, plus the gateway's CPU per request over the load's window.
 
+The gateway also runs under ``devtools.cpuprof``, a sampler driven by the CPU time the gateway
+spends (``ITIMER_PROF``), started and stopped by signal over the same window. Per case it writes
+``<case>.cpu.raw``, ``<case>.cpu.svg`` and ``<case>.cpu.txt``, weighed in microseconds of the loop
+thread's CPU. The two differ where the gateway is preempted: py-spy counts a runnable thread as busy,
+so on shared cores it charges the lines that wake another process (the write to the hub, the reply)
+with time spent waiting for a core. The ``.cpu`` files are where the CPU went; devtools/cpuprof.py
+names their limits.
+
 ``summary.txt`` holds every case's top frames. Profiles are relative (py-spy pauses the gateway
 while it reads a stack); CPU per request comes from /proc, as in ``make bench``.
 """
@@ -37,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import LoadSpec, Watch
-from devtools import procs
+from devtools import cpuprof, procs
 from devtools.devstack import ROOT, Gateway, start_hub
 
 MODEL, SHAPE = "digits", (1, 64)
@@ -100,8 +108,9 @@ def _function(frame: str) -> str:
     return f"{head})" if sep and frame.endswith(")") else frame
 
 
-def top_frames(stacks: Counter[tuple[str, ...]], n: int = 25) -> str:
-    """The ``n`` functions with the most samples as the leaf (own) and anywhere on the stack (total)."""
+def top_frames(stacks: Counter[tuple[str, ...]], n: int = 25, unit: str = "samples") -> str:
+    """The ``n`` functions with the most samples (or weight: ``unit``) as the leaf (own) and anywhere on
+    the stack (total)."""
     total = sum(stacks.values()) or 1
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
@@ -111,7 +120,7 @@ def top_frames(stacks: Counter[tuple[str, ...]], n: int = 25) -> str:
         own[_function(stack[-1])] += count
         for fn in {_function(f) for f in stack}:
             inclusive[fn] += count
-    lines = [f"samples: {total}", "", "own %  function (leaf frame)"]
+    lines = [f"{unit}: {total}", "", "own %  function (leaf frame)"]
     lines += [f"{100 * c / total:5.1f}  {fn}" for fn, c in own.most_common(n)]
     lines += ["", "total %  function (anywhere on the stack)"]
     lines += [f"{100 * c / total:7.1f}  {fn}" for fn, c in inclusive.most_common(n)]
@@ -182,9 +191,16 @@ def grpc_load(address: str, case: Case, warmup_s: float, seconds: float, watch: 
 
 
 def profile_case(
-    case: Case, pid: int, load: Callable[[], dict[str, Any]], warmup_s: float, seconds: float, folder: Path
+    case: Case,
+    pid: int,
+    load: Callable[[], dict[str, Any]],
+    warmup_s: float,
+    seconds: float,
+    folder: Path,
+    cpu_out: Path | None = None,
 ) -> str:
-    """Run ``load`` in a thread; sample ``pid`` with py-spy over its measured window; write the case's files."""
+    """Run ``load`` in a thread; sample ``pid`` with py-spy over its measured window, and with the CPU-time
+    sampler the gateway runs under (``cpu_out``: where it writes, None: it does not); write the case's files."""
     result: dict[str, Any] = {}
 
     def drive() -> None:
@@ -201,6 +217,9 @@ def profile_case(
     args = [py_spy(), "record", "--pid", str(pid), "--format", "raw", "--rate", "100"]
     args += ["--duration", str(int(seconds)), "--output", str(raw)]
     out, status = "", None
+    if cpu_out is not None:
+        cpu_out.unlink(missing_ok=True)
+        os.kill(pid, signal.SIGUSR1)  # devtools.cpuprof: clear and start
     for _ in range(2):  # py-spy now and then fails to read a busy process's first stack: one more try
         spy = procs.spawn(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
@@ -209,6 +228,10 @@ def profile_case(
             status = procs.terminate(spy, timeout_s=10, stop_signal=signal.SIGINT)  # writes what it has
         if raw.exists() or not driver.is_alive():
             break
+    cpu_text = ""
+    if cpu_out is not None:
+        os.kill(pid, signal.SIGUSR2)  # stop and write
+        cpu_text = _cpu_profile(case, cpu_out, folder)
     driver.join(timeout=seconds + warmup_s + 120)
     stacks = read_stacks(raw.read_text()) if raw.exists() else Counter()
     cpu = (result.get("cpu_s") or {}).get("gateway")
@@ -224,7 +247,26 @@ def profile_case(
     text = head + top_frames(stacks)
     (folder / f"{case.name}.txt").write_text(text)
     (folder / f"{case.name}.svg").write_text(flame_svg(stacks, f"railgate gateway, {case.name}"))
+    if cpu_text:
+        (folder / f"{case.name}.cpu.txt").write_text(head + cpu_text)
+        text += "\n-- by CPU time (devtools.cpuprof) --\n" + cpu_text
     return text
+
+
+def _cpu_profile(case: Case, written: Path, folder: Path, timeout_s: float = 30.0) -> str:
+    """The CPU-time sampler's stacks for ``case`` (moved from ``written`` once the gateway has written it):
+    its .cpu.raw and .cpu.svg, and its top frames (empty if it wrote nothing in ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while not written.exists() and time.monotonic() < deadline:  # written by the gateway on SIGUSR2
+        time.sleep(0.05)
+    if not written.exists():
+        return ""
+    raw = folder / f"{case.name}.cpu.raw"
+    shutil.move(written, raw)
+    stacks = read_stacks(raw.read_text())
+    title = f"railgate gateway, {case.name}, by CPU time (us of the loop thread)"
+    (folder / f"{case.name}.cpu.svg").write_text(flame_svg(stacks, title))
+    return top_frames(stacks, unit="us of CPU")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         hub = stack.enter_context(start_hub(args.repository, "profile", models=(MODEL,), grpc=True))
         gateways: dict[str, Gateway] = {}
+        cpu_outs: dict[str, Path] = {}  # where each front's gateway writes its CPU-time samples
         for case in cases:
             print(f"profiling {case.name} ...", flush=True)
             gateway = gateways.get(case.front)
@@ -256,13 +299,16 @@ def main(argv: list[str] | None = None) -> int:
                 config: dict[str, Any] = {"hubs": [{"name": "hub", "url": hub.http_url}], "local": {"enabled": False}}
                 if case.front == "grpc":
                     config["listen"] = {"grpc_port": 0}
-                gateway = gateways[case.front] = stack.enter_context(Gateway(workdir, config).start(90))
+                gateway = Gateway(workdir, config)
+                cpu_outs[case.front] = workdir / f"cpuprof-{case.front}.raw"
+                gateway.child.args = cpuprof.wrapped(gateway.child.args, cpu_outs[case.front])
+                gateways[case.front] = stack.enter_context(gateway.start(90))
             watch = (Watch("gateway", gateway.pid),)
             if case.front == "http":
                 load = lambda c=case, g=gateway, w=watch: http_load(g.url, c, args.warmup, args.seconds, w)  # noqa: E731
             else:
                 load = lambda c=case, g=gateway, w=watch: grpc_load(g.grpc_address, c, args.warmup, args.seconds, w)  # noqa: E731
-            text = profile_case(case, gateway.pid, load, args.warmup, args.seconds, folder)
+            text = profile_case(case, gateway.pid, load, args.warmup, args.seconds, folder, cpu_outs[case.front])
             print(text.split("\n", 2)[1], flush=True)
             summary.append(text)
     (folder / "summary.txt").write_text(f"git {_commit()}  load {os.getloadavg()}\n\n" + "\n\n".join(summary))
