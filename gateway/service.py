@@ -27,7 +27,7 @@ from gateway.call import Call
 from gateway.config import Deadlines, Limits, Priority
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, Slot
-from gateway.routing.policy import Route
+from gateway.routing.policy import POLICIES, Route
 from gateway.routing.router import Router
 from gateway.state.local import LocalState
 from gateway.statistics import Statistics
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 # The model label of a call to a name the catalog does not hold: a label never takes a value a client
 # chose freely (each distinct one is a new series in /metrics, kept for the process's life).
 UNKNOWN_MODEL = "(unknown)"
+# A call that names no regions and has no residency: its route, one per policy (a route is immutable).
+_ANYWHERE = {policy: Route(policy) for policy in POLICIES}
 
 
 # Ticket and Served are built on every call and never changed, but not frozen: a frozen dataclass's
@@ -143,6 +145,8 @@ class InferenceService:
             regions = regions or allowed
         elif regions is not None:
             calls.require_known_regions(regions, self.router.regions())
+        if regions is None:  # the common call: one Route per policy, not one per call
+            return _ANYWHERE[policy]
         return Route(policy, regions)
 
     async def infer(self, ticket: Ticket, request: InferRequest) -> Served:
