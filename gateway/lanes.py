@@ -80,3 +80,5 @@ class Lane:
     # Expected service time by batch bucket: asked on every arrival, it changes only when a batch
     # returns (new measurements), so it is kept until then instead of re-derived per request.
     estimates: dict[int, float] = field(default_factory=dict)
+    # The model's railgate_queue_depth series (looked up once: it moves on every queued request and batch).
+    depth: Any = None

@@ -132,7 +132,7 @@ class Pipeline:
             key = LaneKey(info.name, version, route, budget_class)
             loop = asyncio.get_running_loop()
             lane = Lane(key, info, BatchQueue(self._policy(info)), active_at=loop.time())
-            self.metrics.queue_depth.labels(info.name)  # its series reads 0 while nothing has had to queue
+            lane.depth = self.metrics.queue_depth.labels(info.name)  # it reads 0 while nothing has had to queue
             lane.runner = loop.create_task(self._run(lane), name=f"lane-{info.name}")
             if old is not None:
                 # Requests still queued on the old lane move over, in order.
@@ -205,7 +205,7 @@ class Pipeline:
         alone = lane.queue.alone(rows, lane.inflight)
         if alone is None:
             lane.queue.push(admitted, rows, deadline, now, shape)
-            self.metrics.queue_depth.labels(info.name).inc()
+            lane.depth.inc()
             lane.wakeup.set()
         elif gone():  # as the runner drops a client that went away before its batch is sent
             raise ClientGone(_GONE)
@@ -268,7 +268,7 @@ class Pipeline:
                         self._fail(pending, ClientGone(_GONE))
                     continue
                 batch = queue.take(decision.count)
-                self.metrics.queue_depth.labels(lane.info.name).dec(len(batch))
+                lane.depth.dec(len(batch))
                 self._start(lane, batch, decision.reason)
                 continue
             lane.wakeup.clear()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway import call as calls
 from gateway.call import Call
@@ -103,6 +103,9 @@ class InferenceService:
         self.limits = limits
         self.deadlines = deadlines
         self.default_policy = default_policy
+        # An answered call's series, by (model, backend): both come from the catalog and the hub table, never from
+        # a client, so this holds at most one entry per served pair, looked up once instead of twice per call.
+        self._answered: dict[tuple[str, str], tuple[Any, Any]] = {}
         # Set late in a graceful drain: new calls are refused (503, Retry-After) until the listener closes.
         self.refusing = False
 
@@ -204,9 +207,15 @@ class InferenceService:
         outputs = [Tensor(n, datatypes[n], result.outputs[n].shape, result.outputs[n]) for n in names]
         response = InferResponse(info.name, ticket.version or info.versions[-1], outputs, id=request.id)
         metrics = self.metrics
-        metrics.requests.labels(info.name, "200", result.backend).inc()
+        series = self._answered.get((info.name, result.backend))
+        if series is None:
+            series = self._answered[(info.name, result.backend)] = (
+                metrics.requests.labels(info.name, "200", result.backend),
+                metrics.latency.labels(info.name),
+            )
+        series[0].inc()
         elapsed = self.router.clock() - ticket.started
-        metrics.latency.labels(info.name).observe(elapsed)
+        series[1].observe(elapsed)
         self.statistics.answered(
             response.model_name, response.model_version, rows, elapsed, result.queue_s, result.backend_s
         )

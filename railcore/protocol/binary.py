@@ -81,8 +81,12 @@ def tensor_bytes(arr: np.ndarray, datatype: str) -> bytes | memoryview:
     """The raw little-endian bytes of a tensor; a view of ``arr`` when it is already C-contiguous and little-endian."""
     if datatype == "BYTES":
         return serialize_bytes_tensor(arr)
-    # ascontiguousarray is a no-op for the common case and fixes strides, byte order or width otherwise.
-    flat = np.ascontiguousarray(arr, dtype=DTYPES[datatype]).reshape(-1)
+    dtype = DTYPES[datatype]
+    if type(arr) is np.ndarray and arr.dtype == dtype and arr.flags.c_contiguous and arr.size:
+        # The common case: the same view as below, in 2 calls, not 4 (~0.2 us less).
+        return memoryview(arr).cast("B")  # type: ignore[arg-type]
+    # ascontiguousarray fixes strides, byte order or width.
+    flat = np.ascontiguousarray(arr, dtype=dtype).reshape(-1)
     return flat.view(np.uint8).data
 
 
