@@ -16,8 +16,11 @@ a frame as ``function (path:line)``, the weight in microseconds of the main thre
 
 Limits, named: only the main thread's stacks (the gateway's event loop; the gRPC front's C-core thread
 and the executor's threads are not seen); a signal is taken between bytecodes, so a sample that falls in a
-long C call is charged to the line that called it (the right line); the handler itself costs a few
-microseconds per sample (about 1 % at the default 997 Hz). A development tool, not part of the product.
+C call made from Python is charged to the line that made it (the right line), but one that falls in the
+event loop's own C code between two callbacks (uvloop, its socket reads, epoll) is charged to the first
+line of the next Python callback (a ``data_received``, a task resuming at its ``await``), and no time
+shows as the loop's own; the handler itself costs a few microseconds per sample (about 1 % at the
+default 997 Hz). A development tool, not part of the product.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import Path
 from types import FrameType
 
 _MAX_DEPTH = 128
+HZ = 997.0  # samples per second of CPU time: prime, so not in step with a periodic timer
 
 
 class Sampler:
@@ -83,7 +87,7 @@ class Sampler:
         self.counts[whole] = self.counts.get(whole, 0.0) + weight_us
 
 
-def wrapped(args: list[str], out: Path, hz: float = 997.0) -> list[str]:
+def wrapped(args: list[str], out: Path, hz: float = HZ) -> list[str]:
     """``args`` (``python -m MODULE ...``) run under this sampler, writing ``out``."""
     at = args.index("-m")
     return [*args[:at], "-m", "devtools.cpuprof", "--out", str(out), "--hz", str(hz), *args[at:]]
@@ -92,7 +96,7 @@ def wrapped(args: list[str], out: Path, hz: float = 997.0) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m devtools.cpuprof", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, required=True, help="collapsed stacks, written on SIGUSR2 and at exit")
-    p.add_argument("--hz", type=float, default=997.0, help="samples per second of the process's CPU time")
+    p.add_argument("--hz", type=float, default=HZ, help="samples per second of the process's CPU time")
     p.add_argument("--now", action="store_true", help="sample from the start (default: from SIGUSR1)")
     p.add_argument("-m", dest="module", required=True, help="the module to run, as python -m runs it")
     args, rest = p.parse_known_args(argv)

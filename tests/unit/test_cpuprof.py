@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from bench.procstat import process_cpu_s
 from bench.profile import read_stacks
 from devtools import cpuprof
 
@@ -38,8 +39,8 @@ def _run(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str],
     (tmp_path / "workload.py").write_text(textwrap.dedent(WORKLOAD))
     out = tmp_path / "stacks.raw"
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
-    args = cpuprof.wrapped([sys.executable, "-m", "workload"], out)
-    done = subprocess.run([*args[:-2], *extra, *args[-2:]], env=env, capture_output=True, text=True, timeout=60)
+    args = [sys.executable, "-m", "devtools.cpuprof", "--out", str(out), *extra, "-m", "workload"]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)
     return done, out
 
 
@@ -70,8 +71,9 @@ def _wait_for(condition, timeout_s: float, what: str) -> None:
 
 
 def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    cpu = process_cpu_s(pid)
+    assert cpu is not None, f"/proc/{pid}/stat is not readable"
+    return cpu
 
 
 def test_usr1_starts_and_usr2_writes(tmp_path: Path) -> None:
