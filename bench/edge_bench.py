@@ -246,10 +246,32 @@ def cores_kept_awake():
     read from the server's /proc entry). A diagnostic, stopped by its handles."""
     loops = [spawn(["nice", "-n", "19", sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
     try:
+        _until_running(sys.executable, [loop.pid for loop in loops], timeout_s=10.0)
         yield
     finally:
         for loop in loops:
             terminate(loop, timeout_s=5.0)
+
+
+def _until_running(program: str, pids: list[int], timeout_s: float) -> None:
+    """Wait until every pid has exec'd ``program`` (a forked child is a copy of this process until then, so a
+    measurement started at once could run beside fewer loops than it asked for)."""
+    want = os.path.realpath(program)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pending = [pid for pid in pids if _exe(pid) != want]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"busy loops {pending} did not start {want} within {timeout_s:.0f} s")
+        time.sleep(0.005)
+
+
+def _exe(pid: int) -> str | None:
+    try:
+        return os.path.realpath(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        return None
 
 
 def _lean_runs(where: str, pid: int, encoding: str, iterations: int, runs: int) -> list[dict[str, float | None]]:
