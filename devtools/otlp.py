@@ -176,5 +176,9 @@ class OtlpReceiver:
         spans = self.spans()
         if condition(spans):
             return spans
-        names = sorted({(s.service, s.name) for s in spans})
-        raise AssertionError(f"condition not met within {timeout_s} s; spans received: {names}")
+        # Each span with its ids, so a failed join says which link is missing (the first 60, in arrival order).
+        shown = "; ".join(
+            f"{s.service} {s.name} trace={s.trace_id} span={s.span_id} parent={s.parent_id or '-'}" for s in spans[:60]
+        )
+        more = f" (and {len(spans) - 60} more)" if len(spans) > 60 else ""
+        raise AssertionError(f"condition not met within {timeout_s} s; {len(spans)} spans received: {shown}{more}")
