@@ -246,7 +246,9 @@ def _cpu_per_request(case: dict[str, Any], name: str) -> Spread | None:
 def other_cores(run: dict[str, Any]) -> float | None:
     """Cores kept busy by processes this benchmark did not start (machine busy minus ours) in a run's window."""
     busy, window = run.get("machine_busy_cores"), run.get("cpu_window_s")
-    if busy is None or not window:
+    if busy is None or not window or run.get("ok") == 0:
+        # A run that answered nothing (a stream the hub broke at once) has a window of microseconds, whose
+        # busy cores are noise (238 of 2 was seen): it says nothing about the machine's load.
         return None
     ours = sum(v for v in (run.get("cpu_s") or {}).values() if v is not None)
     return max(0.0, busy - ours / window)

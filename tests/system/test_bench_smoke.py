@@ -105,6 +105,8 @@ def test_targets_and_markdown_from_synthetic_figures(tmp_path):
     }
     busy = {"machine_busy_cores": 1.5, "cpu_window_s": 2.0, "cpu_s": {"gateway": 1.0, "hub": None}}
     assert report.other_cores(busy) == pytest.approx(1.0)  # 1.5 cores busy, 0.5 of them ours
+    broken = {"machine_busy_cores": 237.8, "cpu_window_s": 4.2e-05, "cpu_s": {"hub": 0.0}, "ok": 0, "errors": 64}
+    assert report.other_cores(broken) is None  # a run the hub broke at once has no load window
     text = report.markdown(rep)
     assert "## 1. Overhead" in text and "## 2. Batching gain" in text and "## 3. Cost" in text
     assert "+0.60 [+0.50, +0.70]" in text  # the paired p50 difference: median [min, max]
