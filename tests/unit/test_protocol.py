@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from typing import Any
 
 import ml_dtypes
@@ -470,6 +471,16 @@ def test_a_json_body_with_nan_and_infinity_is_read() -> None:
     request = decode(b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [NaN, Infinity, -1e400]}]}')
     data = request.inputs[0].data
     assert np.isnan(data[0]) and data[1] == np.inf and data[2] == -np.inf
+
+
+def test_a_json_float_past_a_narrower_types_range_is_an_infinity_without_a_warning() -> None:
+    """IEEE's result for a value too large for FP32 or FP16, and no RuntimeWarning per request about it."""
+    for datatype, big in (("FP32", "1e39"), ("FP16", "70000.0")):
+        body = f'{{"inputs": [{{"name": "x", "datatype": "{datatype}", "shape": [3], "data": [{big}, 1.5, -{big}]}}]}}'
+        with warnings.catch_warnings(record=True) as seen:
+            data = decode(body.encode()).inputs[0].data
+        assert list(data) == [np.inf, 1.5, -np.inf] and data.dtype == DTYPES[datatype]
+        assert [str(w.message) for w in seen] == []
 
 
 def test_an_integer_past_64_bits_stays_an_integer() -> None:
