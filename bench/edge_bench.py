@@ -32,6 +32,7 @@ import os
 import platform
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -246,25 +247,28 @@ def cores_kept_awake():
     read from the server's /proc entry). A diagnostic, stopped by its handles."""
     loops = [spawn(["nice", "-n", "19", sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
     try:
-        _until_running(sys.executable, [loop.pid for loop in loops], timeout_s=10.0)
+        _until_running(loops, timeout_s=10.0)
         yield
     finally:
         for loop in loops:
             terminate(loop, timeout_s=5.0)
 
 
-def _until_running(program: str, pids: list[int], timeout_s: float) -> None:
-    """Wait until every pid has exec'd ``program`` (a forked child is a copy of this process until then, so a
-    measurement started at once could run beside fewer loops than it asked for)."""
-    want = os.path.realpath(program)
+def _until_running(loops: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+    """Wait until every loop has exec'd this interpreter (a forked child is a copy of this process until then, so
+    a measurement started at once could run beside fewer loops than it asked for); one that exits fails at once."""
+    want = os.path.realpath(sys.executable)
     deadline = time.monotonic() + timeout_s
     while True:
-        pending = [pid for pid in pids if _exe(pid) != want]
+        exited = [loop.pid for loop in loops if loop.poll() is not None]
+        if exited:
+            raise RuntimeError(f"busy loops {exited} exited before the block began")
+        pending = [loop.pid for loop in loops if _exe(loop.pid) != want]
         if not pending:
             return
         if time.monotonic() > deadline:
             raise RuntimeError(f"busy loops {pending} did not start {want} within {timeout_s:.0f} s")
-        time.sleep(0.005)
+        time.sleep(0.005)  # polling a condition with a deadline
 
 
 def _exe(pid: int) -> str | None:

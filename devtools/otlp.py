@@ -176,9 +176,11 @@ class OtlpReceiver:
         spans = self.spans()
         if condition(spans):
             return spans
-        # Each span with its ids, so a failed join says which link is missing (the first 60, in arrival order).
+        # Each span with its ids, so a failed join says which link is missing (the first ones, in arrival order).
+        most = 60
         shown = "; ".join(
-            f"{s.service} {s.name} trace={s.trace_id} span={s.span_id} parent={s.parent_id or '-'}" for s in spans[:60]
+            f"{s.service} {s.name} trace={s.trace_id} span={s.span_id} parent={s.parent_id or '-'}"
+            for s in spans[:most]
         )
-        more = f" (and {len(spans) - 60} more)" if len(spans) > 60 else ""
+        more = f" (and {len(spans) - most} more)" if len(spans) > most else ""
         raise AssertionError(f"condition not met within {timeout_s} s; {len(spans)} spans received: {shown}{more}")
