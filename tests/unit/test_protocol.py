@@ -484,6 +484,32 @@ def test_a_json_float_past_a_narrower_types_range_is_an_infinity_without_a_warni
         assert [str(w.message) for w in seen] == []
 
 
+def test_reading_a_json_float_leaves_the_callers_numpy_error_state_as_it_was() -> None:
+    """The overflow mode is set for the cast only: a caller that raises on overflow still does after it."""
+    body = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1e39, 1.5]}]}'
+    with np.errstate(over="raise", invalid="warn"):
+        before = np.geterr()
+        assert decode(body).inputs[0].data[0] == np.inf
+        assert np.geterr() == before
+        with pytest.raises(FloatingPointError):
+            np.array([1e39]).astype(np.float32)
+
+
+@pytest.mark.parametrize("count", [4, 255, 257, 3000])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_json_reply_with_one_non_finite_float_among_many_is_written_by_the_stdlib(count: int, bad: float) -> None:
+    values = np.linspace(-1.0, 1.0, count)
+    values[count // 2] = bad
+    assert isinstance(json_codec.json_data(values, "FP64"), json_codec.NonFinite)
+    assert not isinstance(json_codec.json_data(np.nan_to_num(values, posinf=0, neginf=0), "FP64"), json_codec.NonFinite)
+
+
+def test_large_finite_floats_whose_sum_is_past_the_float_range_are_finite() -> None:
+    values = np.full(8, np.finfo(np.float64).max)
+    data = json_codec.json_data(values, "FP64")
+    assert not isinstance(data, json_codec.NonFinite) and data == values.tolist()
+
+
 def test_an_integer_past_64_bits_stays_an_integer() -> None:
     big = 2**64
     body = f'{{"inputs": [{{"name": "x", "datatype": "UINT64", "shape": [1], "data": [{big}]}}]}}'.encode()
