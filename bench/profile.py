@@ -55,7 +55,7 @@ MODEL, SHAPE = "digits", (1, 64)
 class Case:
     name: str
     front: str  # http | grpc
-    encoding: str  # binary | json | msgpack (http); ignored for grpc
+    encoding: str  # binary | json | msgpack (http); unary | stream (grpc)
     concurrency: int
 
 
@@ -64,8 +64,9 @@ CASES = (
     Case("http-binary-c64", "http", "binary", 64),
     Case("http-json-c64", "http", "json", 64),
     Case("http-msgpack-c64", "http", "msgpack", 64),
-    Case("grpc-c1", "grpc", "binary", 1),
-    Case("grpc-c64", "grpc", "binary", 64),
+    Case("grpc-c1", "grpc", "unary", 1),
+    Case("grpc-c64", "grpc", "unary", 64),
+    Case("grpc-stream-c64", "grpc", "stream", 64),  # one ModelStreamInfer stream, 64 in flight (make bench's row)
 )
 
 
@@ -187,7 +188,8 @@ def http_load(url: str, case: Case, warmup_s: float, seconds: float, watch: tupl
 def grpc_load(address: str, case: Case, warmup_s: float, seconds: float, watch: tuple[Watch, ...]) -> dict[str, Any]:
     from bench import grpc_bench
 
-    return asyncio.run(grpc_bench._concurrent(address, MODEL, case.concurrency, seconds, warmup_s, SHAPE, watch))
+    drive = grpc_bench._stream if case.encoding == "stream" else grpc_bench._concurrent
+    return asyncio.run(drive(address, MODEL, case.concurrency, seconds, warmup_s, SHAPE, watch))
 
 
 def profile_case(
@@ -238,7 +240,7 @@ def profile_case(
     ok = result.get("ok") or 0
     per_request = f"{cpu / ok * 1e6:.0f} us" if cpu and ok else "?"
     head = (
-        f"case {case.name}: {case.front} {case.encoding if case.front == 'http' else ''} c={case.concurrency}\n"
+        f"case {case.name}: {case.front} {case.encoding} c={case.concurrency}\n"
         f"answered {ok} in the window, {result.get('throughput_rps', float('nan')):.0f} req/s, "
         f"gateway CPU {per_request} per request{'  ERROR ' + result['error'] if 'error' in result else ''}\n"
     )
