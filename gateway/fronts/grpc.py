@@ -113,13 +113,14 @@ class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
     # -- inference --------------------------------------------------------------------------------
 
     async def _answer(
-        self, message: service_pb2.ModelInferRequest, call: Call
+        self, message: service_pb2.ModelInferRequest, call: Call, into: service_pb2.ModelInferResponse | None = None
     ) -> tuple[service_pb2.ModelInferResponse, dict[str, str]]:
-        """One message answered, or a ``RailgateError`` (counted) for every way it can fail."""
+        """One message answered (written into ``into`` when given), or a ``RailgateError`` (counted) for every
+        way it can fail."""
         try:
             request = decode_infer_request(message, self.decode_limits)
             served = await self.service.answer(call, request)
-            return encode_infer_response(served.response), served.headers
+            return encode_infer_response(served.response, into), served.headers
         except RailgateError as exc:
             self.service.record_failure(message.model_name, exc, call)
             raise
@@ -161,9 +162,10 @@ class InferenceFront(service_pb2_grpc.GRPCInferenceServiceServicer):
             return service_pb2.ModelStreamInferResponse(error_message=error, infer_response=response)
 
         async def answer(message: service_pb2.ModelInferRequest, call: Call) -> None:
+            reply = service_pb2.ModelStreamInferResponse()
             try:
-                response, _ = await self._answer(message, call)
-                answers.put_nowait(service_pb2.ModelStreamInferResponse(infer_response=response))
+                await self._answer(message, call, reply.infer_response)  # filled in place, not copied into it
+                answers.put_nowait(reply)
             except RailgateError as exc:  # a failure (a bug too) answers its own message; the stream goes on
                 answers.put_nowait(failed(message, exc.message))
 

@@ -38,6 +38,8 @@ CONTENTS_FIELD = {
 
 def parameters_dict(parameters: Any) -> dict[str, Any]:
     """A protobuf ``map<string, InferParameter>`` as plain values (what the JSON front would see)."""
+    if not parameters:  # most messages carry none: len() is C, a map's items() is collections.abc's Python
+        return {}
     out: dict[str, Any] = {}
     for key, value in parameters.items():
         which = value.WhichOneof("parameter_choice")
@@ -47,61 +49,63 @@ def parameters_dict(parameters: Any) -> dict[str, Any]:
 
 def decode_infer_request(message: service_pb2.ModelInferRequest, limits: DecodeLimits) -> InferRequest:
     """``ModelInferRequest`` -> ``InferRequest``; numeric raw inputs stay zero-copy views."""
-    if len(message.inputs) > limits.max_inputs:
-        raise BadRequest(f"request has {len(message.inputs)} inputs; the limit is {limits.max_inputs}")
+    specs = message.inputs
+    if len(specs) > limits.max_inputs:
+        raise BadRequest(f"request has {len(specs)} inputs; the limit is {limits.max_inputs}")
     raw = message.raw_input_contents
-    if raw and len(raw) != len(message.inputs):
-        raise BadRequest(
-            f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs; expected one per input"
-        )
-    inputs: list[Tensor] = []
-    names: set[str] = set()
-    for index, spec in enumerate(message.inputs):
-        tensor = _input(spec, raw[index] if raw else None, limits)
-        if tensor.name in names:
-            raise BadRequest(f"input {tensor.name[:60]!r} appears more than once; expected unique input names")
-        names.add(tensor.name)
-        inputs.append(tensor)
+    if raw and len(raw) != len(specs):
+        raise BadRequest(f"raw_input_contents has {len(raw)} entries for {len(specs)} inputs; expected one per input")
+    inputs = [_input(spec, raw[index] if raw else None, limits) for index, spec in enumerate(specs)]
+    if len(inputs) > 1:
+        names: set[str] = set()
+        for tensor in inputs:
+            if tensor.name in names:
+                raise BadRequest(f"input {tensor.name[:60]!r} appears more than once; expected unique input names")
+            names.add(tensor.name)
+    outputs = message.outputs
     return InferRequest(
         model=message.model_name,
         version=message.model_version,
         inputs=inputs,
-        outputs=[RequestedOutput(o.name, None, parameters_dict(o.parameters)) for o in message.outputs],
+        outputs=[RequestedOutput(o.name, None, parameters_dict(o.parameters)) for o in outputs] if outputs else [],
         id=message.id or None,
         parameters=parameters_dict(message.parameters),
         encoding=Encoding.BINARY,
     )
 
 
+def _where(name: str) -> str:
+    return f"input {name[:60]!r}"
+
+
 def _input(spec: Any, raw: bytes | None, limits: DecodeLimits) -> Tensor:
     name = spec.name
     if not name:
         raise BadRequest("an input has no name; expected a non-empty name")
-    where = f"input {name[:60]!r}"
     datatype = spec.datatype
     if datatype not in DTYPES:
-        raise BadRequest(f"{where}: unknown datatype {datatype[:40]!r}; expected one of {', '.join(DTYPES)}")
-    shape = tuple(int(d) for d in spec.shape)
+        raise BadRequest(f"{_where(name)}: unknown datatype {datatype[:40]!r}; expected one of {', '.join(DTYPES)}")
+    shape = tuple(spec.shape)  # a repeated int64: Python ints already
     if len(shape) > limits.max_dims:
-        raise BadRequest(f"{where}: shape has {len(shape)} dims; the limit is {limits.max_dims}")
-    if any(d < 0 for d in shape):
-        raise BadRequest(f"{where}: shape {list(shape)} has a negative dim; expected sizes >= 0")
+        raise BadRequest(f"{_where(name)}: shape has {len(shape)} dims; the limit is {limits.max_dims}")
+    if shape and min(shape) < 0:
+        raise BadRequest(f"{_where(name)}: shape {list(shape)} has a negative dim; expected sizes >= 0")
     count = math.prod(shape)
     if count > limits.max_elements:
         raise PayloadTooLarge(
-            f"{where}: shape {list(shape)} holds {count} elements; the limit is {limits.max_elements}"
+            f"{_where(name)}: shape {list(shape)} holds {count} elements; the limit is {limits.max_elements}"
         )
     if raw is not None:
         if spec.HasField("contents"):
-            raise BadRequest(f"{where}: has both contents and raw_input_contents; expected one of them")
+            raise BadRequest(f"{_where(name)}: has both contents and raw_input_contents; expected one of them")
         try:
             data = tensor_from_buffer(
                 memoryview(raw), datatype, shape, count, max_bytes_element=limits.max_bytes_element
             )
         except BadRequest as exc:
-            raise BadRequest(f"{where}: {exc.message}") from None
+            raise BadRequest(f"{_where(name)}: {exc.message}") from None
     else:
-        data = _typed_contents(spec, datatype, shape, count, where, limits)
+        data = _typed_contents(spec, datatype, shape, count, _where(name), limits)
     return Tensor(name, datatype, shape, data, parameters_dict(spec.parameters))
 
 
@@ -128,15 +132,28 @@ def _typed_contents(
     return array.astype(dtype).reshape(shape)
 
 
-def encode_infer_response(response: InferResponse) -> service_pb2.ModelInferResponse:
-    """``InferResponse`` -> ``ModelInferResponse`` with every output as ``raw_output_contents``."""
-    message = service_pb2.ModelInferResponse(
-        model_name=response.model_name, model_version=response.model_version, id=response.id or ""
-    )
+def encode_infer_response(
+    response: InferResponse, into: service_pb2.ModelInferResponse | None = None
+) -> service_pb2.ModelInferResponse:
+    """``InferResponse`` -> ``ModelInferResponse`` with every output as ``raw_output_contents``; written into
+    ``into`` when given (a stream's reply fills its ``infer_response`` in place, where passing a finished
+    message to the wrapper would copy it)."""
+    message = service_pb2.ModelInferResponse() if into is None else into
+    message.model_name = response.model_name
+    message.model_version = response.model_version
+    if response.id:
+        message.id = response.id
     for tensor in response.outputs:
         entry = message.outputs.add()
         entry.name = tensor.name
         entry.datatype = tensor.datatype
         entry.shape.extend(tensor.shape)
-        message.raw_output_contents.append(bytes(tensor_bytes(tensor.data, tensor.datatype)))
+        message.raw_output_contents.append(_raw_bytes(tensor))
     return message
+
+
+def _raw_bytes(tensor: Tensor) -> bytes:
+    data = tensor.data
+    if type(data) is np.ndarray and tensor.datatype != "BYTES" and data.dtype == DTYPES[tensor.datatype]:
+        return data.tobytes()  # row-major, in the datatype's (little-endian) byte order: one copy, ~7x cheaper
+    return bytes(tensor_bytes(data, tensor.datatype))

@@ -155,6 +155,30 @@ def test_replies_go_back_raw_and_tritonclient_reads_them(datatype: str):
     assert result.as_numpy("y").tolist() == array.tolist()
 
 
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(12, dtype=np.float32).reshape(3, 4).T,  # not C-contiguous
+        np.arange(6, dtype=">f4").reshape(2, 3),  # big-endian
+        np.arange(6, dtype=np.float64).reshape(2, 3),  # wider than the datatype
+        np.zeros((0, 3), dtype=np.float32),  # empty
+    ],
+    ids=["transposed", "big-endian", "float64", "empty"],
+)
+def test_a_reply_tensor_in_any_layout_goes_back_row_major_and_little_endian(array: np.ndarray):
+    response = InferResponse("m", "1", [Tensor("y", "FP32", array.shape, array)])
+    message = encode_infer_response(response)
+    assert message.raw_output_contents[0] == np.ascontiguousarray(array, dtype="<f4").tobytes()
+    assert grpcclient.InferResult(message).as_numpy("y").tolist() == array.astype(np.float32).tolist()
+
+
+def test_a_stream_reply_is_written_into_its_wrapper_in_place():
+    response = InferResponse("m", "1", [Tensor("y", "INT32", (1, 3), ARRAYS["INT32"])], id="r-2")
+    wrapper = service_pb2.ModelStreamInferResponse()
+    assert encode_infer_response(response, wrapper.infer_response) is wrapper.infer_response
+    assert wrapper.infer_response == encode_infer_response(response) and wrapper.error_message == ""
+
+
 def test_an_input_with_both_raw_and_typed_contents_is_a_bad_request():
     message = _message([_input("x", "INT32", ARRAYS["INT32"])])
     message.inputs[0].contents.int_contents.extend([1, 2, 3])
