@@ -239,10 +239,11 @@ def _integers(data: list[Any], inferred: np.ndarray, datatype: str) -> np.ndarra
 
 
 # numpy 1.x's floating-point error state is an object a thread can read and set directly: that costs ~0.2 us,
-# against ~2.3 for ``np.errstate`` (its Python wrapper builds and compares dicts), which was 5% of a JSON
-# request's CPU at c=64. numpy 2 has no ``seterrobj`` (and a cheaper ``errstate``): it takes the errstate.
+# against ~2.3 for ``np.errstate`` (its Python wrapper builds and compares dicts), once per JSON float input.
+# numpy 2 has no ``seterrobj`` (its ``errstate`` is cheaper): it takes the errstate, and nothing here reads the
+# error-mode constants (such as ``SHIFT_OVERFLOW``) of a numpy that has no error object.
 _ERROR_OBJECT = hasattr(np, "seterrobj")
-_OVERFLOW_MODE_BITS = 7 << np.SHIFT_OVERFLOW  # the 3-bit mode of overflow errors; 0 is ERR_IGNORE
+_OVERFLOW_MODE_BITS = 7 << np.SHIFT_OVERFLOW if _ERROR_OBJECT else 0  # overflow's 3-bit mode; 0 is ERR_IGNORE
 
 
 def _narrowed(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -484,6 +484,18 @@ def test_a_json_float_past_a_narrower_types_range_is_an_infinity_without_a_warni
         assert [str(w.message) for w in seen] == []
 
 
+def test_without_numpys_error_object_a_json_float_past_fp32_is_still_an_infinity_without_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """numpy 2 has no ``seterrobj``: the cast then takes ``np.errstate``, with the same result."""
+    monkeypatch.setattr(json_codec, "_ERROR_OBJECT", False)
+    body = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1e39, 1.5]}]}'
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        data = decode(body).inputs[0].data
+    assert list(data) == [np.inf, 1.5] and [str(w.message) for w in seen] == []
+
+
 def test_reading_a_json_float_leaves_the_callers_numpy_error_state_as_it_was() -> None:
     """The overflow mode is set for the cast only: a caller that raises on overflow still does after it."""
     body = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1e39, 1.5]}]}'
