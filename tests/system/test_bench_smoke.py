@@ -98,7 +98,7 @@ def test_targets_and_markdown_from_synthetic_figures(tmp_path):
         "gateway p50 adds ≤ 0.4 ms vs direct, c=1": False,  # +0.5 and +0.7 ms
         "gateway p99 adds ≤ 1 ms vs direct, c=1": False,  # +4.5 and +3.5 ms
         "gateway CPU ≤ 300 µs per request, c=1": None,  # no CPU figures in the synthetic runs
-        "gateway req/s ≥ 3x direct at equal or better p99": True,  # 4x at 120 vs 300 ms
+        "gateway req/s ≥ 1.5x direct at equal or better p99": True,  # 4x at 120 vs 300 ms
         "gateway + hub CPU per inference ≤ 0.5x direct's hub CPU per inference": True,  # 100 vs 300 µs
         "gateway CPU ≤ 120 µs per request, json, c=64": False,  # 5 CPU-s for 100 requests
         "req per gateway CPU-s ≥ 0.5x the bare echo server's, json, c=64": True,  # 600 vs 1000
