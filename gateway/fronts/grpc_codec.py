@@ -15,7 +15,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2
 
 from railcore.errors import BadRequest, PayloadTooLarge
-from railcore.protocol.binary import tensor_bytes, tensor_from_buffer
+from railcore.protocol.binary import tensor_bytes_copy, tensor_from_buffer
 from railcore.protocol.codec import DecodeLimits
 from railcore.protocol.types import DTYPES, Encoding, InferRequest, InferResponse, RequestedOutput, Tensor
 
@@ -148,12 +148,5 @@ def encode_infer_response(
         entry.name = tensor.name
         entry.datatype = tensor.datatype
         entry.shape.extend(tensor.shape)
-        message.raw_output_contents.append(_raw_bytes(tensor))
+        message.raw_output_contents.append(tensor_bytes_copy(tensor.data, tensor.datatype))
     return message
-
-
-def _raw_bytes(tensor: Tensor) -> bytes:
-    data = tensor.data
-    if type(data) is np.ndarray and tensor.datatype != "BYTES" and data.dtype == DTYPES[tensor.datatype]:
-        return data.tobytes()  # row-major, in the datatype's (little-endian) byte order: one copy, ~7x cheaper
-    return bytes(tensor_bytes(data, tensor.datatype))

@@ -90,6 +90,15 @@ def tensor_bytes(arr: np.ndarray, datatype: str) -> bytes | memoryview:
     return flat.view(np.uint8).data
 
 
+def tensor_bytes_copy(arr: np.ndarray, datatype: str) -> bytes:
+    """``tensor_bytes`` as a ``bytes`` of its own (what protobuf's bytes fields take). An array of the datatype's
+    dtype is one ``tobytes`` (row-major, in that dtype's little-endian order): ~0.07 us against ~0.5 for
+    ``bytes()`` of the view."""
+    if type(arr) is np.ndarray and datatype != "BYTES" and arr.dtype == DTYPES[datatype]:
+        return arr.tobytes()
+    return bytes(tensor_bytes(arr, datatype))
+
+
 def decode_outputs(raw: bytes, header_length: int | None, wanted: list[str]) -> dict[str, np.ndarray]:
     """Parse a hub's infer reply (binary extension or plain JSON) into arrays, zero-copy."""
     view = memoryview(raw)
